@@ -1,0 +1,160 @@
+"""Putting accepted messages on Redis: the persistence queue and the live stream.
+
+The ingestion API writes two things per request, in one pipelined round trip:
+
+* a Celery task message (protocol v2, the Redis transport's JSON envelope)
+  LPUSHed onto the persistence queue, which the worker in ``tasks.py``
+  consumes like any task sent with ``apply_async``;
+* an XADD of the rendered websocket frame onto a capped Redis Stream, which
+  every ``wsserver.py`` process reads (and replays from, for resume).
+
+Why not ``apply_async``: kombu's publish path costs several times the rest
+of the request, retries for seconds when Redis is down (we must answer 503
+within a second), and cannot share a round trip with the XADD. The envelope
+is the documented task message protocol v2
+(https://docs.celeryq.dev/en/stable/internals/protocol.html) without the
+base64 body encoding; the end-to-end tests run a real Celery worker on it.
+
+When the request carries an ``Idempotency-Key`` a small Lua script claims
+the key and enqueues atomically, so two racing repeats cannot both enqueue.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import orjson
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from messages import live_frame
+
+PERSIST_TASK = "tasks.persist_messages"
+log = logging.getLogger(__name__)
+
+# KEYS[1] idempotency key, KEYS[2] queue. ARGV[1] stored answer, ARGV[2] ttl, ARGV[3] task message.
+# Returns the earlier answer for a repeat, or nil after enqueueing.
+_CLAIM_AND_ENQUEUE = """
+local earlier = redis.call('GET', KEYS[1])
+if earlier then return earlier end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2]))
+redis.call('LPUSH', KEYS[2], ARGV[3])
+return false
+"""
+
+
+def connect(url: str, timeout: float) -> redis.Redis:
+    """Return a client that fails fast: short timeouts and no silent retries."""
+    return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=timeout,
+        socket_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=0,
+    )
+
+
+def task_message(records: Sequence[dict[str, str]], queue: str, task_id: str | None = None) -> bytes:
+    """Encode a ``tasks.persist_messages(records)`` call as a Redis-transport task message."""
+    task_id = task_id or str(uuid.uuid4())
+    body = orjson.dumps([[list(records)], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
+    first = records[0]["id"] if records else ""
+    envelope = {
+        "body": body.decode(),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {
+            "lang": "py",
+            "task": PERSIST_TASK,
+            "id": task_id,
+            "root_id": task_id,
+            "parent_id": None,
+            "group": None,
+            "retries": 0,
+            "timelimit": [None, None],
+            "argsrepr": f"[{len(records)} message(s) from {first}]",
+            "kwargsrepr": "{}",
+            "ignore_result": True,
+        },
+        "properties": {
+            "correlation_id": task_id,
+            "delivery_mode": 2,
+            "delivery_info": {"exchange": "", "routing_key": queue},
+            "priority": 0,
+            "delivery_tag": task_id,
+        },
+    }
+    return orjson.dumps(envelope)
+
+
+@dataclass
+class Enqueued:
+    """What happened to a request's messages: the answer to send and whether live publish worked."""
+
+    answer: dict
+    repeated: bool = False
+    live_published: bool = True
+
+
+class Broker:
+    """Enqueues records for persistence and publishes them for live delivery."""
+
+    def __init__(self, client: redis.Redis, queue: str, stream: str, window: int, idempotency_ttl: int) -> None:
+        self.client = client
+        self.queue = queue
+        self.stream = stream
+        self.window = window
+        self.idempotency_ttl = idempotency_ttl
+        self._claim = client.register_script(_CLAIM_AND_ENQUEUE)
+
+    def _publish(self, pipe: redis.client.Pipeline, records: Sequence[dict[str, str]]) -> None:
+        for record in records:
+            pipe.xadd(self.stream, {"frame": live_frame(record)}, maxlen=self.window, approximate=True)
+
+    def enqueue(self, records: Sequence[dict[str, str]], answer: dict, idempotency_key: str | None = None) -> Enqueued:
+        """Queue ``records`` durably, then publish them live (best effort).
+
+        Raises ``redis.RedisError`` when the queue write fails: the caller
+        must then not report success. A failed live publish is logged and
+        reported in the result, never raised.
+        """
+        message = task_message(records, self.queue, records[0]["id"] if len(records) == 1 else None)
+        if idempotency_key is not None:
+            earlier = self._claim(
+                keys=[f"idempotency:{idempotency_key}", self.queue],
+                args=[orjson.dumps(answer), self.idempotency_ttl, message],
+            )
+            if earlier is not None:
+                return Enqueued(orjson.loads(earlier), repeated=True)
+            return self._publish_only(records, answer)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.lpush(self.queue, message)
+        self._publish(pipe, records)
+        results = pipe.execute(raise_on_error=False)
+        if isinstance(results[0], Exception):
+            raise results[0]
+        failures = [r for r in results[1:] if isinstance(r, Exception)]
+        if failures:
+            log.warning("live publish failed for %d message(s): %s", len(failures), failures[0])
+        return Enqueued(answer, live_published=not failures)
+
+    def _publish_only(self, records: Sequence[dict[str, str]], answer: dict) -> Enqueued:
+        pipe = self.client.pipeline(transaction=False)
+        self._publish(pipe, records)
+        try:
+            pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("live publish failed for %d message(s): %s", len(records), exc)
+            return Enqueued(answer, live_published=False)
+        return Enqueued(answer)
+
+    def ping(self) -> bool:
+        """Tell whether Redis answers."""
+        try:
+            return bool(self.client.ping())
+        except redis.RedisError:
+            return False

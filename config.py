@@ -1,0 +1,134 @@
+"""Settings for every service, read from the environment in one place.
+
+Each service calls :func:`load_settings` once (in its app factory or
+``main()``) and passes the resulting :class:`Settings` around; nothing else
+reads ``os.environ``. Every variable is listed in ``ENV_VARS`` with its
+default and meaning, and the README's configuration table mirrors it (a test
+keeps them in sync).
+
+``APP_ENV=production`` (the compose stack) turns on fail-fast checks: a
+setting marked required must be set explicitly, and secrets must not keep
+their development placeholder.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+PROJECT_DIR = Path(__file__).resolve().parent
+DEV_SECRET = "dev-only-insecure-secret"  # noqa: S105 (placeholder; production refuses it)
+
+
+@dataclass(frozen=True)
+class Var:
+    """One environment variable: its default, whether production needs it, and what it does."""
+
+    default: str
+    help: str
+    required_in_production: bool = False
+
+
+ENV_VARS: dict[str, Var] = {
+    "APP_ENV": Var("development", "`development` or `production` (production fails fast on missing settings)."),
+    "SQLALCHEMY_DATABASE_URI": Var(
+        f"sqlite:///{PROJECT_DIR / 'var' / 'messages.db'}",
+        "Database URL (SQLite file locally, `mysql+pymysql://...` for MySQL/MariaDB).",
+        required_in_production=True,
+    ),
+    "REDIS_URL": Var(
+        "redis://127.0.0.1:6379/0", "Redis for the task queue, the live stream and idempotency keys.", True
+    ),
+    "REDIS_TIMEOUT_SECONDS": Var("0.5", "Connect/read timeout on the request path; Redis down means 503 within ~1 s."),
+    "INGESTION_API_PORT": Var("5000", "Port of the ingestion API (`POST /dummy`)."),
+    "LIST_API_PORT": Var("5001", "Port of the list API (`GET /messages`, the live page at `/`)."),
+    "WS_PORT": Var("8765", "Port of the websocket server."),
+    "LIST_API_URL": Var("http://127.0.0.1:5001", "Public base URL of the list API, used in `Location` headers.", True),
+    "SECRET_KEY": Var(DEV_SECRET, "Signs pagination cursors (tamper-evident). Must be set in production.", True),
+    "MAX_MESSAGE_BYTES": Var("65536", "Largest accepted `POST /dummy` body, in bytes (413 above)."),
+    "MAX_BATCH_MESSAGES": Var("1000", "Most messages in one `POST /dummy/batch`."),
+    "MAX_BATCH_BYTES": Var("8388608", "Largest accepted `POST /dummy/batch` body, in bytes (413 above)."),
+    "IDEMPOTENCY_TTL_SECONDS": Var("86400", "How long an `Idempotency-Key` is remembered."),
+    "PERSIST_QUEUE": Var("persist", "Celery queue (Redis list) holding persistence tasks."),
+    "CELERY_VISIBILITY_TIMEOUT": Var("120", "Seconds before an unacknowledged task of a dead worker is redelivered."),
+    "LIVE_STREAM_KEY": Var("messages:live", "Redis Stream that carries messages to the websocket servers."),
+    "LIVE_WINDOW": Var("10000", "Approximate number of recent messages kept in the live stream for resume."),
+    "CORS_ORIGINS": Var("*", "Origins allowed to POST to the ingestion API from a browser (comma-separated)."),
+}
+
+
+def _int(raw: str, name: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _float(raw: str, name: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Typed view of ``ENV_VARS``; field names are the lower-cased variable names."""
+
+    app_env: str
+    sqlalchemy_database_uri: str
+    redis_url: str
+    redis_timeout_seconds: float
+    ingestion_api_port: int
+    list_api_port: int
+    ws_port: int
+    list_api_url: str
+    secret_key: str
+    max_message_bytes: int
+    max_batch_messages: int
+    max_batch_bytes: int
+    idempotency_ttl_seconds: int
+    persist_queue: str
+    celery_visibility_timeout: int
+    live_stream_key: str
+    live_window: int
+    cors_origins: tuple[str, ...]
+
+    @property
+    def is_production(self) -> bool:
+        return self.app_env == "production"
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Build settings from ``environ`` (default ``os.environ``), then apply ``overrides``.
+
+    Raises ``ValueError`` naming the variable when a value is malformed, or,
+    in production, when a required variable is unset or a placeholder.
+    """
+    env = os.environ if environ is None else environ
+    raw = {name: env.get(name, var.default) for name, var in ENV_VARS.items()}
+    if raw["APP_ENV"] not in ("development", "production"):
+        raise ValueError(f"APP_ENV must be 'development' or 'production', got {raw['APP_ENV']!r}")
+    if raw["APP_ENV"] == "production":
+        missing = [n for n, v in ENV_VARS.items() if v.required_in_production and not env.get(n)]
+        if missing:
+            raise ValueError(f"required settings are unset: {', '.join(missing)}")
+        if raw["SECRET_KEY"] == DEV_SECRET:
+            raise ValueError("SECRET_KEY still has the development placeholder")
+    types = {f.name: f.type for f in fields(Settings)}
+    values: dict[str, object] = {}
+    for name, text in raw.items():
+        key = name.lower()
+        kind = types[key]
+        if kind == "int":
+            values[key] = _int(text, name)
+        elif kind == "float":
+            values[key] = _float(text, name)
+        elif kind == "tuple[str, ...]":
+            values[key] = tuple(part.strip() for part in text.split(",") if part.strip())
+        else:
+            values[key] = text
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]

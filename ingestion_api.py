@@ -1,0 +1,134 @@
+"""Ingestion API: accepts messages and queues them for persistence and live delivery.
+
+Run: ``gunicorn -b 0.0.0.0:5000 "ingestion_api:create_app()"``.
+Reads ``REDIS_URL``, ``REDIS_TIMEOUT_SECONDS``, ``LIST_API_URL``,
+``MAX_MESSAGE_BYTES``, ``MAX_BATCH_MESSAGES``, ``MAX_BATCH_BYTES``,
+``IDEMPOTENCY_TTL_SECONDS``, ``PERSIST_QUEUE``, ``LIVE_STREAM_KEY``,
+``LIVE_WINDOW`` and ``CORS_ORIGINS`` through ``config.py``.
+
+Endpoints: ``POST /dummy`` (one JSON object), ``POST /dummy/batch`` (an
+array of 1..1000 objects), ``GET /healthz``. A 202 means the message is in
+Redis (durable as Redis is configured); if Redis cannot be written the
+answer is 503 with ``Retry-After``, never a 202.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import redis
+from flask import Flask, Response, current_app, request
+from flask_cors import CORS
+
+import broker
+from config import Settings, load_settings
+from messages import InvalidMessage, make_record, parse_batch, parse_message, utc_now
+from web import error_response, init_web, json_response
+
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Create the ingestion API; ``test_config`` overrides settings by field name."""
+    settings = load_settings(**dict(test_config or {}))
+    app = Flask(__name__)
+    app.config["SETTINGS"] = settings
+    app.config["MAX_CONTENT_LENGTH"] = max(settings.max_message_bytes, settings.max_batch_bytes)
+    app.extensions["broker"] = broker.Broker(
+        broker.connect(settings.redis_url, settings.redis_timeout_seconds),
+        queue=settings.persist_queue,
+        stream=settings.live_stream_key,
+        window=settings.live_window,
+        idempotency_ttl=settings.idempotency_ttl_seconds,
+    )
+    init_web(app)
+    CORS(app, origins=list(settings.cors_origins), methods=["POST"], expose_headers=["Location"])
+    app.add_url_rule("/dummy", view_func=post_message, methods=["POST"])
+    app.add_url_rule("/dummy/batch", view_func=post_batch, methods=["POST"])
+    app.add_url_rule("/healthz", view_func=healthz, methods=["GET"])
+    return app
+
+
+def _settings() -> Settings:
+    return current_app.config["SETTINGS"]
+
+
+def _read_json_body(limit: int) -> bytes | Response:
+    """Return the raw body, or the error response for a wrong type or size."""
+    mimetype = request.mimetype
+    if mimetype != "application/json" and not (mimetype.startswith("application/") and mimetype.endswith("+json")):
+        return error_response(415, "unsupported_media_type", "Send the message with Content-Type: application/json.")
+    if request.content_length is not None and request.content_length > limit:
+        return error_response(413, "too_large", f"The body is larger than the {limit}-byte limit.")
+    body = request.stream.read(limit + 1)
+    if len(body) > limit:
+        return error_response(413, "too_large", f"The body is larger than the {limit}-byte limit.")
+    return body
+
+
+def _idempotency_key() -> str | Response | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not _IDEMPOTENCY_KEY.match(key):
+        return error_response(
+            400, "bad_idempotency_key", "Idempotency-Key must be 1 to 255 printable ASCII characters."
+        )
+    return key
+
+
+def _accept(records: list[dict[str, str]], answer: dict[str, Any], location: str | None) -> Response:
+    """Queue ``records`` and answer 202, or 503 when Redis cannot take them."""
+    key = _idempotency_key()
+    if isinstance(key, Response):
+        return key
+    try:
+        result = current_app.extensions["broker"].enqueue(records, answer, key)
+    except redis.RedisError:
+        current_app.logger.warning("queue write failed; answering 503", exc_info=True)
+        return error_response(
+            503, "queue_unavailable", "The message queue is unavailable; retry shortly.", {"Retry-After": "1"}
+        )
+    headers = {"Location": location} if location else {}
+    if result.repeated and "id" in result.answer:
+        headers["Location"] = f"{_settings().list_api_url}/messages/{result.answer['id']}"
+    return json_response(result.answer, 200 if result.repeated else 202, headers)
+
+
+def post_message() -> Response:
+    """Accept one JSON object."""
+    body = _read_json_body(_settings().max_message_bytes)
+    if isinstance(body, Response):
+        return body
+    try:
+        payload = parse_message(body)
+    except InvalidMessage as exc:
+        return error_response(400, exc.code, exc.message)
+    record = make_record(payload, utc_now())
+    answer = {"id": record["id"], "received_at": record["received_at"]}
+    return _accept([record], answer, f"{_settings().list_api_url}/messages/{record['id']}")
+
+
+def post_batch() -> Response:
+    """Accept an array of objects, all or nothing."""
+    settings = _settings()
+    body = _read_json_body(settings.max_batch_bytes)
+    if isinstance(body, Response):
+        return body
+    try:
+        payloads = parse_batch(body, settings.max_batch_messages)
+    except InvalidMessage as exc:
+        return error_response(400, exc.code, exc.message)
+    received_at = utc_now()
+    records = [make_record(payload, received_at) for payload in payloads]
+    answer = {"ids": [r["id"] for r in records], "received_at": records[0]["received_at"]}
+    return _accept(records, answer, None)
+
+
+def healthz() -> Response:
+    """Report whether Redis answers."""
+    if current_app.extensions["broker"].ping():
+        return json_response({"status": "ok"})
+    return error_response(503, "redis_unavailable", "Redis does not answer.", {"Retry-After": "1"})

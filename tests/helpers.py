@@ -1,0 +1,128 @@
+"""Process and port helpers shared by the tests: real servers on free ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import redis
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from embedded_redis import server_command  # noqa: E402
+
+
+def free_port() -> int:
+    """Return a TCP port that was free a moment ago (bind to port 0)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(
+    check: Callable[[], bool], timeout: float = 20.0, interval: float = 0.05, what: str = "condition"
+) -> None:
+    """Poll ``check`` until it is true, or fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception:  # noqa: S110 - the thing we wait for may not be up yet
+            pass
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Service:
+    """A real child process (its own process group) with its output in a log file."""
+
+    def __init__(self, name: str, argv: Sequence[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.env = env
+        self.log_path = log_dir / f"{name}.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> Service:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        return self
+
+    def signal(self, sig: int) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if not self.process or self.process.poll() is not None:
+            return
+        self.signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.signal(signal.SIGKILL)
+            self.process.wait(5)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        if self.process:
+            self.process.wait(5)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class RedisServer(Service):
+    """The bundled redis-server on a free port, with AOF in a private directory."""
+
+    def __init__(self, directory: Path, appendfsync: str = "everysec", port: int | None = None) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        super().__init__(
+            f"redis-{self.port}", server_command(self.port, directory, appendfsync), dict(os.environ), directory
+        )
+
+    def start(self) -> RedisServer:
+        super().start()
+        client = redis.Redis.from_url(self.url)
+        wait_until(lambda: client.ping(), what=f"redis on {self.port}")
+        return self
+
+
+def python_env(extra: dict[str, str]) -> dict[str, str]:
+    """Environment for a service child: the venv on PATH, our settings on top."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SQLALCHEMY_", "REDIS_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def gunicorn(name: str, factory: str, port: int, env: dict[str, str], log_dir: Path, workers: int = 1) -> Service:
+    """A gunicorn-served app, the way the Procfile and compose run it."""
+    argv = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", str(workers), factory]
+    return Service(name, argv, env, log_dir)
+
+
+def celery_worker(name: str, env: dict[str, str], log_dir: Path, concurrency: int = 2) -> Service:
+    """A real Celery worker on the persistence queue."""
+    argv = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", env.get("PERSIST_QUEUE", "persist")]
+    argv += ["--concurrency", str(concurrency), "--loglevel", "INFO", "--without-gossip", "--without-mingle"]
+    argv += ["--hostname", f"{name}@%h"]
+    return Service(name, argv, env, log_dir)
+
+
+def wait_http_ok(url: str, timeout: float = 30.0) -> None:
+    """Wait until ``url`` answers 200."""
+    wait_until(lambda: requests.get(url, timeout=1).status_code == 200, timeout, what=url)

@@ -1,0 +1,113 @@
+"""End to end with real processes: gunicorn apps and a Celery worker on free ports."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+import requests
+
+import broker
+from messages import make_record, utc_now
+from tests.helpers import Service, celery_worker, free_port, gunicorn, python_env, wait_http_ok, wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+@dataclass
+class Stack:
+    ingest_url: str
+    list_url: str
+    redis_url: str
+    services: list[Service]
+
+    def listed(self) -> list[dict]:
+        """Walk the whole listing with cursors, the way a client does."""
+        messages, cursor = [], None
+        while True:
+            params = {"limit": 1000, **({"cursor": cursor} if cursor else {})}
+            page = requests.get(f"{self.list_url}/messages", params=params, timeout=5).json()
+            messages += page["data"]
+            cursor = page["next_cursor"]
+            if not page["has_more"]:
+                return messages
+
+
+@pytest.fixture
+def stack(database_url: str, redis_url: str, log_dir: Path) -> Iterator[Stack]:
+    ingest_port, list_port = free_port(), free_port()
+    env = python_env(
+        {
+            "SQLALCHEMY_DATABASE_URI": database_url,
+            "REDIS_URL": redis_url,
+            "LIST_API_URL": f"http://127.0.0.1:{list_port}",
+            "SECRET_KEY": "e2e-secret",
+        }
+    )
+    services = [
+        gunicorn("ingestion_api", "ingestion_api:create_app()", ingest_port, env, log_dir, workers=2).start(),
+        gunicorn("list_api", "list_api:create_app()", list_port, env, log_dir).start(),
+        celery_worker("worker", env, log_dir).start(),
+    ]
+    try:
+        wait_http_ok(f"http://127.0.0.1:{ingest_port}/healthz")
+        wait_http_ok(f"http://127.0.0.1:{list_port}/healthz")
+        yield Stack(f"http://127.0.0.1:{ingest_port}", f"http://127.0.0.1:{list_port}", redis_url, services)
+    finally:
+        for service in services:
+            service.stop()
+        for service in services:
+            print(f"--- {service.name} log ---\n{service.log()[-3000:]}")
+
+
+def test_every_accepted_message_is_listed_exactly_once(stack: Stack) -> None:
+    session = requests.Session()
+
+    def post(i: int) -> str:
+        response = session.post(f"{stack.ingest_url}/dummy", json={"i": i, "text": f"héllo {i} 🎉"}, timeout=5)
+        assert response.status_code == 202, response.text
+        return response.json()["id"]
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        single_ids = list(pool.map(post, range(300)))
+    batch = requests.post(f"{stack.ingest_url}/dummy/batch", json=[{"b": i} for i in range(200)], timeout=5)
+    assert batch.status_code == 202
+    batch_ids = batch.json()["ids"]
+    repeat = [
+        requests.post(f"{stack.ingest_url}/dummy", json={"k": 1}, headers={"Idempotency-Key": "e2e-1"}, timeout=5)
+        for _ in range(3)
+    ]
+    assert [r.status_code for r in repeat] == [202, 200, 200]
+    expected = set(single_ids) | set(batch_ids) | {repeat[0].json()["id"]}
+    assert len(expected) == 501
+
+    wait_until(lambda: len(stack.listed()) >= len(expected), timeout=60, what="all messages listed")
+    listed = stack.listed()
+    ids = [m["id"] for m in listed]
+    assert len(ids) == len(set(ids)), "a message was stored twice"
+    assert set(ids) == expected
+    by_id = {m["id"]: m for m in listed}
+    assert by_id[single_ids[7]]["payload"] == {"i": 7, "text": "héllo 7 🎉"}
+    assert [by_id[i]["payload"] for i in batch_ids] == [{"b": i} for i in range(200)]
+    one = requests.get(f"{stack.list_url}/messages/{batch_ids[0]}", timeout=5)
+    assert one.status_code == 200 and one.json()["payload"] == {"b": 0}
+
+
+def test_a_redelivered_task_stores_nothing_twice(stack: Stack) -> None:
+    """The same task message delivered three times (as after a worker crash) stores each record once."""
+    records = [make_record({"dup": i}, utc_now()) for i in range(5)]
+    client = redis.Redis.from_url(stack.redis_url)
+    message = broker.task_message(records, "persist")
+    for _ in range(3):
+        client.lpush("persist", message)
+    wait_until(lambda: client.llen("persist") == 0, what="queue drained")
+    wait_until(lambda: len(stack.listed()) >= 5, what="records listed")
+    wait_until(lambda: "succeeded" in stack.services[2].log() and stack.services[2].log().count("succeeded") >= 3)
+    listed = stack.listed()
+    assert sorted(m["id"] for m in listed) == sorted(r["id"] for r in records)
+    assert [orjson.loads(orjson.dumps(m["payload"])) for m in listed] == [{"dup": i} for i in range(5)]

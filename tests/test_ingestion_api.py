@@ -1,0 +1,173 @@
+"""The ingestion API against a real Redis server."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import orjson
+import pytest
+import redis
+from flask.testing import FlaskClient
+
+from ingestion_api import create_app
+from tests.helpers import free_port
+
+JSON = {"Content-Type": "application/json"}
+
+
+@pytest.fixture
+def app(redis_url: str):
+    return create_app({"redis_url": redis_url, "list_api_url": "http://lists.example", "max_message_bytes": 4096})
+
+
+@pytest.fixture
+def client(app) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def r(redis_url: str) -> redis.Redis:
+    return redis.Redis.from_url(redis_url)
+
+
+def queued_records(r: redis.Redis) -> list[list[dict]]:
+    """Decode every task message on the queue into its records argument (oldest first)."""
+    tasks = []
+    for raw in reversed(r.lrange("persist", 0, -1)):
+        envelope = orjson.loads(raw)
+        assert envelope["headers"]["task"] == "tasks.persist_messages"
+        args, kwargs, _embed = orjson.loads(envelope["body"])
+        assert kwargs == {}
+        tasks.append(args[0])
+    return tasks
+
+
+def test_post_accepts_an_object_with_id_time_and_location(client: FlaskClient, r: redis.Redis) -> None:
+    response = client.post("/dummy", data='{"hello": "wörld"}'.encode(), headers=JSON)
+    assert response.status_code == 202
+    body = response.get_json()
+    assert set(body) == {"id", "received_at"}
+    assert uuid.UUID(body["id"]).version == 7
+    assert body["received_at"].endswith("Z") and len(body["received_at"]) == 27
+    assert response.headers["Location"] == f"http://lists.example/messages/{body['id']}"
+    [[record]] = queued_records(r)
+    assert record["id"] == body["id"] and record["received_at"] == body["received_at"]
+    assert orjson.loads(record["payload"]) == {"hello": "wörld"}
+
+
+def test_post_publishes_the_message_for_live_delivery(client: FlaskClient, r: redis.Redis) -> None:
+    body = client.post("/dummy", json={"n": 1}).get_json()
+    [(_stream_id, fields)] = r.xrange("messages:live")
+    assert orjson.loads(fields[b"frame"]) == {"id": body["id"], "received_at": body["received_at"], "payload": {"n": 1}}
+
+
+def test_ids_sort_by_receipt(client: FlaskClient) -> None:
+    ids = [client.post("/dummy", json={"i": i}).get_json()["id"] for i in range(20)]
+    assert ids == sorted(ids)
+
+
+@pytest.mark.parametrize(
+    ("data", "content_type", "status", "code"),
+    [
+        (b"{bad json", "application/json", 400, "malformed_json"),
+        (b'{"a": "\xff"}', "application/json", 400, "invalid_utf8"),
+        (b"[1, 2, 3]", "application/json", 400, "not_an_object"),
+        (b'"just a string"', "application/json", 400, "not_an_object"),
+        (b"[" * 1100 + b"]" * 1100, "application/json", 400, "too_deep"),
+        (b"", "application/json", 400, "empty_body"),
+        (b'{"a": 1}', "text/plain", 415, "unsupported_media_type"),
+        (b'{"a": 1}', None, 415, "unsupported_media_type"),
+        (b'{"a": "' + b"x" * 5000 + b'"}', "application/json", 413, "too_large"),
+    ],
+)
+def test_bad_input_gets_a_json_error_and_queues_nothing(
+    client: FlaskClient, r: redis.Redis, data: bytes, content_type: str | None, status: int, code: str
+) -> None:
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = client.post("/dummy", data=data, headers=headers)
+    assert response.status_code == status
+    assert response.get_json()["error"] == code
+    assert response.get_json()["message"]
+    assert r.llen("persist") == 0
+    assert r.xlen("messages:live") == 0
+
+
+def test_wrong_method_and_unknown_path_are_json_errors(client: FlaskClient) -> None:
+    assert client.get("/dummy").get_json()["error"] == "method_not_allowed"
+    missing = client.get("/nope")
+    assert missing.status_code == 404 and missing.get_json()["error"] == "not_found"
+
+
+def test_idempotency_key_repeat_returns_the_same_id_and_queues_once(client: FlaskClient, r: redis.Redis) -> None:
+    headers = {"Idempotency-Key": "order-42"}
+    first = client.post("/dummy", json={"a": 1}, headers=headers)
+    again = client.post("/dummy", json={"a": 1}, headers=headers)
+    other = client.post("/dummy", json={"a": 1}, headers={"Idempotency-Key": "order-43"})
+    assert first.status_code == 202 and again.status_code == 200
+    assert again.get_json() == first.get_json()
+    assert again.headers["Location"] == first.headers["Location"]
+    assert other.get_json()["id"] != first.get_json()["id"]
+    assert len(queued_records(r)) == 2
+    assert 0 < r.ttl("idempotency:order-42") <= 86400
+
+
+def test_bad_idempotency_key_is_rejected(client: FlaskClient, r: redis.Redis) -> None:
+    response = client.post("/dummy", json={"a": 1}, headers={"Idempotency-Key": "x" * 300})
+    assert response.status_code == 400 and response.get_json()["error"] == "bad_idempotency_key"
+    assert r.llen("persist") == 0
+
+
+def test_batch_queues_all_messages_in_order_in_one_task(client: FlaskClient, r: redis.Redis) -> None:
+    response = client.post("/dummy/batch", json=[{"i": 0}, {"i": 1}, {"i": 2}])
+    assert response.status_code == 202
+    ids = response.get_json()["ids"]
+    assert len(ids) == 3 and ids == sorted(ids)
+    [task] = queued_records(r)
+    assert [rec["id"] for rec in task] == ids
+    assert [orjson.loads(rec["payload"]) for rec in task] == [{"i": 0}, {"i": 1}, {"i": 2}]
+    assert r.xlen("messages:live") == 3
+
+
+@pytest.mark.parametrize(
+    ("batch", "code"),
+    [([{"i": 0}, 1, {"i": 2}], "not_an_object"), ([], "bad_batch_size"), ([{}] * 1001, "bad_batch_size")],
+)
+def test_bad_batch_is_rejected_whole(client: FlaskClient, r: redis.Redis, batch: list, code: str) -> None:
+    response = client.post("/dummy/batch", json=batch)
+    assert response.status_code == 400 and response.get_json()["error"] == code
+    assert r.llen("persist") == 0
+
+
+def test_full_batch_of_1000_is_accepted(client: FlaskClient, r: redis.Redis) -> None:
+    response = client.post("/dummy/batch", json=[{"i": i} for i in range(1000)])
+    assert response.status_code == 202 and len(response.get_json()["ids"]) == 1000
+    assert len(queued_records(r)[0]) == 1000
+
+
+def test_healthz_is_ok_with_redis(client: FlaskClient) -> None:
+    response = client.get("/healthz")
+    assert response.status_code == 200 and response.get_json() == {"status": "ok"}
+
+
+def test_redis_down_means_503_with_retry_after_quickly() -> None:
+    app = create_app({"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+    client = app.test_client()
+    started = time.monotonic()
+    response = client.post("/dummy", json={"a": 1})
+    elapsed = time.monotonic() - started
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    assert response.get_json()["error"] == "queue_unavailable"
+    assert elapsed < 1.0
+    assert client.get("/healthz").status_code == 503
+
+
+def test_cors_preflight_allows_post(client: FlaskClient) -> None:
+    response = client.options(
+        "/dummy", headers={"Origin": "null", "Access-Control-Request-Method": "POST",
+                           "Access-Control-Request-Headers": "content-type"},
+    )  # fmt: skip
+    assert response.status_code == 200
+    assert response.headers["Access-Control-Allow-Origin"] in ("*", "null")
+    assert "POST" in response.headers["Access-Control-Allow-Methods"]

@@ -1,0 +1,136 @@
+"""The list API on real SQLite and MariaDB databases."""
+
+from __future__ import annotations
+
+import datetime as dt
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+import db
+from list_api import create_app
+from messages import make_record
+
+
+@pytest.fixture
+def app(database_url: str):
+    app = create_app({"sqlalchemy_database_uri": database_url, "secret_key": "list-test"})
+    yield app
+    with app.app_context():
+        db.db.engine.dispose()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+def store(app: Flask, count: int, start: int = 0) -> list[str]:
+    batch = [make_record({"n": start + i}, dt.datetime(2026, 11, 29, 8, 0, 0, i)) for i in range(count)]
+    with app.app_context():
+        db.save_messages(batch)
+    return [r["id"] for r in batch]
+
+
+def test_empty_listing(client: FlaskClient) -> None:
+    response = client.get("/messages")
+    assert response.status_code == 200
+    assert response.get_json() == {"data": [], "has_more": False, "next_cursor": None}
+    assert "Link" not in response.headers
+
+
+def test_listing_pages_in_persistence_order_with_link_header(app: Flask, client: FlaskClient) -> None:
+    ids = store(app, 5)
+    first = client.get("/messages?limit=2")
+    body = first.get_json()
+    assert [m["id"] for m in body["data"]] == ids[:2]
+    assert body["has_more"] is True
+    assert set(body["data"][0]) == {"id", "received_at", "persisted_at", "payload"}
+    assert body["data"][0]["payload"] == {"n": 0}
+    link = first.headers["Link"]
+    assert link.endswith('>; rel="next"')
+    query = parse_qs(urlsplit(link[1 : link.index(">")]).query)
+    assert query["cursor"] == [body["next_cursor"]] and query["limit"] == ["2"]
+    seen = [m["id"] for m in body["data"]]
+    cursor = body["next_cursor"]
+    while True:
+        page = client.get(f"/messages?limit=2&cursor={cursor}").get_json()
+        seen += [m["id"] for m in page["data"]]
+        cursor = page["next_cursor"]
+        if not page["has_more"]:
+            break
+    assert seen == ids
+    assert cursor is not None, "the last page still carries a cursor"
+
+
+def test_follower_continues_from_its_last_cursor(app: Flask, client: FlaskClient) -> None:
+    store(app, 3)
+    last = client.get("/messages").get_json()
+    assert last["has_more"] is False and last["next_cursor"]
+    idle = client.get(f"/messages?cursor={last['next_cursor']}").get_json()
+    assert idle == {"data": [], "has_more": False, "next_cursor": last["next_cursor"]}
+    later = store(app, 2, start=10)
+    page = client.get(f"/messages?cursor={last['next_cursor']}").get_json()
+    assert [m["id"] for m in page["data"]] == later
+
+
+def test_desc_order_starts_at_the_newest(app: Flask, client: FlaskClient) -> None:
+    ids = store(app, 5)
+    page = client.get("/messages?order=desc&limit=3").get_json()
+    assert [m["id"] for m in page["data"]] == ids[::-1][:3]
+    rest = client.get(f"/messages?order=desc&cursor={page['next_cursor']}").get_json()
+    assert [m["id"] for m in rest["data"]] == ids[::-1][3:]
+
+
+@pytest.mark.parametrize(
+    ("query", "code"),
+    [
+        ("limit=0", "bad_limit"),
+        ("limit=1001", "bad_limit"),
+        ("limit=abc", "bad_limit"),
+        ("limit=-1", "bad_limit"),
+        ("order=sideways", "bad_order"),
+        ("cursor=garbage", "bad_cursor"),
+        ("cursor=", "bad_cursor"),
+        ("colour=blue", "unknown_parameter"),
+    ],
+)
+def test_bad_query_is_a_400_json_error(client: FlaskClient, query: str, code: str) -> None:
+    response = client.get(f"/messages?{query}")
+    assert response.status_code == 400
+    assert response.get_json()["error"] == code
+
+
+def test_tampered_cursor_is_rejected(app: Flask, client: FlaskClient) -> None:
+    store(app, 3)
+    cursor = client.get("/messages?limit=1").get_json()["next_cursor"]
+    _payload, signature = cursor.split(".")
+    forged = f"Mg.{signature}"  # base64 of "2" with the signature of another position
+    assert forged != cursor
+    assert client.get(f"/messages?cursor={forged}").get_json()["error"] == "bad_cursor"
+
+
+def test_get_one_message_and_404(app: Flask, client: FlaskClient) -> None:
+    [message_id] = store(app, 1)
+    response = client.get(f"/messages/{message_id}")
+    assert response.status_code == 200 and response.get_json()["id"] == message_id
+    missing = client.get("/messages/01a22649-0717-7cb0-a31f-94907ddc217f")
+    assert missing.status_code == 404 and missing.get_json()["error"] == "not_found"
+    assert client.get("/messages/not-an-id").status_code == 404
+
+
+def test_cors_allows_get_from_any_origin(client: FlaskClient) -> None:
+    response = client.get("/messages", headers={"Origin": "null"})
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+
+
+def test_healthz_checks_the_database(client: FlaskClient) -> None:
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+
+
+def test_healthz_is_503_when_the_database_is_gone(tmp_path) -> None:
+    app = create_app({"sqlalchemy_database_uri": f"sqlite:///{tmp_path}/missing/dir/x.db"})
+    response = app.test_client().get("/healthz")
+    assert response.status_code == 503 and response.get_json()["error"] == "database_unavailable"
