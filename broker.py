@@ -113,7 +113,8 @@ class Broker:
 
     def _publish(self, pipe: redis.client.Pipeline, records: Sequence[dict[str, str]]) -> None:
         for record in records:
-            pipe.xadd(self.stream, {"frame": live_frame(record)}, maxlen=self.window, approximate=True)
+            fields = {"id": record["id"], "frame": live_frame(record)}
+            pipe.xadd(self.stream, fields, maxlen=self.window, approximate=True)
 
     def enqueue(self, records: Sequence[dict[str, str]], answer: dict, idempotency_key: str | None = None) -> Enqueued:
         """Queue ``records`` durably, then publish them live (best effort).

@@ -2,13 +2,19 @@
 
     python scripts/bench.py ingest  [--ingest-url URL] [--seconds 10] [--procs 2] [--conns 8]
     python scripts/bench.py persist [--count 100000] [--batch 1] [--database-url URL] [--redis-url URL]
+    python scripts/bench.py latency [--ingest-url URL] [--ws-url URL] [--rate 200] [--seconds 10]
+    python scripts/bench.py fanout  [--ws-url URL] [--redis-url URL] [--clients 1000] [--rates 50,100,200]
 
 ``ingest`` drives ``POST /dummy`` at saturation from separate processes
 (loopback only, bounded in time) and reports requests/s and latency
 p50/p99; point ``--ingest-url`` at any server speaking ``POST /dummy``.
 ``persist`` queues a backlog of ``--count`` messages (in tasks of
 ``--batch`` records, as single POSTs or batches produce), starts a real
-Celery worker, and reports rows/s until the backlog is stored. Results go to
+Celery worker, and reports rows/s until the backlog is stored. ``latency``
+posts at a light fixed rate and times POST -> websocket frame. ``fanout``
+connects many websocket clients (from separate processes), publishes into
+the live stream at increasing rates, and reports deliveries/s, latency and
+the wsserver's memory; one extra client never reads. Results go to
 ``bench-results/<figure>.json``. Never run as part of the test suite.
 """
 
@@ -150,6 +156,164 @@ def bench_persist(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
+def bench_latency(args: argparse.Namespace) -> dict[str, object]:
+    import threading
+
+    from websockets.sync.client import connect
+
+    arrived: dict[str, float] = {}
+    ready = threading.Event()
+    done = threading.Event()
+
+    def listen() -> None:
+        with connect(f"{args.ws_url.rstrip('/')}/") as ws:
+            while not done.is_set():
+                try:
+                    frame = json.loads(ws.recv(timeout=0.2))
+                except TimeoutError:
+                    continue
+                if frame.get("type") == "ready":
+                    ready.set()
+                elif "id" in frame:
+                    arrived[frame["id"]] = time.perf_counter()
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    ready.wait(10)
+    parts = urlsplit(args.ingest_url)
+    body = json.dumps({"bench": "latency"}).encode()
+    sent: dict[str, float] = {}
+    interval = 1 / args.rate
+    next_at = time.perf_counter()
+    deadline = next_at + args.seconds
+    while next_at < deadline:
+        time.sleep(max(0.0, next_at - time.perf_counter()))
+        started = time.perf_counter()
+        conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=10)
+        conn.request("POST", "/dummy", body, {"Content-Type": "application/json"})
+        sent[json.loads(conn.getresponse().read())["id"]] = started
+        conn.close()
+        next_at += interval
+    time.sleep(1)
+    done.set()
+    latencies = [arrived[i] - t for i, t in sent.items() if i in arrived]
+    return {
+        "figure": "latency",
+        "offered_per_s": args.rate,
+        "posted": len(sent),
+        "received": len(latencies),
+        "post_to_ws_p50_ms": round(percentile(latencies, 50) * 1000, 2),
+        "post_to_ws_p99_ms": round(percentile(latencies, 99) * 1000, 2),
+    }
+
+
+def _fanout_clients(url: str, clients: int, seconds: float, out: multiprocessing.Queue) -> None:
+    """Hold ``clients`` connections; report (deliveries, latencies) for frames stamped with a send time."""
+    import asyncio
+
+    from websockets.asyncio.client import connect
+
+    async def one(ws, latencies: list[float], stop: float) -> int:
+        count = 0
+        while time.time() < stop:
+            try:
+                raw = await asyncio.wait_for(ws.recv(), max(0.01, stop - time.time()))
+            except TimeoutError:
+                break
+            if '"payload"' in raw:  # a message, not a control frame; parse only the sampled ones
+                count += 1
+                if count % 10 == 0:
+                    latencies.append(time.time() - json.loads(raw)["payload"]["t"])
+        return count
+
+    async def run() -> tuple[int, list[float]]:
+        connections = [await connect(url, compression=None, max_queue=None) for _ in range(clients)]
+        for ws in connections:
+            await ws.recv()  # ready
+        out.put("connected")
+        stop = time.time() + seconds
+        latencies: list[float] = []
+        counts = await asyncio.gather(*(one(ws, latencies, stop) for ws in connections))
+        for ws in connections:
+            await ws.close()
+        return sum(counts), latencies
+
+    out.put(asyncio.run(run()))
+
+
+def bench_fanout(args: argparse.Namespace) -> dict[str, object]:
+    import socket
+
+    import psutil
+    import redis
+
+    import broker
+
+    port = urlsplit(args.ws_url).port or 8765
+    server = next(
+        (psutil.Process(c.pid) for c in psutil.net_connections("tcp") if c.laddr.port == port and c.status == "LISTEN"),
+        None,
+    )
+    idle = socket.create_connection(("127.0.0.1", port))
+    idle.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    idle.sendall(
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    pub = broker.Broker(redis.Redis.from_url(args.redis_url), "bench-fanout-unused", args.stream, 10_000, 60)
+    rows = []
+    for rate in [int(r) for r in args.rates.split(",")]:
+        out: multiprocessing.Queue = multiprocessing.Queue()
+        procs = [
+            multiprocessing.Process(
+                target=_fanout_clients,
+                args=(args.ws_url.rstrip("/") + "/", args.clients // args.procs, args.seconds + 2, out),
+            )
+            for _ in range(args.procs)
+        ]
+        for p in procs:
+            p.start()
+        for _ in procs:
+            out.get(timeout=120)
+        rss_before = server.memory_info().rss if server else 0
+        cpu_before = sum(server.cpu_times()[:2]) if server else 0.0
+        published = 0
+        next_at = time.perf_counter()
+        deadline = next_at + args.seconds
+        while next_at < deadline:
+            time.sleep(max(0.0, next_at - time.perf_counter()))
+            pipe = pub.client.pipeline(transaction=False)
+            frame = json.dumps({"id": f"bench-{published}", "received_at": "", "payload": {"t": time.time()}})
+            pipe.xadd(args.stream, {"id": f"bench-{published}", "frame": frame}, maxlen=10_000, approximate=True)
+            pipe.execute()
+            published += 1
+            next_at += 1 / rate
+        delivered, latencies = 0, []
+        for _ in procs:
+            count, lat = out.get(timeout=120)
+            delivered += count
+            latencies += lat
+        for p in procs:
+            p.join()
+        rows.append({
+            "offered_msgs_per_s": rate,
+            "clients": args.clients,
+            "published": published,
+            "delivered": delivered,
+            "delivered_per_s": round(delivered / args.seconds),
+            "expected_per_s": rate * args.clients,
+            "p50_ms": round(percentile(latencies, 50) * 1000, 2),
+            "p99_ms": round(percentile(latencies, 99) * 1000, 2),
+            "server_cpu_pct": round(100 * (sum(server.cpu_times()[:2]) - cpu_before) / (args.seconds + 2))
+            if server else None,
+            "server_rss_mib": round(server.memory_info().rss / 2**20, 1) if server else None,
+            "rss_growth_mib": round((server.memory_info().rss - rss_before) / 2**20, 1) if server else None,
+        })  # fmt: skip
+        print(rows[-1])
+    idle.close()
+    return {"figure": "fanout", "rows": rows, "idle_client": "one client that never reads stayed connected"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="figure", required=True)
@@ -164,10 +328,24 @@ def main() -> None:
     persist.add_argument("--concurrency", type=int, default=2, help="Celery worker processes")
     persist.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     persist.add_argument("--database-url", default=os.environ.get("SQLALCHEMY_DATABASE_URI"), required=False)
+    latency = sub.add_parser("latency", help="POST -> websocket frame at a light fixed rate")
+    latency.add_argument("--ingest-url", default="http://127.0.0.1:5000")
+    latency.add_argument("--ws-url", default="ws://127.0.0.1:8765")
+    latency.add_argument("--rate", type=float, default=200.0)
+    latency.add_argument("--seconds", type=float, default=10.0)
+    fanout = sub.add_parser("fanout", help="deliveries/s to many websocket clients")
+    fanout.add_argument("--ws-url", default="ws://127.0.0.1:8765")
+    fanout.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    fanout.add_argument("--stream", default="messages:live")
+    fanout.add_argument("--clients", type=int, default=1000)
+    fanout.add_argument("--procs", type=int, default=2, help="client processes")
+    fanout.add_argument("--rates", default="50,100,150", help="messages/s to publish, comma-separated")
+    fanout.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args()
     if args.figure == "persist" and not args.database_url:
         parser.error("persist needs --database-url (or SQLALCHEMY_DATABASE_URI) of a migrated database")
-    result = bench_ingest(args) if args.figure == "ingest" else bench_persist(args)
+    figures = {"ingest": bench_ingest, "persist": bench_persist, "latency": bench_latency, "fanout": bench_fanout}
+    result = figures[args.figure](args)
     result["machine"] = machine()
     result["taken_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     RESULTS.mkdir(exist_ok=True)

@@ -1,10 +1,14 @@
-"""Post N messages to a running stack and check each one arrives in the list API.
+"""Post N messages to a running stack and check each one arrives live and in the list API.
 
     python scripts/end_to_end.py [--count 100] [--ingest-url http://127.0.0.1:5000]
-                                 [--list-url http://127.0.0.1:5001] [--timeout 30]
+                                 [--list-url http://127.0.0.1:5001] [--ws-url ws://127.0.0.1:8765]
+                                 [--timeout 30] [--delay 0]
 
-Exits non-zero (and says which ids) if any accepted message is missing or
-listed twice after ``--timeout`` seconds. Defaults match ``scripts/run.sh``.
+A websocket client listens while the messages are posted (``--ws-url ''``
+skips it). Exits non-zero (and says which ids) if any accepted message is
+missing from the websocket or the listing, or listed twice, after
+``--timeout`` seconds. Defaults match ``scripts/run.sh``; ``--delay 0.2``
+paces the posts so you can watch them arrive on the live page.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -42,14 +47,47 @@ def listed_ids(list_url: str, wanted: set[str]) -> list[str]:
             return found
 
 
+class LiveListener(threading.Thread):
+    """Collect the ids of every message frame the websocket server sends."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.ids: list[str] = []
+        self.ready = threading.Event()
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        from websockets.sync.client import connect
+
+        with connect(self.url) as connection:
+            while not self.done.is_set():
+                try:
+                    frame = json.loads(connection.recv(timeout=0.2))
+                except TimeoutError:
+                    continue
+                if frame.get("type") == "ready":
+                    self.ready.set()
+                elif "id" in frame:
+                    self.ids.append(frame["id"])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=100, help="messages to post (default 100)")
     parser.add_argument("--ingest-url", default="http://127.0.0.1:5000")
     parser.add_argument("--list-url", default="http://127.0.0.1:5001")
+    parser.add_argument("--ws-url", default="ws://127.0.0.1:8765", help="websocket server ('' to skip)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for persistence")
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds between posts")
     args = parser.parse_args()
 
+    listener = LiveListener(args.ws_url) if args.ws_url else None
+    if listener:
+        listener.start()
+        if not listener.ready.wait(10):
+            print("the websocket server did not say ready", file=sys.stderr)
+            return 1
     started = time.monotonic()
     accepted: set[str] = set()
     for i in range(args.count):
@@ -59,6 +97,7 @@ def main() -> int:
             return 1
         accepted.add(body["id"])
         print(f"\rposted {i + 1}/{args.count}", end="", flush=True)
+        time.sleep(args.delay)
     posted = time.monotonic() - started
     print(f"\nposted {len(accepted)} messages in {posted:.2f}s ({len(accepted) / posted:.0f}/s)")
 
@@ -73,11 +112,20 @@ def main() -> int:
     print()
     missing = accepted - set(found)
     duplicated = {i for i in found if found.count(i) > 1}
-    print(f"summary: accepted={len(accepted)} listed={len(set(found))} missing={len(missing)} dup={len(duplicated)}")
-    print(f"all listed {time.monotonic() - started:.2f}s after the first POST")
+    print(f"list API:  accepted={len(accepted)} listed={len(set(found))} missing={len(missing)} dup={len(duplicated)}")
+    print(f"           all listed {time.monotonic() - started:.2f}s after the first POST")
+    live_missing: set[str] = set()
+    if listener:
+        while time.monotonic() < deadline and not accepted <= set(listener.ids):
+            time.sleep(0.05)
+        live_missing = accepted - set(listener.ids)
+        print(f"websocket: received={len(accepted & set(listener.ids))} missing={len(live_missing)}")
+        listener.done.set()
     for message_id in sorted(missing)[:20]:
-        print(f"missing: {message_id}", file=sys.stderr)
-    return 1 if missing or duplicated else 0
+        print(f"missing from the list API: {message_id}", file=sys.stderr)
+    for message_id in sorted(live_missing)[:20]:
+        print(f"missing from the websocket: {message_id}", file=sys.stderr)
+    return 1 if missing or duplicated or live_missing else 0
 
 
 if __name__ == "__main__":

@@ -13,8 +13,7 @@ export LIST_API_URL="${LIST_API_URL:-http://127.0.0.1:$LIST_API_PORT}"
 export PERSIST_QUEUE="${PERSIST_QUEUE:-persist}"
 export WEB_WORKERS="${WEB_WORKERS:-2}" WORKER_CONCURRENCY="${WORKER_CONCURRENCY:-2}"
 export PYTHONUNBUFFERED=1
-services=(ingestion_api list_api worker)
-[ -f wsserver.py ] && services+=(wsserver)
+services=(ingestion_api list_api worker wsserver)
 if [ -z "${REDIS_URL:-}" ]; then
   export EMBEDDED_REDIS_PORT="${EMBEDDED_REDIS_PORT:-6390}"
   export REDIS_URL="redis://127.0.0.1:$EMBEDDED_REDIS_PORT/0"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import concurrent.futures
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -14,55 +13,16 @@ import requests
 
 import broker
 from messages import make_record, utc_now
-from tests.helpers import Service, celery_worker, free_port, gunicorn, python_env, wait_http_ok, wait_until
+from tests.helpers import wait_until
+from tests.stack import Stack, running_stack
 
 pytestmark = pytest.mark.e2e
 
 
-@dataclass
-class Stack:
-    ingest_url: str
-    list_url: str
-    redis_url: str
-    services: list[Service]
-
-    def listed(self) -> list[dict]:
-        """Walk the whole listing with cursors, the way a client does."""
-        messages, cursor = [], None
-        while True:
-            params = {"limit": 1000, **({"cursor": cursor} if cursor else {})}
-            page = requests.get(f"{self.list_url}/messages", params=params, timeout=5).json()
-            messages += page["data"]
-            cursor = page["next_cursor"]
-            if not page["has_more"]:
-                return messages
-
-
 @pytest.fixture
 def stack(database_url: str, redis_url: str, log_dir: Path) -> Iterator[Stack]:
-    ingest_port, list_port = free_port(), free_port()
-    env = python_env(
-        {
-            "SQLALCHEMY_DATABASE_URI": database_url,
-            "REDIS_URL": redis_url,
-            "LIST_API_URL": f"http://127.0.0.1:{list_port}",
-            "SECRET_KEY": "e2e-secret",
-        }
-    )
-    services = [
-        gunicorn("ingestion_api", "ingestion_api:create_app()", ingest_port, env, log_dir, workers=2).start(),
-        gunicorn("list_api", "list_api:create_app()", list_port, env, log_dir).start(),
-        celery_worker("worker", env, log_dir).start(),
-    ]
-    try:
-        wait_http_ok(f"http://127.0.0.1:{ingest_port}/healthz")
-        wait_http_ok(f"http://127.0.0.1:{list_port}/healthz")
-        yield Stack(f"http://127.0.0.1:{ingest_port}", f"http://127.0.0.1:{list_port}", redis_url, services)
-    finally:
-        for service in services:
-            service.stop()
-        for service in services:
-            print(f"--- {service.name} log ---\n{service.log()[-3000:]}")
+    with running_stack(database_url, redis_url, log_dir, with_ws=False) as stack:
+        yield stack
 
 
 def test_every_accepted_message_is_listed_exactly_once(stack: Stack) -> None:
@@ -101,13 +61,13 @@ def test_every_accepted_message_is_listed_exactly_once(stack: Stack) -> None:
 def test_a_redelivered_task_stores_nothing_twice(stack: Stack) -> None:
     """The same task message delivered three times (as after a worker crash) stores each record once."""
     records = [make_record({"dup": i}, utc_now()) for i in range(5)]
-    client = redis.Redis.from_url(stack.redis_url)
+    client = redis.Redis.from_url(stack.env["REDIS_URL"])
     message = broker.task_message(records, "persist")
     for _ in range(3):
         client.lpush("persist", message)
     wait_until(lambda: client.llen("persist") == 0, what="queue drained")
     wait_until(lambda: len(stack.listed()) >= 5, what="records listed")
-    wait_until(lambda: "succeeded" in stack.services[2].log() and stack.services[2].log().count("succeeded") >= 3)
+    wait_until(lambda: stack.services["worker"].log().count("succeeded") >= 3, what="three deliveries handled")
     listed = stack.listed()
     assert sorted(m["id"] for m in listed) == sorted(r["id"] for r in records)
     assert [orjson.loads(orjson.dumps(m["payload"])) for m in listed] == [{"dup": i} for i in range(5)]

@@ -1,0 +1,84 @@
+"""The whole stack as real processes on free ports, for end-to-end and browser tests."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+from tests.helpers import Service, celery_worker, free_port, gunicorn, python_env, wait_http_ok
+
+
+def wsserver(env: dict[str, str], log_dir: Path, port: int) -> Service:
+    """A wsserver process on ``port`` (started by the caller)."""
+    return Service(f"wsserver-{port}", ["python", "wsserver.py"], {**env, "WS_PORT": str(port)}, log_dir)
+
+
+@dataclass
+class Stack:
+    env: dict[str, str]
+    log_dir: Path
+    ingest_url: str
+    list_url: str
+    ws_port: int
+    services: dict[str, Service] = field(default_factory=dict)
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.ws_port}"
+
+    def start_wsserver(self) -> Service:
+        service = wsserver(self.env, self.log_dir, self.ws_port).start()
+        self.services["wsserver"] = service
+        wait_http_ok(f"http://127.0.0.1:{self.ws_port}/healthz")
+        return service
+
+    def post(self, payload: dict) -> str:
+        response = requests.post(f"{self.ingest_url}/dummy", json=payload, timeout=5)
+        assert response.status_code == 202, response.text
+        return response.json()["id"]
+
+    def listed(self) -> list[dict]:
+        """Walk the whole listing with cursors, the way a client does."""
+        messages, cursor = [], None
+        while True:
+            params = {"limit": 1000, **({"cursor": cursor} if cursor else {})}
+            page = requests.get(f"{self.list_url}/messages", params=params, timeout=5).json()
+            messages += page["data"]
+            cursor = page["next_cursor"]
+            if not page["has_more"]:
+                return messages
+
+
+@contextlib.contextmanager
+def running_stack(database_url: str, redis_url: str, log_dir: Path, with_ws: bool = True) -> Iterator[Stack]:
+    """Start ingestion API (2 workers), list API, a Celery worker and optionally a wsserver."""
+    ingest_port, list_port, ws_port = free_port(), free_port(), free_port()
+    env = python_env(
+        {
+            "SQLALCHEMY_DATABASE_URI": database_url,
+            "REDIS_URL": redis_url,
+            "LIST_API_URL": f"http://127.0.0.1:{list_port}",
+            "SECRET_KEY": "e2e-secret",
+        }
+    )
+    stack = Stack(env, log_dir, f"http://127.0.0.1:{ingest_port}", f"http://127.0.0.1:{list_port}", ws_port)
+    stack.services["ingestion_api"] = gunicorn(
+        "ingestion_api", "ingestion_api:create_app()", ingest_port, env, log_dir, workers=2
+    ).start()
+    stack.services["list_api"] = gunicorn("list_api", "list_api:create_app()", list_port, env, log_dir).start()
+    stack.services["worker"] = celery_worker("worker", env, log_dir).start()
+    try:
+        wait_http_ok(f"{stack.ingest_url}/healthz")
+        wait_http_ok(f"{stack.list_url}/healthz")
+        if with_ws:
+            stack.start_wsserver()
+        yield stack
+    finally:
+        for service in stack.services.values():
+            service.stop()
+        for service in stack.services.values():
+            print(f"--- {service.name} log ---\n{service.log()[-3000:]}")

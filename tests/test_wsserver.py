@@ -1,0 +1,315 @@
+"""The websocket server as a real process, against a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import psutil
+import pytest
+import redis
+import requests
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+import broker
+from messages import make_record, utc_now
+from tests.helpers import Service, free_port, python_env, wait_http_ok
+
+pytestmark = pytest.mark.e2e
+
+
+class WsServer(Service):
+    def __init__(self, redis_url: str, log_dir: Path, **settings: str) -> None:
+        self.port = free_port()
+        env = python_env({"REDIS_URL": redis_url, "WS_PORT": str(self.port), **settings})
+        super().__init__(f"wsserver-{self.port}", ["python", "wsserver.py"], env, log_dir)
+        self.url = f"ws://127.0.0.1:{self.port}/"
+
+    def start(self) -> WsServer:
+        super().start()
+        wait_http_ok(f"http://127.0.0.1:{self.port}/healthz")
+        return self
+
+
+@pytest.fixture
+def start_ws(redis_url: str, log_dir: Path) -> Iterator:
+    servers: list[WsServer] = []
+
+    def start(**settings: str) -> WsServer:
+        server = WsServer(redis_url, log_dir, **settings).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def publisher(redis_url: str) -> broker.Broker:
+    return broker.Broker(redis.Redis.from_url(redis_url), "persist", "messages:live", 10_000, 60)
+
+
+def _enqueue_all(redis_url: str, records: list[dict[str, str]]) -> None:
+    pub = broker.Broker(redis.Redis.from_url(redis_url), "persist", "messages:live", 10_000, 60)
+    for record in records:
+        pub.enqueue([record], {})
+
+
+async def publish_from_another_process(pub: broker.Broker, count: int, size: int) -> list[str]:
+    """Publish from a separate process, so the test's own client is not starved of the GIL."""
+    records = [make_record({"i": i, "pad": "x" * size}, utc_now()) for i in range(count)]
+    url = pub.client.get_connection_kwargs()
+    child = multiprocessing.get_context("fork").Process(
+        target=_enqueue_all, args=(f"redis://{url['host']}:{url['port']}/{url.get('db', 0)}", records)
+    )
+    child.start()
+    await asyncio.to_thread(child.join, 60)
+    assert child.exitcode == 0
+    return [r["id"] for r in records]
+
+
+def publish(pub: broker.Broker, count: int, size: int = 0) -> list[str]:
+    ids = []
+    for i in range(count):
+        record = make_record({"i": i, "pad": "x" * size}, utc_now())
+        pub.enqueue([record], {})
+        ids.append(record["id"])
+    return ids
+
+
+async def receive_until_ready(ws: ClientConnection) -> list[dict]:
+    """Collect frames until the server's ready frame (the replay, and any reset)."""
+    frames = []
+    while True:
+        frame = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+        if frame.get("type") == "ready":
+            return frames
+        frames.append(frame)
+
+
+async def receive_ids(ws: ClientConnection, count: int) -> list[str]:
+    ids = []
+    while len(ids) < count:
+        frame = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert "type" not in frame, frame
+        ids.append(frame["id"])
+    return ids
+
+
+def test_many_clients_each_receive_every_message_in_order(start_ws, publisher) -> None:
+    server = start_ws()
+
+    async def scenario() -> None:
+        clients = [await connect(server.url) for _ in range(50)]
+        for ws in clients:
+            assert await receive_until_ready(ws) == []
+        ids = await asyncio.to_thread(publish, publisher, 200)
+        received = await asyncio.gather(*(receive_ids(ws, 200) for ws in clients))
+        assert all(r == ids for r in received)
+        frame = orjson.loads(publisher.client.xrange("messages:live", count=1)[0][1][b"frame"])
+        assert set(frame) == {"id", "received_at", "payload"} and frame["payload"]["i"] == 0
+        for ws in clients:
+            await ws.close()
+
+    asyncio.run(scenario())
+
+
+def test_resume_replays_exactly_the_missed_messages_then_goes_live(start_ws, publisher) -> None:
+    server = start_ws()
+
+    async def scenario() -> None:
+        async with connect(server.url) as ws:
+            await receive_until_ready(ws)
+            first = await asyncio.to_thread(publish, publisher, 10)
+            assert await receive_ids(ws, 10) == first
+        missed = await asyncio.to_thread(publish, publisher, 15)
+        async with connect(f"{server.url}?after={first[-1]}") as ws:
+            replay = await receive_until_ready(ws)
+            assert [f["id"] for f in replay] == missed
+            later = await asyncio.to_thread(publish, publisher, 5)
+            assert await receive_ids(ws, 5) == later
+
+    asyncio.run(scenario())
+
+
+def test_resume_seam_has_no_gap_or_duplicate_under_load(start_ws, publisher) -> None:
+    """Reconnect while messages keep flowing: replay + live must be exactly the stream."""
+    server = start_ws()
+
+    async def scenario() -> None:
+        async with connect(server.url) as ws:
+            await receive_until_ready(ws)
+            head = await asyncio.to_thread(publish, publisher, 3)
+            assert await receive_ids(ws, 3) == head
+        producer = asyncio.create_task(asyncio.to_thread(publish, publisher, 300))
+        await asyncio.sleep(0.05)
+        async with connect(f"{server.url}?after={head[-1]}") as ws:
+            frames = await receive_until_ready(ws)
+            rest = await producer
+            seen = [f["id"] for f in frames]
+            seen += await receive_ids(ws, len(rest) - len(seen))
+            assert seen == rest
+
+    asyncio.run(scenario())
+
+
+def test_unknown_or_expired_id_gets_a_reset_then_live(start_ws, publisher) -> None:
+    server = start_ws(LIVE_WINDOW="20")
+
+    async def scenario() -> None:
+        old = await asyncio.to_thread(publish, publisher, 50)
+        for after in (old[0], "01a22649-0717-7cb0-a31f-94907ddc217f"):
+            async with connect(f"{server.url}?after={after}") as ws:
+                frames = await receive_until_ready(ws)
+                assert [f["type"] for f in frames] == ["reset"]
+                assert frames[0]["oldest"] in old[-20:]
+                live = await asyncio.to_thread(publish, publisher, 2)
+                assert await receive_ids(ws, 2) == live
+
+    asyncio.run(scenario())
+
+
+def raw_idle_client(port: int) -> socket.socket:
+    """A websocket client that completes the handshake and then never reads."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.sendall(
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    return sock
+
+
+@pytest.mark.parametrize("policy", ["disconnect", "drop"])
+def test_a_client_that_never_reads_neither_delays_others_nor_grows_memory(start_ws, publisher, policy) -> None:
+    server = start_ws(
+        WS_SLOW_CLIENT_POLICY=policy, WS_MAX_BUFFER_BYTES="262144", WS_WINDOW_MAX_BYTES="4194304", LIVE_WINDOW="1000"
+    )
+    process = psutil.Process(server.process.pid)
+    idle = raw_idle_client(server.port)
+
+    async def scenario() -> float:
+        async with connect(server.url, max_size=2**20) as ws:
+            await receive_until_ready(ws)
+            baseline = process.memory_info().rss
+            started = time.monotonic()
+            received, ids = await asyncio.gather(
+                receive_ids(ws, 3000), publish_from_another_process(publisher, 3000, 8000)
+            )  # ~24 MB through each client
+            assert received == ids
+            elapsed = time.monotonic() - started
+            growth = process.memory_info().rss - baseline
+            assert growth < 32 * 2**20, f"server grew by {growth / 2**20:.0f} MiB"
+            return elapsed
+
+    elapsed = asyncio.run(scenario())
+    assert elapsed < 30, f"the reading client needed {elapsed:.1f}s"
+    idle.close()
+    if policy == "disconnect":
+        assert "disconnecting slow client" in server.log()
+
+
+def test_two_servers_both_deliver_every_message(start_ws, publisher) -> None:
+    servers = [start_ws(), start_ws()]
+
+    async def scenario() -> None:
+        clients = [await connect(s.url) for s in servers]
+        for ws in clients:
+            await receive_until_ready(ws)
+        ids = await asyncio.to_thread(publish, publisher, 100)
+        for ws in clients:
+            assert await receive_ids(ws, 100) == ids
+            await ws.close()
+
+    asyncio.run(scenario())
+
+
+def test_client_frames_close_the_connection(start_ws) -> None:
+    server = start_ws()
+
+    async def scenario() -> None:
+        async with connect(server.url) as ws:
+            await receive_until_ready(ws)
+            await ws.send("hello?")
+            with pytest.raises(ConnectionClosed) as info:
+                await asyncio.wait_for(ws.recv(), 5)
+            assert info.value.rcvd.code == 1003
+        async with connect(server.url) as ws:
+            await receive_until_ready(ws)
+            await ws.send("x" * 10_000)
+            with pytest.raises(ConnectionClosed) as info:
+                await asyncio.wait_for(ws.recv(), 5)
+            assert info.value.rcvd.code == 1009
+
+    asyncio.run(scenario())
+
+
+def test_healthz_reports_redis(start_ws, log_dir: Path) -> None:
+    server = start_ws()
+    response = requests.get(f"http://127.0.0.1:{server.port}/healthz", timeout=5)
+    assert response.status_code == 200 and response.json() == {"status": "ok"}
+    dead = WsServer(f"redis://127.0.0.1:{free_port()}/0", log_dir)
+    Service.start(dead)
+    try:
+        url = f"http://127.0.0.1:{dead.port}/healthz"
+        from tests.helpers import wait_until
+
+        wait_until(lambda: requests.get(url, timeout=3).status_code == 503, what="503 from healthz")
+        assert requests.get(url, timeout=3).json()["error"] == "redis_unavailable"
+    finally:
+        dead.stop()
+
+
+def test_sigterm_closes_clients_with_going_away(start_ws) -> None:
+    server = start_ws()
+
+    async def scenario() -> None:
+        async with connect(server.url) as ws:
+            await receive_until_ready(ws)
+            server.signal(signal.SIGTERM)
+            with pytest.raises(ConnectionClosed) as info:
+                await asyncio.wait_for(ws.recv(), 10)
+            assert info.value.rcvd.code == 1001
+
+    asyncio.run(scenario())
+    assert server.process.wait(10) == 0
+
+
+def test_malformed_stream_entries_are_skipped(start_ws, publisher) -> None:
+    server = start_ws()
+
+    async def scenario() -> None:
+        async with connect(server.url) as ws:
+            await receive_until_ready(ws)
+            publisher.client.xadd("messages:live", {"frame": b"{}"})  # no id field
+            ids = await asyncio.to_thread(publish, publisher, 3)
+            assert await receive_ids(ws, 3) == ids
+
+    asyncio.run(scenario())
+    assert "skipping malformed live stream entry" in server.log()
+
+
+def test_compression_can_be_enabled(start_ws, publisher) -> None:
+    server = start_ws(WS_COMPRESSION="deflate")
+
+    async def scenario() -> None:
+        async with (
+            connect(server.url, compression="deflate") as deflated,
+            connect(server.url, compression=None) as plain,
+        ):
+            assert deflated.protocol.extensions and not plain.protocol.extensions
+            await receive_until_ready(deflated)
+            await receive_until_ready(plain)
+            ids = await asyncio.to_thread(publish, publisher, 20, 500)
+            assert await receive_ids(deflated, 20) == ids
+            assert await receive_ids(plain, 20) == ids
+
+    asyncio.run(scenario())
