@@ -25,6 +25,7 @@ from flask_cors import CORS
 import broker
 from config import Settings, load_settings
 from messages import InvalidMessage, make_record, parse_batch, parse_message, utc_now
+from openapi import init_openapi
 from web import error_response, init_web, json_response
 
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
@@ -44,6 +45,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         idempotency_ttl=settings.idempotency_ttl_seconds,
     )
     init_web(app)
+    init_openapi(app, "ingestion_api")
     CORS(app, origins=list(settings.cors_origins), methods=["POST"], expose_headers=["Location"])
     app.add_url_rule("/dummy", view_func=post_message, methods=["POST"])
     app.add_url_rule("/dummy/batch", view_func=post_batch, methods=["POST"])

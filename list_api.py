@@ -27,6 +27,7 @@ import db
 from config import PROJECT_DIR, load_settings
 from cursor import CursorCodec, InvalidCursor
 from messages import is_message_id
+from openapi import init_openapi
 from web import error_response, init_web, json_response
 
 DEFAULT_LIMIT = 100
@@ -42,6 +43,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["cursor"] = CursorCodec(settings.secret_key)
     db.init_db(app)
     init_web(app)
+    init_openapi(app, "list_api")
     CORS(app, methods=["GET"], send_wildcard=True)
     app.add_url_rule("/messages", view_func=list_view, methods=["GET"])
     app.add_url_rule("/messages/<message_id>", view_func=message_view, methods=["GET"])
