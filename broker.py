@@ -31,7 +31,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from messages import live_frame
+from messages import format_time, live_frame, utc_now
 
 PERSIST_TASK = "tasks.persist_messages"
 log = logging.getLogger(__name__)
@@ -159,3 +159,41 @@ class Broker:
             return bool(self.client.ping())
         except redis.RedisError:
             return False
+
+
+class DeadLetters:
+    """A durable Redis list of messages the database kept rejecting, with their error.
+
+    Entries are ``{"record", "error", "failed_at"}``; replaying one puts its
+    record back on the persistence queue and removes the entry, atomically.
+    """
+
+    def __init__(self, client: redis.Redis, key: str, queue: str) -> None:
+        self.client = client
+        self.key = key
+        self.queue = queue
+
+    def add(self, record: dict[str, str], error: str) -> None:
+        entry = {"record": record, "error": error, "failed_at": format_time(utc_now())}
+        self.client.lpush(self.key, orjson.dumps(entry))
+
+    def count(self) -> int:
+        return int(self.client.llen(self.key))
+
+    def entries(self, limit: int = 100) -> list[dict]:
+        """The oldest ``limit`` entries, oldest first."""
+        return [orjson.loads(raw) for raw in reversed(self.client.lrange(self.key, -limit, -1))]
+
+    def replay(self, ids: set[str] | None = None) -> int:
+        """Re-queue the entries whose message id is in ``ids`` (all when None); return how many."""
+        replayed = 0
+        for raw in self.client.lrange(self.key, 0, -1):
+            record = orjson.loads(raw)["record"]
+            if ids is not None and record["id"] not in ids:
+                continue
+            pipe = self.client.pipeline(transaction=True)
+            pipe.lpush(self.queue, task_message([record], self.queue, record["id"]))
+            pipe.lrem(self.key, 1, raw)
+            pipe.execute()
+            replayed += 1
+        return replayed

@@ -53,6 +53,10 @@ ENV_VARS: dict[str, Var] = {
     "IDEMPOTENCY_TTL_SECONDS": Var("86400", "How long an `Idempotency-Key` is remembered."),
     "PERSIST_QUEUE": Var("persist", "Celery queue (Redis list) holding persistence tasks."),
     "CELERY_VISIBILITY_TIMEOUT": Var("120", "Seconds before an unacknowledged task of a dead worker is redelivered."),
+    "PERSIST_BATCH_SIZE": Var("1000", "Most messages the worker writes in one transaction."),
+    "PERSIST_FLUSH_SECONDS": Var("0.05", "Longest a queued message waits for its batch to fill before it is written."),
+    "PERSIST_ATTEMPTS": Var("3", "Failed writes of a batch (database up) before its bad records are isolated."),
+    "DEAD_LETTER_KEY": Var("dead_letters", "Redis list holding messages the database keeps rejecting."),
     "LIVE_STREAM_KEY": Var("messages:live", "Redis Stream that carries messages to the websocket servers."),
     "LIVE_WINDOW": Var("10000", "Approximate number of recent messages kept in the live stream for resume."),
     "WS_HOST": Var("127.0.0.1", "Address the websocket server binds (`0.0.0.0` in containers)."),
@@ -68,6 +72,9 @@ ENV_VARS: dict[str, Var] = {
     "WS_MAX_CLIENT_FRAME_BYTES": Var("4096", "Largest frame a client may send; bigger closes the connection (1009)."),
     "WS_PING_INTERVAL": Var("20", "Seconds between keepalive pings; a client that misses one is dropped."),
     "WS_WINDOW_MAX_BYTES": Var("67108864", "Memory cap of a websocket server's replay window, in bytes."),
+    "API_TOKENS": Var("", "Comma-separated bearer tokens; when set, POST, listing and websockets need one."),
+    "RATE_LIMIT": Var("", "Per-client-address limit on the ingestion POSTs, e.g. `100/second` (empty: off)."),
+    "PROXY_COUNT": Var("0", "Reverse proxies in front of the APIs whose X-Forwarded-For to trust (client address)."),
     "CORS_ORIGINS": Var("*", "Origins allowed to POST to the ingestion API from a browser (comma-separated)."),
 }
 
@@ -105,6 +112,10 @@ class Settings:
     idempotency_ttl_seconds: int
     persist_queue: str
     celery_visibility_timeout: int
+    persist_batch_size: int
+    persist_flush_seconds: float
+    persist_attempts: int
+    dead_letter_key: str
     live_stream_key: str
     live_window: int
     ws_host: str
@@ -114,6 +125,9 @@ class Settings:
     ws_max_client_frame_bytes: int
     ws_ping_interval: float
     ws_window_max_bytes: int
+    api_tokens: tuple[str, ...]
+    rate_limit: str
+    proxy_count: int
     cors_origins: tuple[str, ...]
 
     @property

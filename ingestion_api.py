@@ -4,7 +4,8 @@ Run: ``gunicorn -b 0.0.0.0:5000 "ingestion_api:create_app()"``.
 Reads ``REDIS_URL``, ``REDIS_TIMEOUT_SECONDS``, ``LIST_API_URL``,
 ``MAX_MESSAGE_BYTES``, ``MAX_BATCH_MESSAGES``, ``MAX_BATCH_BYTES``,
 ``IDEMPOTENCY_TTL_SECONDS``, ``PERSIST_QUEUE``, ``LIVE_STREAM_KEY``,
-``LIVE_WINDOW`` and ``CORS_ORIGINS`` through ``config.py``.
+``LIVE_WINDOW``, ``API_TOKENS``, ``RATE_LIMIT``, ``PROXY_COUNT`` and
+``CORS_ORIGINS`` through ``config.py``.
 
 Endpoints: ``POST /dummy`` (one JSON object), ``POST /dummy/batch`` (an
 array of 1..1000 objects), ``GET /healthz``. A 202 means the message is in
@@ -21,12 +22,14 @@ from typing import Any
 import redis
 from flask import Flask, Response, current_app, request
 from flask_cors import CORS
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
 
 import broker
 from config import Settings, load_settings
 from messages import InvalidMessage, make_record, parse_batch, parse_message, utc_now
 from openapi import init_openapi
-from web import error_response, init_web, json_response
+from web import error_response, init_web, json_response, protect
 
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 
@@ -44,13 +47,32 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         window=settings.live_window,
         idempotency_ttl=settings.idempotency_ttl_seconds,
     )
-    init_web(app)
+    init_web(app, settings)
     init_openapi(app, "ingestion_api")
     CORS(app, origins=list(settings.cors_origins), methods=["POST"], expose_headers=["Location"])
     app.add_url_rule("/dummy", view_func=post_message, methods=["POST"])
     app.add_url_rule("/dummy/batch", view_func=post_batch, methods=["POST"])
     app.add_url_rule("/healthz", view_func=healthz, methods=["GET"])
+    protect(app, settings.api_tokens, {"post_message", "post_batch"})
+    _rate_limit(app, settings)
     return app
+
+
+def _rate_limit(app: Flask, settings: Settings) -> None:
+    """Limit the POSTs per client address, counted in Redis so the limit holds across processes."""
+    if not settings.rate_limit:
+        return
+    limiter = Limiter(
+        get_remote_address,
+        app=app,
+        storage_uri=settings.redis_url,
+        storage_options={"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
+        strategy="moving-window",
+        headers_enabled=True,
+        swallow_errors=True,  # Redis trouble must not turn into 500s; the queue write answers 503 anyway
+    )
+    for view in ("post_message", "post_batch"):
+        app.view_functions[view] = limiter.limit(settings.rate_limit)(app.view_functions[view])
 
 
 def _settings() -> Settings:

@@ -1,8 +1,8 @@
 """List API: pages through every persisted message, and serves the live page.
 
 Run: ``gunicorn -b 0.0.0.0:5001 "list_api:create_app()"``.
-Reads ``SQLALCHEMY_DATABASE_URI`` and ``SECRET_KEY`` (cursor signing)
-through ``config.py``.
+Reads ``SQLALCHEMY_DATABASE_URI``, ``SECRET_KEY`` (cursor signing),
+``API_TOKENS`` and ``PROXY_COUNT`` through ``config.py``.
 
 ``GET /messages?limit=&cursor=&order=`` returns ``{"data", "has_more",
 "next_cursor"}`` in persistence order (``order=asc``, the default) or
@@ -28,7 +28,7 @@ from config import PROJECT_DIR, load_settings
 from cursor import CursorCodec, InvalidCursor
 from messages import is_message_id
 from openapi import init_openapi
-from web import error_response, init_web, json_response
+from web import error_response, init_web, json_response, protect
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -42,13 +42,14 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config["SQLALCHEMY_DATABASE_URI"] = settings.sqlalchemy_database_uri
     app.extensions["cursor"] = CursorCodec(settings.secret_key)
     db.init_db(app)
-    init_web(app)
+    init_web(app, settings)
     init_openapi(app, "list_api")
     CORS(app, methods=["GET"], send_wildcard=True)
     app.add_url_rule("/messages", view_func=list_view, methods=["GET"])
     app.add_url_rule("/messages/<message_id>", view_func=message_view, methods=["GET"])
     app.add_url_rule("/healthz", view_func=healthz, methods=["GET"])
     app.add_url_rule("/", view_func=index, methods=["GET"])
+    protect(app, settings.api_tokens, {"list_view", "message_view"})
     return app
 
 

@@ -15,6 +15,10 @@ import orjson
 from flask import Flask, Response, request
 from flask.json.provider import JSONProvider
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from auth import bearer, token_ok
+from config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +58,12 @@ def _error_code(exc: HTTPException) -> str:
     return (exc.name or "error").lower().replace(" ", "_").replace("'", "")
 
 
-def init_web(app: Flask) -> None:
-    """Install the orjson provider, JSON error handlers and security headers."""
+def init_web(app: Flask, settings: Settings) -> None:
+    """Install the orjson provider, JSON error handlers, security headers and proxy handling."""
     app.json = OrjsonProvider(app)
+    if settings.proxy_count:
+        # Behind a reverse proxy, take the client address from X-Forwarded-For (rate limits).
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_count, x_proto=settings.proxy_count)
 
     @app.errorhandler(HTTPException)
     def handle_http_error(exc: HTTPException) -> Response:
@@ -73,3 +80,22 @@ def init_web(app: Flask) -> None:
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
         return response
+
+
+def unauthorized() -> Response:
+    return error_response(
+        401, "unauthorized", "A valid bearer token is required.", {"WWW-Authenticate": 'Bearer realm="messages"'}
+    )
+
+
+def protect(app: Flask, tokens: tuple[str, ...], endpoints: set[str]) -> None:
+    """Require a token on ``endpoints`` of ``app`` when ``tokens`` is non-empty."""
+    if not tokens:
+        return
+
+    @app.before_request
+    def require_token() -> Response | None:
+        guarded = request.endpoint in endpoints and request.method != "OPTIONS"
+        if guarded and not token_ok(bearer(request.headers.get("Authorization")), tokens):
+            return unauthorized()
+        return None

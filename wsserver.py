@@ -25,7 +25,9 @@ disconnected (1013; it resumes or resets). With
 ``WS_SLOW_CLIENT_POLICY=drop`` such a client instead misses frames until it
 drains (counted). Either way slow clients never hold back the others and
 memory stays bounded.
-``GET /healthz`` on the same port answers 200 when Redis does.
+``GET /healthz`` on the same port answers 200 when Redis does. When
+``API_TOKENS`` is set, the handshake needs a token (``?token=`` or
+``Authorization: Bearer``); without one it is refused with 401.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from auth import bearer, token_ok
 from config import Settings, load_settings
 
 log = logging.getLogger("wsserver")
@@ -282,16 +285,34 @@ async def relay(hub: Hub, client: aioredis.Redis, stream: str) -> None:
             hub.deliver(_valid(entries))
 
 
-async def health(client: aioredis.Redis, connection: ServerConnection, request: Request) -> Response | None:
-    """Answer ``GET /healthz`` over plain HTTP; let every other request upgrade."""
-    if urlsplit(request.path).path != "/healthz":
-        return None
+async def process_request(
+    client: aioredis.Redis, tokens: tuple[str, ...], connection: ServerConnection, request: Request
+) -> Response | None:
+    """Answer ``GET /healthz`` over plain HTTP, refuse handshakes without a valid token, let the rest upgrade."""
+    url = urlsplit(request.path)
+    if url.path == "/healthz":
+        return await _health(client, connection)
+    if tokens:
+        presented = bearer(request.headers.get("Authorization")) or parse_qs(url.query).get("token", [None])[0]
+        if not token_ok(presented, tokens):
+            body = {"error": "unauthorized", "message": "A valid token is required (?token= or Authorization)."}
+            return _json_response(connection, HTTPStatus.UNAUTHORIZED, body)
+    return None
+
+
+async def _health(client: aioredis.Redis, connection: ServerConnection) -> Response:
     try:
         ok = bool(await asyncio.wait_for(client.ping(), 1.0))
     except (RedisError, OSError, TimeoutError):
         ok = False
-    body = {"status": "ok"} if ok else {"error": "redis_unavailable", "message": "Redis does not answer."}
-    response = connection.respond(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, orjson.dumps(body).decode())
+    if ok:
+        return _json_response(connection, HTTPStatus.OK, {"status": "ok"})
+    body = {"error": "redis_unavailable", "message": "Redis does not answer."}
+    return _json_response(connection, HTTPStatus.SERVICE_UNAVAILABLE, body)
+
+
+def _json_response(connection: ServerConnection, status: HTTPStatus, body: dict) -> Response:
+    response = connection.respond(status, orjson.dumps(body).decode())
     del response.headers["Content-Type"]
     response.headers["Content-Type"] = "application/json"
     return response
@@ -306,7 +327,7 @@ async def run(settings: Settings, stop: asyncio.Future) -> None:
         functools.partial(handler, hub),
         settings.ws_host,
         settings.ws_port,
-        process_request=functools.partial(health, client),
+        process_request=functools.partial(process_request, client, settings.api_tokens),
         compression="deflate" if settings.ws_compression == "deflate" else None,
         max_size=settings.ws_max_client_frame_bytes,
         ping_interval=settings.ws_ping_interval,

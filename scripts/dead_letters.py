@@ -1,0 +1,66 @@
+"""List and replay messages the database kept rejecting (the dead-letter list).
+
+    python scripts/dead_letters.py list [--limit 20] [--json]
+    python scripts/dead_letters.py replay (--all | --id ID [--id ID ...])
+    python scripts/dead_letters.py count
+
+Reads ``REDIS_URL``, ``DEAD_LETTER_KEY`` and ``PERSIST_QUEUE`` like the
+services do. Replaying puts a message back on the persistence queue (and
+removes it from the list atomically); fix the cause first, or it will come
+back. Storage is idempotent, so replaying a message that was stored meanwhile
+does no harm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import broker
+from config import load_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    show = sub.add_parser("list", help="show the oldest dead letters")
+    show.add_argument("--limit", type=int, default=20)
+    show.add_argument("--json", action="store_true", help="one JSON entry per line")
+    sub.add_parser("count", help="print how many there are")
+    replay = sub.add_parser("replay", help="put dead letters back on the persistence queue")
+    which = replay.add_mutually_exclusive_group(required=True)
+    which.add_argument("--all", action="store_true")
+    which.add_argument("--id", action="append", dest="ids", help="message id (repeatable)")
+    args = parser.parse_args(argv)
+
+    settings = load_settings()
+    client = broker.connect(settings.redis_url, timeout=5.0)
+    dead_letters = broker.DeadLetters(client, settings.dead_letter_key, settings.persist_queue)
+    if args.command == "count":
+        print(dead_letters.count())
+    elif args.command == "list":
+        entries = dead_letters.entries(args.limit)
+        for entry in entries:
+            if args.json:
+                print(json.dumps(entry, ensure_ascii=False))
+            else:
+                record = entry["record"]
+                print(f"{record['id']}  failed {entry['failed_at']}  {entry['error']}")
+                print(f"    payload: {record['payload'][:200]}")
+        if not args.json:
+            print(f"{dead_letters.count()} dead letter(s) in {settings.dead_letter_key!r}")
+    else:
+        replayed = dead_letters.replay(None if args.all else set(args.ids))
+        print(f"replayed {replayed} message(s) onto {settings.persist_queue!r}")
+        if args.ids and replayed < len(set(args.ids)):
+            print("some ids were not in the dead-letter list", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

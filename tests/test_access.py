@@ -1,0 +1,118 @@
+"""Bearer tokens, rate limits and security headers, against real Redis and databases."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+import db
+import ingestion_api
+import list_api
+from auth import bearer, token_ok
+from tests.test_wsserver import WsServer
+
+
+def test_token_ok_matches_only_listed_tokens() -> None:
+    assert token_ok("b", ("a", "b"))
+    assert not token_ok("c", ("a", "b"))
+    assert not token_ok("", ("a",))
+    assert not token_ok(None, ("a",))
+    assert not token_ok("ab", ("a",))
+
+
+@pytest.mark.parametrize(
+    ("header", "token"),
+    [("Bearer s3cret", "s3cret"), ("bearer s3cret", "s3cret"), ("Basic s3cret", None), ("Bearer ", None), (None, None)],
+)
+def test_bearer_parsing(header: str | None, token: str | None) -> None:
+    assert bearer(header) == token
+
+
+def test_ingestion_requires_a_token_when_configured(redis_url: str) -> None:
+    client = ingestion_api.create_app({"redis_url": redis_url, "api_tokens": ("alpha", "beta")}).test_client()
+    r = redis.Redis.from_url(redis_url)
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic alpha"}):
+        response = client.post("/dummy", json={"a": 1}, headers=headers)
+        assert response.status_code == 401
+        assert response.get_json()["error"] == "unauthorized"
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert client.post("/dummy/batch", json=[{"a": 1}]).status_code == 401
+    assert r.llen("persist") == 0 and r.xlen("messages:live") == 0
+    assert client.post("/dummy", json={"a": 1}, headers={"Authorization": "Bearer beta"}).status_code == 202
+    assert client.get("/healthz").status_code == 200
+
+
+def test_listing_requires_a_token_when_configured(database_url: str) -> None:
+    app = list_api.create_app({"sqlalchemy_database_uri": database_url, "api_tokens": ("alpha",)})
+    client = app.test_client()
+    assert client.get("/messages").status_code == 401
+    assert client.get("/messages/01a22649-0717-7cb0-a31f-94907ddc217f").status_code == 401
+    assert client.get("/messages", headers={"Authorization": "Bearer alpha"}).status_code == 200
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/").status_code == 200
+    with app.app_context():
+        db.db.engine.dispose()
+
+
+def test_open_when_no_tokens_are_configured(redis_url: str) -> None:
+    client = ingestion_api.create_app({"redis_url": redis_url}).test_client()
+    assert client.post("/dummy", json={"a": 1}).status_code == 202
+
+
+def test_websocket_handshake_needs_a_token_when_configured(redis_url: str, log_dir) -> None:
+    server = WsServer(redis_url, log_dir, API_TOKENS="alpha,beta").start()
+    try:
+
+        async def scenario() -> None:
+            with pytest.raises(InvalidStatus) as info:
+                await connect(server.url)
+            assert info.value.response.status_code == 401
+            with pytest.raises(InvalidStatus):
+                await connect(f"{server.url}?token=nope")
+            async with connect(f"{server.url}?token=beta") as ws:
+                assert await asyncio.wait_for(ws.recv(), 5) == '{"type":"ready"}'
+            async with connect(server.url, additional_headers={"Authorization": "Bearer alpha"}) as ws:
+                assert await asyncio.wait_for(ws.recv(), 5) == '{"type":"ready"}'
+
+        asyncio.run(scenario())
+        assert "beta" not in server.log() and "alpha" not in server.log()
+    finally:
+        server.stop()
+
+
+def test_rate_limit_answers_429_with_retry_after_and_holds_across_processes(redis_url: str) -> None:
+    config = {"redis_url": redis_url, "rate_limit": "5/minute"}
+    first, second = (ingestion_api.create_app(config).test_client() for _ in range(2))
+    statuses = [c.post("/dummy", json={"i": i}).status_code for i, c in enumerate([first, second] * 3)]
+    assert statuses == [202] * 5 + [429]
+    limited = second.post("/dummy", json={"i": 99})
+    assert limited.status_code == 429
+    assert limited.get_json()["error"] == "too_many_requests"
+    assert int(limited.headers["Retry-After"]) > 0
+    assert redis.Redis.from_url(redis_url).llen("persist") == 5
+    assert first.get("/healthz").status_code == 200, "health checks are not rate limited"
+
+
+def test_rate_limit_counts_per_client_address_behind_a_proxy(redis_url: str) -> None:
+    client = ingestion_api.create_app(
+        {"redis_url": redis_url, "rate_limit": "2/minute", "proxy_count": 1}
+    ).test_client()
+    for address in ("203.0.113.1", "203.0.113.2"):
+        statuses = [client.post("/dummy", json={}, headers={"X-Forwarded-For": address}).status_code for _ in range(3)]
+        assert statuses == [202, 202, 429]
+
+
+def test_security_headers_and_no_debug(redis_url: str, database_url: str) -> None:
+    ingest = ingestion_api.create_app({"redis_url": redis_url})
+    listing = list_api.create_app({"sqlalchemy_database_uri": database_url})
+    for app in (ingest, listing):
+        assert not app.debug
+        response = app.test_client().get("/healthz")
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["X-Frame-Options"] == "DENY"
+    with listing.app_context():
+        db.db.engine.dispose()

@@ -1,0 +1,141 @@
+"""The persistence policy: retries, outage waits, poison isolation (plain functions, then real stores)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+from collections.abc import Sequence
+
+import pytest
+import redis
+import sqlalchemy as sa
+from flask import Flask
+
+import broker
+import db
+from messages import make_record
+from persistence import Persister
+from tests.helpers import ROOT, python_env
+
+
+def records(count: int, poison: Sequence[int] = ()) -> list[dict[str, str]]:
+    return [
+        make_record({"n": i, "kind": "poison" if i in poison else "fine"}, dt.datetime(2026, 1, 1))
+        for i in range(count)
+    ]
+
+
+class Store:
+    """A stand-in database for the policy tests: rejects poison, can be 'down'."""
+
+    def __init__(self, down_for: int = 0) -> None:
+        self.rows: dict[str, dict] = {}
+        self.down_for = down_for
+        self.sleeps: list[float] = []
+
+    def save(self, chunk: Sequence[dict]) -> int:
+        if self.down_for > 0:
+            raise ConnectionError("database is down")
+        if any('"poison"' in r["payload"] for r in chunk):
+            raise ValueError("rejected by a constraint")
+        new = [r for r in chunk if r["id"] not in self.rows]
+        self.rows.update({r["id"]: r for r in new})
+        return len(new)
+
+    def up(self) -> bool:
+        return self.down_for <= 0
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.down_for -= 1
+
+
+def test_poison_records_are_isolated_and_the_rest_stored() -> None:
+    store, dead = Store(), []
+    persister = Persister(store.save, store.up, lambda r, e: dead.append((r, e)), chunk_size=64, sleep=store.sleep)
+    batch = records(100, poison=(3, 70))
+    outcome = persister.persist(batch)
+    assert outcome.stored == 98 and outcome.dead_lettered == 2
+    assert [r["id"] for r, _ in dead] == [batch[3]["id"], batch[70]["id"]]
+    assert all("rejected by a constraint" in error for _, error in dead)
+    assert set(store.rows) == {r["id"] for i, r in enumerate(batch) if i not in (3, 70)}
+
+
+def test_an_outage_is_waited_out_and_nothing_is_dead_lettered() -> None:
+    store, dead = Store(down_for=40), []
+    persister = Persister(store.save, store.up, lambda r, e: dead.append(r), max_backoff=2.0, sleep=store.sleep)
+    outcome = persister.persist(records(10))
+    assert outcome.stored == 10 and not dead
+    assert len(store.sleeps) == 40 and max(store.sleeps) == 2.0
+
+
+def test_a_transient_failure_is_retried() -> None:
+    calls = []
+
+    def flaky_save(chunk: Sequence[dict]) -> int:
+        calls.append(len(chunk))
+        if len(calls) == 1:
+            raise RuntimeError("deadlock found; try restarting transaction")
+        return len(chunk)
+
+    outcome = Persister(flaky_save, lambda: True, lambda r, e: None, sleep=lambda s: None).persist(records(5))
+    assert outcome.stored == 5 and outcome.retries == 1 and calls == [5, 5]
+
+
+POISON_TRIGGER = {
+    "sqlite": (
+        "CREATE TRIGGER reject_poison BEFORE INSERT ON messages WHEN NEW.payload LIKE '%\"poison\"%' "
+        "BEGIN SELECT RAISE(ABORT, 'poison rejected'); END"
+    ),
+    "mysql": (  # PyMySQL applies %-formatting, hence %%
+        "CREATE TRIGGER reject_poison BEFORE INSERT ON messages FOR EACH ROW "
+        "IF NEW.payload LIKE '%%\"poison\"%%' THEN SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'poison rejected'; END IF"
+    ),
+}
+
+
+def test_real_database_rejection_goes_to_the_dead_letter_list_and_replays(
+    db_app: Flask, database_url: str, redis_url: str
+) -> None:
+    """A trigger makes the database reject some rows; they are dead-lettered, then replayed once fixed."""
+    engine = sa.create_engine(database_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(POISON_TRIGGER[engine.dialect.name])
+    client = redis.Redis.from_url(redis_url)
+    dead_letters = broker.DeadLetters(client, "dead_letters", "persist")
+    batch = records(50, poison=(10, 11, 40))
+    try:
+        with db_app.app_context():
+            persister = Persister(db.save_messages, lambda: True, dead_letters.add, chunk_size=20, sleep=lambda s: None)
+            outcome = persister.persist(batch)
+            assert (outcome.stored, outcome.dead_lettered) == (47, 3)
+            assert db.get_message(batch[10]["id"]) is None and db.get_message(batch[9]["id"]) is not None
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP TRIGGER reject_poison")
+        engine.dispose()
+    entries = dead_letters.entries()
+    assert [e["record"]["id"] for e in entries] == [batch[i]["id"] for i in (10, 11, 40)]
+    assert "poison rejected" in entries[0]["error"]
+
+    env = python_env({"REDIS_URL": redis_url})
+    listing = subprocess.run(
+        [sys.executable, "scripts/dead_letters.py", "list"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert listing.returncode == 0 and batch[10]["id"] in listing.stdout and "3 dead letter(s)" in listing.stdout
+    replay = subprocess.run(
+        [sys.executable, "scripts/dead_letters.py", "replay", "--id", batch[11]["id"]],
+        cwd=ROOT, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert replay.returncode == 0, replay.stderr
+    assert dead_letters.count() == 2
+    [raw] = client.lrange("persist", 0, -1)
+    assert broker.task_message([batch[11]], "persist", batch[11]["id"]) == raw
+    assert dead_letters.replay() == 2 and dead_letters.count() == 0 and client.llen("persist") == 3
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["replay"]])
+def test_dead_letters_script_usage(argv: list[str]) -> None:
+    result = subprocess.run([sys.executable, "scripts/dead_letters.py", *argv], cwd=ROOT, capture_output=True)
+    assert result.returncode == (0 if argv == ["--help"] else 2)
