@@ -21,7 +21,6 @@ the key and enqueues atomically, so two racing repeats cannot both enqueue.
 
 from __future__ import annotations
 
-import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,7 +33,6 @@ from redis.retry import Retry
 from messages import format_time, live_frame, utc_now
 
 PERSIST_TASK = "tasks.persist_messages"
-log = logging.getLogger(__name__)
 
 # KEYS[1] idempotency key, KEYS[2] queue. ARGV[1] stored answer, ARGV[2] ttl, ARGV[3] task message.
 # Returns the earlier answer for a repeat, or nil after enqueueing.
@@ -139,8 +137,6 @@ class Broker:
         if isinstance(results[0], Exception):
             raise results[0]
         failures = [r for r in results[1:] if isinstance(r, Exception)]
-        if failures:
-            log.warning("live publish failed for %d message(s): %s", len(failures), failures[0])
         return Enqueued(answer, live_published=not failures)
 
     def _publish_only(self, records: Sequence[dict[str, str]], answer: dict) -> Enqueued:
@@ -148,10 +144,16 @@ class Broker:
         self._publish(pipe, records)
         try:
             pipe.execute()
-        except redis.RedisError as exc:
-            log.warning("live publish failed for %d message(s): %s", len(records), exc)
+        except redis.RedisError:
             return Enqueued(answer, live_published=False)
         return Enqueued(answer)
+
+    def depth(self) -> int | None:
+        """Task messages waiting on the persistence queue, or None when Redis does not answer."""
+        try:
+            return int(self.client.llen(self.queue))
+        except redis.RedisError:
+            return None
 
     def ping(self) -> bool:
         """Tell whether Redis answers."""

@@ -57,6 +57,10 @@ ENV_VARS: dict[str, Var] = {
     "PERSIST_FLUSH_SECONDS": Var("0.05", "Longest a queued message waits for its batch to fill before it is written."),
     "PERSIST_ATTEMPTS": Var("3", "Failed writes of a batch (database up) before its bad records are isolated."),
     "DEAD_LETTER_KEY": Var("dead_letters", "Redis list holding messages the database keeps rejecting."),
+    "WORKER_METRICS_PORT": Var("0", "Port of the worker's Prometheus `/metrics` endpoint (0: off)."),
+    "PROMETHEUS_MULTIPROC_DIR": Var(
+        "", "Empty directory per service where prometheus-client aggregates the metrics of its processes."
+    ),
     "LIVE_STREAM_KEY": Var("messages:live", "Redis Stream that carries messages to the websocket servers."),
     "LIVE_WINDOW": Var("10000", "Approximate number of recent messages kept in the live stream for resume."),
     "WS_HOST": Var("127.0.0.1", "Address the websocket server binds (`0.0.0.0` in containers)."),
@@ -75,6 +79,8 @@ ENV_VARS: dict[str, Var] = {
     "API_TOKENS": Var("", "Comma-separated bearer tokens; when set, POST, listing and websockets need one."),
     "RATE_LIMIT": Var("", "Per-client-address limit on the ingestion POSTs, e.g. `100/second` (empty: off)."),
     "PROXY_COUNT": Var("0", "Reverse proxies in front of the APIs whose X-Forwarded-For to trust (client address)."),
+    "LOG_FORMAT": Var("json", "`json` (one object per line, with message ids) or `text`."),
+    "LOG_LEVEL": Var("INFO", "Python logging level of every service."),
     "CORS_ORIGINS": Var("*", "Origins allowed to POST to the ingestion API from a browser (comma-separated)."),
 }
 
@@ -116,6 +122,8 @@ class Settings:
     persist_flush_seconds: float
     persist_attempts: int
     dead_letter_key: str
+    worker_metrics_port: int
+    prometheus_multiproc_dir: str
     live_stream_key: str
     live_window: int
     ws_host: str
@@ -128,6 +136,8 @@ class Settings:
     api_tokens: tuple[str, ...]
     rate_limit: str
     proxy_count: int
+    log_format: str
+    log_level: str
     cors_origins: tuple[str, ...]
 
     @property
@@ -151,7 +161,9 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
             raise ValueError(f"required settings are unset: {', '.join(missing)}")
         if raw["SECRET_KEY"] == DEV_SECRET:
             raise ValueError("SECRET_KEY still has the development placeholder")
-    for name, allowed in (("WS_SLOW_CLIENT_POLICY", ("disconnect", "drop")), ("WS_COMPRESSION", ("off", "deflate"))):
+    choices = {"WS_SLOW_CLIENT_POLICY": ("disconnect", "drop"), "WS_COMPRESSION": ("off", "deflate"),
+               "LOG_FORMAT": ("json", "text")}  # fmt: skip
+    for name, allowed in choices.items():
         if raw[name] not in allowed:
             raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {raw[name]!r}")
     types = {f.name: f.type for f in fields(Settings)}

@@ -26,8 +26,11 @@ from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 
 import broker
+import metrics
 from config import Settings, load_settings
+from logs import configure_logging
 from messages import InvalidMessage, make_record, parse_batch, parse_message, utc_now
+from metrics import GaugeCollector, init_metrics
 from openapi import init_openapi
 from web import error_response, init_web, json_response, protect
 
@@ -37,6 +40,7 @@ _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Create the ingestion API; ``test_config`` overrides settings by field name."""
     settings = load_settings(**dict(test_config or {}))
+    configure_logging("ingestion_api", settings.log_format, settings.log_level)
     app = Flask(__name__)
     app.config["SETTINGS"] = settings
     app.config["MAX_CONTENT_LENGTH"] = max(settings.max_message_bytes, settings.max_batch_bytes)
@@ -55,7 +59,16 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.add_url_rule("/healthz", view_func=healthz, methods=["GET"])
     protect(app, settings.api_tokens, {"post_message", "post_batch"})
     _rate_limit(app, settings)
+    queue = app.extensions["broker"]
+    init_metrics(app, "ingestion_api", [GaugeCollector("persist_queue_depth", "Task messages waiting.", queue.depth)])
+    app.after_request(_count_rejections)
     return app
+
+
+def _count_rejections(response: Response) -> Response:
+    if request.endpoint in ("post_message", "post_batch") and 400 <= response.status_code < 500:
+        metrics.REJECTED.labels(str(response.status_code)).inc()
+    return response
 
 
 def _rate_limit(app: Flask, settings: Settings) -> None:
@@ -111,10 +124,16 @@ def _accept(records: list[dict[str, str]], answer: dict[str, Any], location: str
     try:
         result = current_app.extensions["broker"].enqueue(records, answer, key)
     except redis.RedisError:
-        current_app.logger.warning("queue write failed; answering 503", exc_info=True)
+        ids = [r["id"] for r in records]
+        current_app.logger.warning("queue write failed; answering 503", exc_info=True, extra={"message_ids": ids})
         return error_response(
             503, "queue_unavailable", "The message queue is unavailable; retry shortly.", {"Retry-After": "1"}
         )
+    if not result.repeated:
+        metrics.ACCEPTED.labels(request.endpoint).inc(len(records))
+    if not result.live_published:
+        metrics.LIVE_PUBLISH_FAILURES.inc(len(records))
+        current_app.logger.warning("live publish failed", extra={"message_ids": [r["id"] for r in records]})
     headers = {"Location": location} if location else {}
     if result.repeated and "id" in result.answer:
         headers["Location"] = f"{_settings().list_api_url}/messages/{result.answer['id']}"

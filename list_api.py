@@ -26,7 +26,9 @@ from flask_cors import CORS
 import db
 from config import PROJECT_DIR, load_settings
 from cursor import CursorCodec, InvalidCursor
+from logs import configure_logging
 from messages import is_message_id
+from metrics import init_metrics
 from openapi import init_openapi
 from web import error_response, init_web, json_response, protect
 
@@ -37,6 +39,7 @@ MAX_LIMIT = 1000
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Create the list API; ``test_config`` overrides settings by field name."""
     settings = load_settings(**dict(test_config or {}))
+    configure_logging("list_api", settings.log_format, settings.log_level)
     app = Flask(__name__)
     app.config["SETTINGS"] = settings
     app.config["SQLALCHEMY_DATABASE_URI"] = settings.sqlalchemy_database_uri
@@ -50,6 +53,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.add_url_rule("/healthz", view_func=healthz, methods=["GET"])
     app.add_url_rule("/", view_func=index, methods=["GET"])
     protect(app, settings.api_tokens, {"list_view", "message_view"})
+    init_metrics(app, "list_api")
     return app
 
 

@@ -90,7 +90,13 @@ class Persister:
             self.sleep(backoff)
             backoff = min(backoff * 2, self.max_backoff)
         if len(chunk) == 1:
-            log.error("dead-lettering message %s after %d failed writes: %s", chunk[0].get("id"), failures, error)
+            log.error(
+                "dead-lettering message %s after %d failed writes: %s",
+                chunk[0].get("id"),
+                failures,
+                error,
+                extra={"message_id": chunk[0].get("id"), "error": error},
+            )
             self.dead_letter(chunk[0], error)
             outcome.dead_lettered += 1
             return

@@ -3,8 +3,8 @@
 Run it with ``celery -A tasks worker -Q persist`` (the queue name comes from
 ``PERSIST_QUEUE``). Reads ``REDIS_URL``, ``SQLALCHEMY_DATABASE_URI``,
 ``PERSIST_QUEUE``, ``CELERY_VISIBILITY_TIMEOUT``, ``PERSIST_BATCH_SIZE``,
-``PERSIST_FLUSH_SECONDS``, ``PERSIST_ATTEMPTS`` and ``DEAD_LETTER_KEY``
-through ``config.py``.
+``PERSIST_FLUSH_SECONDS``, ``PERSIST_ATTEMPTS``, ``DEAD_LETTER_KEY``,
+``WORKER_METRICS_PORT`` and ``PROMETHEUS_MULTIPROC_DIR`` through ``config.py``.
 
 Every task message carries a list of plain-JSON records (one for a single
 POST, up to 1,000 for a batch POST). The task is a celery-batches ``Batches``
@@ -34,13 +34,16 @@ import os
 
 import sqlalchemy as sa
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import setup_logging, worker_init, worker_process_init
 from celery_batches import Batches, SimpleRequest
 from flask import Flask
 
 import broker
 import db
+import metrics
 from config import load_settings
+from logs import configure_logging
+from metrics import start_metrics_server
 from persistence import Persister
 
 log = logging.getLogger(__name__)
@@ -62,6 +65,22 @@ celery_app.conf.update(
 
 _flask_app: Flask | None = None
 _persister: Persister | None = None
+
+
+@setup_logging.connect
+def _configure_logging(**_kwargs: object) -> None:
+    """Log as every service does (JSON lines) instead of Celery's default format."""
+    configure_logging("worker", settings.log_format, settings.log_level)
+
+
+@worker_init.connect
+def _serve_metrics(**_kwargs: object) -> None:
+    """Expose the pool's metrics (aggregated over processes) from the worker's main process."""
+    if not settings.worker_metrics_port:
+        return
+    if not settings.prometheus_multiproc_dir:
+        log.warning("WORKER_METRICS_PORT is set but PROMETHEUS_MULTIPROC_DIR is not: pool metrics will be missing")
+    start_metrics_server(settings.worker_metrics_port)
 
 
 @worker_process_init.connect
@@ -125,11 +144,16 @@ def persist_messages(requests: list[SimpleRequest]) -> int:
         # would acknowledge the messages, so die instead and let them be redelivered.
         log.critical("could not store or dead-letter %d record(s); exiting", len(records), exc_info=True)
         os._exit(70)
+    metrics.PERSISTED.inc(outcome.stored)
+    metrics.PERSIST_BATCH.observe(len(records))
+    metrics.PERSIST_RETRIES.inc(outcome.retries)
+    metrics.DEAD_LETTERS.inc(outcome.dead_lettered)
     log.info(
         "stored %d of %d record(s) from %d message(s); dead-lettered %d",
         outcome.stored,
         len(records),
         len(requests),
         outcome.dead_lettered,
+        extra={"message_ids": [records[0]["id"], records[-1]["id"]] if records else []},
     )
     return outcome.stored

@@ -25,7 +25,8 @@ disconnected (1013; it resumes or resets). With
 ``WS_SLOW_CLIENT_POLICY=drop`` such a client instead misses frames until it
 drains (counted). Either way slow clients never hold back the others and
 memory stays bounded.
-``GET /healthz`` on the same port answers 200 when Redis does. When
+``GET /healthz`` on the same port answers 200 when Redis does, and
+``GET /metrics`` serves Prometheus metrics. When
 ``API_TOKENS`` is set, the handshake needs a token (``?token=`` or
 ``Authorization: Bearer``); without one it is refused with 401.
 """
@@ -45,6 +46,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 import redis.asyncio as aioredis
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
@@ -54,6 +58,7 @@ from websockets.protocol import State
 
 from auth import bearer, token_ok
 from config import Settings, load_settings
+from logs import configure_logging
 
 log = logging.getLogger("wsserver")
 READY = orjson.dumps({"type": "ready"})
@@ -96,7 +101,7 @@ class Window:
 
 @dataclass
 class Stats:
-    """Counters the server keeps (exported as metrics by the operations work)."""
+    """Counters the server keeps (exported at ``/metrics``)."""
 
     delivered: int = 0
     dropped: int = 0
@@ -235,6 +240,28 @@ class Hub:
         self.catching_up.pop(connection, None)
 
 
+class HubCollector(Collector):
+    """Exports the hub's counters and connection count when ``/metrics`` is scraped."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def collect(self) -> Iterable[Metric]:
+        stats = self.hub.stats
+        yield GaugeMetricFamily(
+            "ws_connections", "Connected websocket clients.", value=len(self.hub.live) + len(self.hub.catching_up)
+        )
+        yield GaugeMetricFamily("ws_catching_up", "Clients being sent a backlog.", value=len(self.hub.catching_up))
+        yield CounterMetricFamily("ws_frames_delivered", "Message frames written to clients.", value=stats.delivered)
+        yield CounterMetricFamily(
+            "ws_frames_dropped", "Frames skipped for slow clients (drop policy).", value=stats.dropped
+        )
+        yield CounterMetricFamily("ws_frames_replayed", "Frames replayed to resuming clients.", value=stats.replayed)
+        yield CounterMetricFamily(
+            "ws_slow_disconnects", "Clients closed for falling behind.", value=stats.slow_disconnects
+        )
+
+
 def _after_param(path: str) -> str | None:
     values = parse_qs(urlsplit(path).query).get("after")
     return values[0] if values else None
@@ -286,12 +313,21 @@ async def relay(hub: Hub, client: aioredis.Redis, stream: str) -> None:
 
 
 async def process_request(
-    client: aioredis.Redis, tokens: tuple[str, ...], connection: ServerConnection, request: Request
+    client: aioredis.Redis,
+    tokens: tuple[str, ...],
+    hub_registry: CollectorRegistry,
+    connection: ServerConnection,
+    request: Request,
 ) -> Response | None:
-    """Answer ``GET /healthz`` over plain HTTP, refuse handshakes without a valid token, let the rest upgrade."""
+    """Answer ``/healthz`` and ``/metrics`` over plain HTTP, refuse handshakes without a valid token."""
     url = urlsplit(request.path)
     if url.path == "/healthz":
         return await _health(client, connection)
+    if url.path == "/metrics":
+        response = connection.respond(HTTPStatus.OK, generate_latest(hub_registry).decode())
+        del response.headers["Content-Type"]
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
     if tokens:
         presented = bearer(request.headers.get("Authorization")) or parse_qs(url.query).get("token", [None])[0]
         if not token_ok(presented, tokens):
@@ -322,12 +358,14 @@ async def run(settings: Settings, stop: asyncio.Future) -> None:
     """Serve until ``stop`` resolves, then close every connection gracefully (1001)."""
     client = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=5)
     hub = Hub(settings)
+    hub_registry = CollectorRegistry()
+    hub_registry.register(HubCollector(hub))
     reader = asyncio.create_task(relay(hub, client, settings.live_stream_key))
     async with serve(
         functools.partial(handler, hub),
         settings.ws_host,
         settings.ws_port,
-        process_request=functools.partial(process_request, client, settings.api_tokens),
+        process_request=functools.partial(process_request, client, settings.api_tokens, hub_registry),
         compression="deflate" if settings.ws_compression == "deflate" else None,
         max_size=settings.ws_max_client_frame_bytes,
         ping_interval=settings.ws_ping_interval,
@@ -343,8 +381,8 @@ async def run(settings: Settings, stop: asyncio.Future) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = load_settings()
+    configure_logging("wsserver", settings.log_format, settings.log_level)
 
     async def serve_until_signalled() -> None:
         loop = asyncio.get_running_loop()

@@ -13,6 +13,10 @@ export LIST_API_URL="${LIST_API_URL:-http://127.0.0.1:$LIST_API_PORT}"
 export PERSIST_QUEUE="${PERSIST_QUEUE:-persist}"
 export WEB_WORKERS="${WEB_WORKERS:-2}" WORKER_CONCURRENCY="${WORKER_CONCURRENCY:-2}"
 export PYTHONUNBUFFERED=1
+export WORKER_METRICS_PORT="${WORKER_METRICS_PORT:-9808}"
+export ACCESS_LOG_FORMAT='{"ts": "%(t)s", "service": "access", "method": "%(m)s", "path": "%(U)s", "status": %(s)s, "ms": %(M)s}'
+# prometheus-client's per-process files: one empty directory per service, fresh each run.
+rm -rf var/metrics && mkdir -p var/metrics/ingestion_api var/metrics/list_api var/metrics/worker
 services=(ingestion_api list_api worker wsserver)
 if [ -z "${REDIS_URL:-}" ]; then
   export EMBEDDED_REDIS_PORT="${EMBEDDED_REDIS_PORT:-6390}"
@@ -29,6 +33,8 @@ cat <<MSG
   List API       http://127.0.0.1:$LIST_API_PORT/messages
   Live page      http://127.0.0.1:$LIST_API_PORT/
   Websocket      ws://127.0.0.1:$WS_PORT/
+  Metrics        http://127.0.0.1:$INGESTION_API_PORT/metrics  http://127.0.0.1:$LIST_API_PORT/metrics
+                 http://127.0.0.1:$WS_PORT/metrics  http://127.0.0.1:$WORKER_METRICS_PORT/metrics
   Redis          $REDIS_URL
   Ctrl-C stops everything.
 

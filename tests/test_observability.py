@@ -1,0 +1,119 @@
+"""Prometheus metrics on every service and JSON logs, from real processes where it matters."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from pathlib import Path
+
+import pytest
+import requests
+from websockets.asyncio.client import connect
+
+import db
+import ingestion_api
+import list_api
+from logs import JsonFormatter
+from tests.helpers import celery_worker, free_port, gunicorn, python_env, wait_http_ok, wait_until
+from tests.test_wsserver import WsServer
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    """Read one sample from Prometheus text exposition (0 when absent)."""
+    pattern = rf"^{re.escape(name)}{re.escape('{' + labels + '}') if labels else ''} ([0-9.e+-]+)$"
+    match = re.search(pattern, text, flags=re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_ingestion_metrics_count_accepted_rejected_and_queue_depth(redis_url: str) -> None:
+    client = ingestion_api.create_app({"redis_url": redis_url}).test_client()
+    before = client.get("/metrics").text
+    for i in range(3):
+        client.post("/dummy", json={"i": i})
+    client.post("/dummy/batch", json=[{}, {}])
+    client.post("/dummy", data=b"{bad", headers={"Content-Type": "application/json"})
+    text = client.get("/metrics").text
+    assert (
+        metric(text, "messages_accepted_total", 'endpoint="post_message"')
+        - metric(before, "messages_accepted_total", 'endpoint="post_message"')
+        == 3
+    )
+    assert metric(text, "messages_accepted_total", 'endpoint="post_batch"') >= 2
+    assert metric(text, "messages_rejected_total", 'error="400"') >= 1
+    assert metric(text, "persist_queue_depth") == 4  # three single tasks and one batch task
+    assert 'http_requests_total{app="ingestion_api",endpoint="post_message",status="202"}' in text
+
+
+def test_list_api_serves_metrics(database_url: str) -> None:
+    app = list_api.create_app({"sqlalchemy_database_uri": database_url})
+    client = app.test_client()
+    client.get("/messages")
+    text = client.get("/metrics").text
+    assert metric(text, "http_requests_total", 'app="list_api",endpoint="list_view",status="200"') >= 1
+    with app.app_context():
+        db.db.engine.dispose()
+
+
+@pytest.mark.e2e
+def test_gunicorn_workers_and_celery_pool_aggregate_metrics(
+    sqlite_url: str, redis_url: str, log_dir: Path, tmp_path: Path
+) -> None:
+    """Several gunicorn workers and pool processes report one total (multiprocess mode)."""
+    from tests.conftest import clear_database
+
+    clear_database(sqlite_url)
+    api_dir, worker_dir = tmp_path / "api", tmp_path / "worker"
+    api_dir.mkdir()
+    worker_dir.mkdir()
+    port, metrics_port = free_port(), free_port()
+    env = python_env({"REDIS_URL": redis_url, "SQLALCHEMY_DATABASE_URI": sqlite_url})
+    api_env = {**env, "PROMETHEUS_MULTIPROC_DIR": str(api_dir)}
+    api = gunicorn("ingestion_api", "ingestion_api:create_app()", port, api_env, log_dir, workers=2).start()
+    worker_env = {**env, "PROMETHEUS_MULTIPROC_DIR": str(worker_dir), "WORKER_METRICS_PORT": str(metrics_port)}
+    worker = celery_worker("worker", worker_env, log_dir).start()
+    try:
+        wait_http_ok(f"http://127.0.0.1:{port}/healthz")
+        session = requests.Session()
+        for i in range(40):
+            assert session.post(f"http://127.0.0.1:{port}/dummy", json={"i": i}, timeout=5).status_code == 202
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        assert metric(text, "messages_accepted_total", 'endpoint="post_message"') == 40
+        scrape = f"http://127.0.0.1:{metrics_port}/metrics"
+        wait_until(lambda: metric(requests.get(scrape, timeout=2).text, "persisted_messages_total") == 40)
+        assert metric(requests.get(scrape, timeout=2).text, "persist_batch_records_count") >= 1
+        lines = [json.loads(line) for line in worker.log().splitlines() if line.startswith("{")]
+        stored = [entry for entry in lines if entry["message"].startswith("stored ")]
+        assert stored and all(entry["service"] == "worker" and entry["message_ids"] for entry in stored)
+    finally:
+        api.stop()
+        worker.stop()
+
+
+@pytest.mark.e2e
+def test_wsserver_serves_metrics(redis_url: str, log_dir: Path) -> None:
+    server = WsServer(redis_url, log_dir).start()
+    try:
+
+        async def scenario() -> str:
+            async with connect(server.url) as ws:
+                await asyncio.wait_for(ws.recv(), 5)
+                return await asyncio.to_thread(
+                    lambda: requests.get(f"http://127.0.0.1:{server.port}/metrics", timeout=5).text
+                )
+
+        text = asyncio.run(scenario())
+        assert metric(text, "ws_connections") == 1
+        for name in ("ws_frames_delivered_total", "ws_frames_dropped_total", "ws_slow_disconnects_total"):
+            assert f"\n{name} " in text
+    finally:
+        server.stop()
+
+
+def test_json_log_lines_carry_message_ids() -> None:
+    record = logging.LogRecord("tasks", logging.INFO, __file__, 1, "stored %d", (3,), None)
+    record.message_ids = ["a", "b"]
+    entry = json.loads(JsonFormatter("worker").format(record))
+    assert entry["message"] == "stored 3" and entry["message_ids"] == ["a", "b"]
+    assert entry["service"] == "worker" and entry["level"] == "INFO" and entry["ts"].endswith("+00:00")
