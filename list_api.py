@@ -68,7 +68,7 @@ def list_view() -> Response:
     if unknown:
         return _bad_request("unknown_parameter", f"Unknown query parameter(s): {', '.join(sorted(unknown))}.")
     raw_limit = args.get("limit", str(DEFAULT_LIMIT))
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
+    if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= MAX_LIMIT:
         return _bad_request("bad_limit", f"limit must be an integer from 1 to {MAX_LIMIT}.")
     limit = int(raw_limit)
     order = args.get("order", "asc")

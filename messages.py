@@ -94,8 +94,8 @@ def format_time(moment: dt.datetime) -> str:
 
 
 def parse_time(text: str) -> dt.datetime:
-    """Inverse of :func:`format_time`."""
-    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ")
+    """Inverse of :func:`format_time` (``fromisoformat`` parses in C, several times faster than strptime)."""
+    return dt.datetime.fromisoformat(text).replace(tzinfo=None)
 
 
 def make_record(payload: dict[str, Any], received_at: dt.datetime) -> dict[str, str]:

@@ -91,6 +91,8 @@ def test_desc_order_starts_at_the_newest(app: Flask, client: FlaskClient) -> Non
         ("limit=1001", "bad_limit"),
         ("limit=abc", "bad_limit"),
         ("limit=-1", "bad_limit"),
+        ("limit=²", "bad_limit"),
+        ("limit=٣", "bad_limit"),
         ("order=sideways", "bad_order"),
         ("cursor=garbage", "bad_cursor"),
         ("cursor=", "bad_cursor"),

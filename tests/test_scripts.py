@@ -1,0 +1,192 @@
+"""The sample-data loader and the pagination timer, run as a user runs them: real databases, a real list API."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+import sqlalchemy as sa
+
+import db as db_module
+from messages import make_record, utc_now
+from tests.conftest import clear_database
+from tests.helpers import ROOT, free_port, gunicorn, python_env, wait_http_ok
+
+LISTED_ROWS = 2600
+
+
+def run_script(name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``scripts/<name>`` with the test interpreter (the project venv) and capture its output."""
+    argv = [sys.executable, str(ROOT / "scripts" / name), *args]
+    return subprocess.run(argv, cwd=ROOT, env=env or python_env({}), capture_output=True, text=True, timeout=180)
+
+
+def stored(url: str) -> tuple[list[sa.Row], int]:
+    """Return every stored row in ``seq`` order, and the sequence counter."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = list(conn.execute(sa.text("SELECT seq, id, payload FROM messages ORDER BY seq")))
+            last_seq = conn.execute(sa.text("SELECT last_seq FROM message_sequence WHERE id = 1")).scalar_one()
+    finally:
+        engine.dispose()
+    return rows, last_seq
+
+
+@pytest.mark.parametrize("script", ["make_sample_records.py", "test_pagination.py"])
+def test_script_help_exits_zero(script: str) -> None:
+    result = run_script(script, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "usage:" in result.stdout
+    assert "--database-url" in result.stdout or "--list-url" in result.stdout
+
+
+def test_make_sample_records_stores_each_row_once_in_seq_order(database_url: str) -> None:
+    """Rows get seq 1..N in the order made, exactly once, and a second run appends after them."""
+    result = run_script("make_sample_records.py", "--count", "2500", "--chunk", "1000", "--database-url", database_url)
+    assert result.returncode == 0, result.stderr
+    assert "stored 2,500 rows" in result.stdout
+    assert "rows/s" in result.stdout
+    rows, last_seq = stored(database_url)
+    assert [row.seq for row in rows] == list(range(1, 2501))
+    assert len({row.id for row in rows}) == 2500
+    assert [orjson.loads(row.payload)["sample"] for row in rows] == list(range(2500))
+    assert last_seq == 2500
+
+    again = run_script("make_sample_records.py", "--count", "700", "--chunk", "300", "--database-url", database_url)
+    assert again.returncode == 0, again.stderr
+    rows, last_seq = stored(database_url)
+    assert [row.seq for row in rows] == list(range(1, 3201))
+    assert len({row.id for row in rows}) == 3200
+    assert last_seq == 3200
+
+
+def test_make_sample_records_defaults_to_the_configured_database(sqlite_url: str) -> None:
+    clear_database(sqlite_url)
+    result = run_script(
+        "make_sample_records.py", "--count", "10", env=python_env({"SQLALCHEMY_DATABASE_URI": sqlite_url})
+    )
+    assert result.returncode == 0, result.stderr
+    rows, _ = stored(sqlite_url)
+    assert [row.seq for row in rows] == list(range(1, 11))
+
+
+def test_make_sample_records_refuses_an_unmigrated_database(tmp_path: Path) -> None:
+    result = run_script("make_sample_records.py", "--count", "10", "--database-url", f"sqlite:///{tmp_path / 'x.db'}")
+    assert result.returncode == 2
+    assert "flask --app db db upgrade" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def store_rows(url: str, count: int) -> None:
+    """Store ``count`` messages the worker's way (``db.save_messages``), 1,000 per transaction."""
+    app = db_module.create_app({"SQLALCHEMY_DATABASE_URI": url})
+    with app.app_context():
+        for start in range(0, count, 1000):
+            size = min(1000, count - start)
+            db_module.save_messages([make_record({"n": start + i}, utc_now()) for i in range(size)])
+        db_module.db.engine.dispose()
+
+
+@contextlib.contextmanager
+def serving_list_api(database_url: str, log_dir: Path, **settings: str) -> Iterator[str]:
+    """Run a real list API (gunicorn) on a free port; yield its base URL."""
+    port = free_port()
+    env = python_env({"SQLALCHEMY_DATABASE_URI": database_url, "SECRET_KEY": "pagination-secret", **settings})
+    service = gunicorn("list_api", "list_api:create_app()", port, env, log_dir).start()
+    try:
+        wait_http_ok(f"http://127.0.0.1:{port}/healthz")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        service.stop()
+        print(f"--- list_api log ---\n{service.log()[-3000:]}")
+
+
+@pytest.fixture
+def list_url(database_url: str, log_dir: Path) -> Iterator[str]:
+    """A real list API over ``LISTED_ROWS`` stored messages."""
+    store_rows(database_url, LISTED_ROWS)
+    with serving_list_api(database_url, log_dir) as url:
+        yield url
+
+
+def test_pagination_times_the_page_at_each_depth(list_url: str, database_url: str, tmp_path: Path) -> None:
+    """The page timed at depth D starts with the (D+1)-th message, reached by cursors in pages of --walk-limit."""
+    out, chart = tmp_path / "result.json", tmp_path / "chart.png"
+    result = run_script(
+        "test_pagination.py",
+        *("--list-url", list_url, "--depths", "0,1k,2300", "--limit", "50"),
+        *("--repeat", "5", "--walk-limit", "500", "--check-ratio", "1000", "--json", str(out), "--plot", str(chart)),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "median ms" in result.stdout
+    for depth in ("0", "1,000", "2,300"):
+        assert any(line.split()[0] == depth for line in result.stdout.splitlines() if line.strip())
+    assert "ratio deepest/first (median):" in result.stdout
+    assert "ok: ratio" in result.stdout
+
+    figures = json.loads(out.read_text())
+    rows, _ = stored(database_url)
+    assert [d["depth"] for d in figures["depths"]] == [0, 1000, 2300]
+    for depth in figures["depths"]:
+        assert depth["first_id"] == rows[depth["depth"]].id
+        assert depth["rows"] == 50
+        assert len(depth["samples_ms"]) == 5
+        assert 0 < depth["median_ms"] <= depth["p95_ms"] <= depth["max_ms"]
+    assert figures["walk"]["rows"] == 2300
+    assert figures["walk"]["pages"] == 5  # 500 + 500 to depth 1,000, then 500 + 500 + 300
+    assert figures["ratio"] == pytest.approx(figures["depths"][-1]["median_ms"] / figures["depths"][0]["median_ms"])
+    assert figures["ok"] is True
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pagination_fails_when_the_ratio_exceeds_the_check(list_url: str, database_url: str, tmp_path: Path) -> None:
+    """A ratio check it cannot meet exits 1; newest-first depths count from the end."""
+    out = tmp_path / "result.json"
+    result = run_script(
+        "test_pagination.py",
+        *("--list-url", list_url, "--depths", "0,100", "--order", "desc", "--repeat", "3"),
+        *("--check-ratio", "0.01", "--json", str(out), "--no-progress"),
+    )
+    assert result.returncode == 1, result.stderr
+    assert "FAIL: ratio" in result.stderr
+    figures = json.loads(out.read_text())
+    assert figures["ok"] is False
+    rows, _ = stored(database_url)
+    assert [d["first_id"] for d in figures["depths"]] == [rows[-1].id, rows[-101].id]
+
+
+def test_pagination_reports_a_depth_past_the_end_of_the_listing(list_url: str) -> None:
+    """A depth at the very end (no rows after it) or beyond it is an error, not a timing of an empty page."""
+    for depth in (LISTED_ROWS, LISTED_ROWS + 1000):
+        result = run_script("test_pagination.py", "--list-url", list_url, "--depths", f"0,{depth}", "--repeat", "1")
+        assert result.returncode == 2, result.stdout
+        assert "error:" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_pagination_reports_an_unreachable_list_api() -> None:
+    result = run_script("test_pagination.py", "--list-url", f"http://127.0.0.1:{free_port()}", "--depths", "0")
+    assert result.returncode == 2
+    assert "failed" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_pagination_sends_the_bearer_token(sqlite_url: str, log_dir: Path) -> None:
+    """Against a list API with API_TOKENS, the walk needs --token, and works with it."""
+    clear_database(sqlite_url)
+    store_rows(sqlite_url, 30)
+    with serving_list_api(sqlite_url, log_dir, API_TOKENS="first-token,second-token") as url:
+        args = ("--list-url", url, "--depths", "0,20", "--walk-limit", "7", "--repeat", "2", "--no-progress")
+        refused = run_script("test_pagination.py", *args)
+        accepted = run_script("test_pagination.py", *args, "--token", "second-token")
+    assert refused.returncode == 2
+    assert "401" in refused.stderr
+    assert accepted.returncode == 0, accepted.stderr
+    assert "ratio deepest/first" in accepted.stdout
