@@ -50,6 +50,9 @@ ENV_VARS: dict[str, Var] = {
     "MAX_MESSAGE_BYTES": Var("65536", "Largest accepted `POST /dummy` body, in bytes (413 above)."),
     "MAX_BATCH_MESSAGES": Var("1000", "Most messages in one `POST /dummy/batch`."),
     "MAX_BATCH_BYTES": Var("8388608", "Largest accepted `POST /dummy/batch` body, in bytes (413 above)."),
+    "INGEST_GROUP_COMMIT": Var(
+        "1", "1: concurrent requests of a process share one queue write (gunicorn gthread)."
+    ),
     "IDEMPOTENCY_TTL_SECONDS": Var("86400", "How long an `Idempotency-Key` is remembered."),
     "PERSIST_QUEUE": Var("persist", "Celery queue (Redis list) holding persistence tasks."),
     "CELERY_VISIBILITY_TIMEOUT": Var("120", "Seconds before an unacknowledged task of a dead worker is redelivered."),
@@ -115,6 +118,7 @@ class Settings:
     max_message_bytes: int
     max_batch_messages: int
     max_batch_bytes: int
+    ingest_group_commit: int
     idempotency_ttl_seconds: int
     persist_queue: str
     celery_visibility_timeout: int

@@ -50,6 +50,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         stream=settings.live_stream_key,
         window=settings.live_window,
         idempotency_ttl=settings.idempotency_ttl_seconds,
+        group_commit=bool(settings.ingest_group_commit),
     )
     init_web(app, settings)
     init_openapi(app, "ingestion_api")

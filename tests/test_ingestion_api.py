@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import time
 import uuid
 
@@ -171,3 +172,27 @@ def test_cors_preflight_allows_post(client: FlaskClient) -> None:
     assert response.status_code == 200
     assert response.headers["Access-Control-Allow-Origin"] in ("*", "null")
     assert "POST" in response.headers["Access-Control-Allow-Methods"]
+
+
+def test_concurrent_requests_share_queue_writes_and_each_gets_its_own_answer(app, r: redis.Redis) -> None:
+    """Group commit: many threads posting at once produce fewer task messages than requests, nothing lost."""
+
+    def post(i: int) -> str:
+        response = app.test_client().post("/dummy", json={"i": i})
+        assert response.status_code == 202
+        return response.get_json()["id"]
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        ids = list(pool.map(post, range(400)))
+    tasks = queued_records(r)
+    stored = [record["id"] for task in tasks for record in task]
+    assert sorted(stored) == sorted(ids) and len(set(ids)) == 400
+    assert len(tasks) < 400, "concurrent requests were not coalesced"
+    assert r.xlen("messages:live") == 400
+
+
+def test_without_group_commit_each_request_is_its_own_task(redis_url: str, r: redis.Redis) -> None:
+    client = create_app({"redis_url": redis_url, "ingest_group_commit": 0}).test_client()
+    for i in range(3):
+        client.post("/dummy", json={"i": i})
+    assert [len(task) for task in queued_records(r)] == [1, 1, 1]
