@@ -41,7 +41,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Create the ingestion API; ``test_config`` overrides settings by field name."""
     settings = load_settings(**dict(test_config or {}))
     configure_logging("ingestion_api", settings.log_format, settings.log_level)
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)
     app.config["SETTINGS"] = settings
     app.config["MAX_CONTENT_LENGTH"] = max(settings.max_message_bytes, settings.max_batch_bytes)
     app.extensions["broker"] = broker.Broker(
@@ -85,8 +85,15 @@ def _rate_limit(app: Flask, settings: Settings) -> None:
         headers_enabled=True,
         swallow_errors=True,  # Redis trouble must not turn into 500s; the queue write answers 503 anyway
     )
+    message = f"Too many requests from this address (limit {settings.rate_limit}); retry after Retry-After seconds."
     for view in ("post_message", "post_batch"):
-        app.view_functions[view] = limiter.limit(settings.rate_limit)(app.view_functions[view])
+        app.view_functions[view] = limiter.limit(settings.rate_limit, error_message=message)(app.view_functions[view])
+
+    @app.after_request
+    def retry_after_only_when_limited(response: Response) -> Response:
+        if response.status_code not in (429, 503):  # Flask-Limiter adds it to every response
+            response.headers.pop("Retry-After", None)
+        return response
 
 
 def _settings() -> Settings:
@@ -123,7 +130,8 @@ def _accept(records: list[dict[str, str]], answer: dict[str, Any], location: str
     if isinstance(key, Response):
         return key
     try:
-        result = current_app.extensions["broker"].enqueue(records, answer, key)
+        scoped_key = f"{request.endpoint}:{key}" if key is not None else None  # each endpoint has its own answers
+        result = current_app.extensions["broker"].enqueue(records, answer, scoped_key)
     except redis.RedisError:
         ids = [r["id"] for r in records]
         current_app.logger.warning("queue write failed; answering 503", exc_info=True, extra={"message_ids": ids})

@@ -15,6 +15,7 @@ later from the same place and, thanks to the commit-ordered ``seq`` (see
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode
@@ -34,13 +35,14 @@ from web import error_response, init_web, json_response, protect
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
+_LIMIT = re.compile(r"[0-9]{1,4}")  # ASCII digits only: str.isdigit() also accepts "²", which int() rejects
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Create the list API; ``test_config`` overrides settings by field name."""
     settings = load_settings(**dict(test_config or {}))
     configure_logging("list_api", settings.log_format, settings.log_level)
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)
     app.config["SETTINGS"] = settings
     app.config["SQLALCHEMY_DATABASE_URI"] = settings.sqlalchemy_database_uri
     app.extensions["cursor"] = CursorCodec(settings.secret_key)
@@ -54,7 +56,16 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.add_url_rule("/", view_func=index, methods=["GET"])
     protect(app, settings.api_tokens, {"list_view", "message_view"})
     init_metrics(app, "list_api")
+    app.register_error_handler(sa.exc.SQLAlchemyError, database_unavailable)
     return app
+
+
+def database_unavailable(exc: sa.exc.SQLAlchemyError) -> Response:
+    """A database error is the database being unavailable to us: 503, so clients retry."""
+    current_app.logger.warning("database error: %s", exc)
+    db.db.session.rollback()
+    message = "The database does not answer; retry shortly."
+    return error_response(503, "database_unavailable", message, {"Retry-After": "5"})
 
 
 def _bad_request(code: str, message: str) -> Response:
@@ -68,7 +79,7 @@ def list_view() -> Response:
     if unknown:
         return _bad_request("unknown_parameter", f"Unknown query parameter(s): {', '.join(sorted(unknown))}.")
     raw_limit = args.get("limit", str(DEFAULT_LIMIT))
-    if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= MAX_LIMIT:
+    if not _LIMIT.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= MAX_LIMIT:
         return _bad_request("bad_limit", f"limit must be an integer from 1 to {MAX_LIMIT}.")
     limit = int(raw_limit)
     order = args.get("order", "asc")

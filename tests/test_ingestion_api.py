@@ -110,7 +110,7 @@ def test_idempotency_key_repeat_returns_the_same_id_and_queues_once(client: Flas
     assert again.headers["Location"] == first.headers["Location"]
     assert other.get_json()["id"] != first.get_json()["id"]
     assert len(queued_records(r)) == 2
-    assert 0 < r.ttl("idempotency:order-42") <= 86400
+    assert 0 < r.ttl("idempotency:post_message:order-42") <= 86400
 
 
 def test_bad_idempotency_key_is_rejected(client: FlaskClient, r: redis.Redis) -> None:

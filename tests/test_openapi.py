@@ -1,0 +1,358 @@
+"""The OpenAPI documents: valid, served by each app, true of real responses, in the docs.
+
+Each row of ``INGESTION_CASES`` and ``LIST_CASES`` sends one real request (to
+an app on a real Redis, or a real SQLite or MariaDB database) and checks the
+response, status, headers and body, against the document the app serves
+(openapi-core). A static test checks that the rows cover every status of
+every documented operation, and a 405 for every wrong method on every path,
+so a status cannot be documented without being seen.
+
+Rows with ``env="tokens"`` set ``API_TOKENS``, ``env="limited"`` set
+``RATE_LIMIT``, and ``env="down"`` point the app at a Redis port nobody
+listens on, or a database that cannot be opened.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from flask import Flask
+from openapi_core import OpenAPI
+from openapi_core.contrib.werkzeug import WerkzeugOpenAPIRequest, WerkzeugOpenAPIResponse
+from openapi_spec_validator import validate
+from sqlalchemy.engine import make_url
+from werkzeug.test import EnvironBuilder, TestResponse
+
+import db
+import ingestion_api
+import list_api
+from config import load_settings
+from messages import make_record
+from openapi import SERVICES, spec
+from tests.helpers import ROOT, free_port
+
+TOKEN = "openapi-test-token"
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
+JSON = "application/json"
+UNKNOWN_ID = "019ace2e-0000-7000-8000-000000000000"
+STORED = "{stored}"  # replaced by the id of a stored message
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One request and the answer the document says it gets."""
+
+    method: str
+    path: str
+    status: int
+    code: str | None = None  # the ``error`` of an error answer
+    env: str = "normal"  # "normal", "tokens", "limited" or "down"
+    times: int = 1  # send it this many times; the last answer is checked
+    kwargs: dict[str, Any] = field(default_factory=dict)  # for the test client's ``open``
+    headers_present: tuple[str, ...] = ()
+    documented_as: str | None = None  # a 405's documented method on the same path
+
+    def __str__(self) -> str:
+        return f"{self.env}:{self.method} {self.path}->{self.status}{':' + self.code if self.code else ''}"
+
+
+def body(data: bytes, content_type: str | None = JSON, **headers: str) -> dict[str, Any]:
+    sent: dict[str, Any] = {"data": data, "headers": headers}
+    if content_type:
+        sent["content_type"] = content_type
+    return sent
+
+
+KEY = {"Idempotency-Key": "order-42"}
+INGESTION_CASES = [
+    Row("POST", "/dummy", 202, kwargs=body(b'{"hello": "w\xc3\xb6rld"}'), headers_present=("Location",)),
+    Row("POST", "/dummy", 200, times=2, kwargs=body(b'{"a": 1}', **KEY), headers_present=("Location",)),
+    Row("POST", "/dummy", 400, "malformed_json", kwargs=body(b"{bad json")),
+    Row("POST", "/dummy", 400, "invalid_utf8", kwargs=body(b'{"a": "\xff"}')),
+    Row("POST", "/dummy", 400, "too_deep", kwargs=body(b"[" * 1100 + b"]" * 1100)),
+    Row("POST", "/dummy", 400, "empty_body", kwargs=body(b"")),
+    Row("POST", "/dummy", 400, "not_an_object", kwargs=body(b"[1, 2]")),
+    Row("POST", "/dummy", 400, "bad_idempotency_key", kwargs=body(b"{}", **{"Idempotency-Key": "x" * 256})),
+    Row("POST", "/dummy", 413, "too_large", kwargs=body(b'{"a": "' + b"x" * 5000 + b'"}')),
+    Row("POST", "/dummy", 415, "unsupported_media_type", kwargs=body(b'{"a": 1}', "text/plain")),
+    Row("POST", "/dummy", 415, "unsupported_media_type", kwargs=body(b'{"a": 1}', None)),
+    Row("POST", "/dummy", 401, "unauthorized", env="tokens", kwargs=body(b"{}")),
+    Row("POST", "/dummy", 401, "unauthorized", env="tokens", kwargs=body(b"{}", Authorization="Bearer wrong")),
+    Row("POST", "/dummy", 202, env="tokens", kwargs=body(b"{}", **BEARER)),
+    Row("POST", "/dummy", 429, "too_many_requests", env="limited", times=3, kwargs=body(b"{}")),
+    Row("POST", "/dummy", 503, "queue_unavailable", env="down", kwargs=body(b"{}"), headers_present=("Retry-After",)),
+    Row("POST", "/dummy/batch", 202, kwargs=body(b'[{"n": 1}, {"n": 2}]')),
+    Row("POST", "/dummy/batch", 200, times=2, kwargs=body(b'[{"n": 1}]', **KEY)),
+    Row("POST", "/dummy/batch", 400, "malformed_json", kwargs=body(b"[{]")),
+    Row("POST", "/dummy/batch", 400, "empty_body", kwargs=body(b"")),
+    Row("POST", "/dummy/batch", 400, "not_an_array", kwargs=body(b"{}")),
+    Row("POST", "/dummy/batch", 400, "bad_batch_size", kwargs=body(b"[]")),
+    Row("POST", "/dummy/batch", 400, "bad_batch_size", kwargs=body(b"[" + b",".join([b"{}"] * 1001) + b"]")),
+    Row("POST", "/dummy/batch", 400, "not_an_object", kwargs=body(b'[{"n": 1}, 2]')),
+    Row("POST", "/dummy/batch", 413, "too_large", kwargs=body(b'[{"a": "' + b"x" * 9000 + b'"}]')),
+    Row("POST", "/dummy/batch", 415, "unsupported_media_type", kwargs=body(b"[{}]", "text/plain")),
+    Row("POST", "/dummy/batch", 401, "unauthorized", env="tokens", kwargs=body(b"[{}]")),
+    Row("POST", "/dummy/batch", 202, env="tokens", kwargs=body(b"[{}]", **BEARER)),
+    Row("POST", "/dummy/batch", 429, "too_many_requests", env="limited", times=3, kwargs=body(b"[{}]")),
+    Row("POST", "/dummy/batch", 503, "queue_unavailable", env="down", kwargs=body(b"[{}]")),
+    Row("GET", "/healthz", 200),
+    Row("GET", "/healthz", 503, "redis_unavailable", env="down", headers_present=("Retry-After",)),
+    Row("GET", "/openapi.json", 200),
+    Row("GET", "/metrics", 200),
+    # Open even when tokens are required, and never rate limited (probes and scrapers).
+    *(Row("GET", path, 200, env="tokens") for path in ("/healthz", "/openapi.json", "/metrics")),
+    *(Row("GET", path, 200, env="limited", times=5) for path in ("/healthz", "/openapi.json", "/metrics")),
+]
+LIST_CASES = [
+    Row("GET", "/messages", 200, kwargs={"query_string": "limit=2"}, headers_present=("Link",)),
+    Row("GET", "/messages", 200, kwargs={"query_string": "order=desc&limit=1000"}),
+    Row("GET", "/messages", 400, "bad_limit", kwargs={"query_string": "limit=0"}),
+    Row("GET", "/messages", 400, "bad_limit", kwargs={"query_string": "limit=abc"}),
+    Row("GET", "/messages", 400, "bad_order", kwargs={"query_string": "order=sideways"}),
+    Row("GET", "/messages", 400, "bad_cursor", kwargs={"query_string": "cursor=garbage"}),
+    Row("GET", "/messages", 400, "unknown_parameter", kwargs={"query_string": "colour=blue"}),
+    Row("GET", "/messages", 401, "unauthorized", env="tokens"),
+    Row("GET", "/messages", 401, "unauthorized", env="tokens", kwargs={"headers": {"Authorization": "Bearer no"}}),
+    Row("GET", "/messages", 200, env="tokens", kwargs={"headers": BEARER}),
+    Row("GET", "/messages", 503, "database_unavailable", env="down", headers_present=("Retry-After",)),
+    Row("GET", f"/messages/{STORED}", 200),
+    Row("GET", f"/messages/{UNKNOWN_ID}", 404, "not_found"),
+    Row("GET", "/messages/not-an-id", 404, "not_found"),
+    Row("GET", f"/messages/{STORED}", 401, "unauthorized", env="tokens"),
+    Row("GET", f"/messages/{STORED}", 200, env="tokens", kwargs={"headers": BEARER}),
+    Row("GET", f"/messages/{UNKNOWN_ID}", 503, "database_unavailable", env="down"),
+    Row("GET", "/healthz", 200),
+    Row("GET", "/healthz", 503, "database_unavailable", env="down", headers_present=("Retry-After",)),
+    Row("GET", "/", 200),
+    Row("GET", "/openapi.json", 200),
+    Row("GET", "/metrics", 200),
+    *(Row("GET", path, 200, env="tokens") for path in ("/healthz", "/", "/openapi.json", "/metrics")),
+]
+
+
+def wrong_methods(service: str) -> list[Row]:
+    """A 405 row for every method a documented path does not take."""
+    rows = []
+    for path, item in spec(service)["paths"].items():
+        documented = sorted(item)[0].upper()
+        concrete = path.replace("{id}", UNKNOWN_ID)
+        for method in METHODS:
+            if method.lower() not in item:
+                rows.append(Row(method, concrete, 405, "method_not_allowed", documented_as=documented))
+    return rows
+
+
+INGESTION_ROWS = INGESTION_CASES + wrong_methods("ingestion_api")
+LIST_ROWS = LIST_CASES + wrong_methods("list_api")
+
+
+class Conformance:
+    """Send requests to an app and check each answer against the document the app serves."""
+
+    def __init__(self, app: Flask) -> None:
+        self.client = app.test_client()
+        self.openapi = OpenAPI.from_dict(self.client.get("/openapi.json").get_json())
+
+    def check(self, row: Row, path: str) -> TestResponse:
+        for _ in range(row.times):
+            response = self.client.open(path, method=row.method, **row.kwargs)
+        # A 405 belongs to the path: check it against the answers of the method the path documents.
+        # (A fresh request object: the test client's has had its body read by the app.)
+        request = EnvironBuilder(path=path, method=row.documented_as or row.method).get_request()
+        assert response.status_code == row.status, f"{row}: got {response.status_code} {response.get_data()[:300]!r}"
+        self.openapi.validate_response(WerkzeugOpenAPIRequest(request), WerkzeugOpenAPIResponse(response))
+        if row.code:
+            assert response.get_json()["error"] == row.code
+        for name in row.headers_present:
+            assert response.headers.get(name), f"{row}: no {name} header"
+        return response
+
+
+def configure(monkeypatch: pytest.MonkeyPatch, env: str) -> None:
+    """Set the environment a row needs before its app is created."""
+    monkeypatch.delenv("API_TOKENS", raising=False)
+    monkeypatch.delenv("RATE_LIMIT", raising=False)
+    if env == "tokens":
+        monkeypatch.setenv("API_TOKENS", TOKEN)
+    elif env == "limited":
+        monkeypatch.setenv("RATE_LIMIT", "2/minute")
+
+
+def ingestion_app(redis_url: str, env: str = "normal") -> Flask:
+    url = f"redis://127.0.0.1:{free_port()}/0" if env == "down" else redis_url
+    config = {"redis_url": url, "list_api_url": "http://lists.example", "max_message_bytes": 4096}
+    return ingestion_api.create_app({**config, "max_batch_bytes": 8192})
+
+
+def unreachable(database_url: str, tmp_path: Path) -> str:
+    """A database of the same kind that cannot be reached: no server on the port, or no such directory."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        return f"sqlite:///{tmp_path}/missing/dir/x.db"
+    return url.set(host="127.0.0.1", port=free_port()).render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def list_app_factory(database_url: str, tmp_path: Path) -> Iterator[Any]:
+    """Make list apps on the clean database (or, for "down", on one that cannot be opened)."""
+    apps: list[Flask] = []
+
+    def make(env: str = "normal") -> Flask:
+        url = database_url if env != "down" else unreachable(database_url, tmp_path)
+        app = list_api.create_app({"sqlalchemy_database_uri": url, "secret_key": "openapi-test"})
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        with app.app_context():
+            db.db.engine.dispose()
+
+
+def store(app: Flask, count: int) -> list[str]:
+    records = [make_record({"n": i}, dt.datetime(2026, 11, 29, 8, 0, 0, i)) for i in range(count)]
+    with app.app_context():
+        db.save_messages(records)
+    return [r["id"] for r in records]
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_document_is_valid_openapi_3_1(service: str) -> None:
+    document = spec(service)
+    validate(document)
+    assert document["openapi"].startswith("3.1.")
+
+
+def test_documents_cover_the_endpoints() -> None:
+    def operations(service: str) -> set[str]:
+        return {f"{m.upper()} {p}" for p, item in spec(service)["paths"].items() for m in item}
+
+    common = {"GET /healthz", "GET /openapi.json", "GET /metrics"}
+    assert operations("ingestion_api") == {"POST /dummy", "POST /dummy/batch"} | common
+    assert operations("list_api") == {"GET /messages", "GET /messages/{id}", "GET /"} | common
+
+
+def routes(app: Flask) -> set[str]:
+    """The app's routes as "METHOD /path/{param}", without Flask's automatic HEAD and OPTIONS."""
+    found = set()
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":  # Flask's default static route: there is no static folder, so always 404
+            continue
+        path = re.sub(r"<(?:\w+:)?\w+>", "{id}", rule.rule)
+        found |= {f"{m} {path}" for m in rule.methods or () if m not in ("HEAD", "OPTIONS")}
+    return found
+
+
+def test_every_route_is_documented_and_every_operation_routed(redis_url: str, list_app_factory: Any) -> None:
+    for service, app in (("ingestion_api", ingestion_app(redis_url)), ("list_api", list_app_factory())):
+        documented = {f"{m.upper()} {p}" for p, item in spec(service)["paths"].items() for m in item}
+        assert routes(app) == documented, service
+
+
+def test_each_app_serves_its_document_with_its_own_limits(redis_url: str, list_app_factory: Any) -> None:
+    app = ingestion_api.create_app({"redis_url": redis_url, "max_batch_messages": 10})
+    served = app.test_client().get("/openapi.json")
+    assert served.status_code == 200 and served.mimetype == JSON
+    assert served.get_json() == spec("ingestion_api", app.config["SETTINGS"])
+    batch = served.get_json()["paths"]["/dummy/batch"]["post"]["requestBody"]["content"][JSON]["schema"]
+    assert batch["maxItems"] == 10
+    app = list_app_factory()
+    assert app.test_client().get("/openapi.json").get_json() == spec("list_api", app.config["SETTINGS"])
+
+
+def test_document_limits_match_the_code() -> None:
+    limit = next(p for p in spec("list_api")["paths"]["/messages"]["get"]["parameters"] if p["name"] == "limit")
+    assert limit["schema"]["maximum"] == list_api.MAX_LIMIT
+    assert limit["schema"]["default"] == list_api.DEFAULT_LIMIT
+    batch = spec("ingestion_api")["paths"]["/dummy/batch"]["post"]["requestBody"]["content"][JSON]["schema"]
+    assert batch["maxItems"] == load_settings({}).max_batch_messages
+
+
+def documented_statuses(service: str) -> set[str]:
+    """Every (method, path, status) the document promises, a 405 counted once per path."""
+    found = set()
+    for path, item in spec(service)["paths"].items():
+        for method, operation in item.items():
+            found |= {f"{method.upper()} {path} {s}" for s in operation["responses"] if s != "405"}
+        found.add(f"* {path} 405")
+    return found
+
+
+def exercised_statuses(rows: list[Row]) -> set[str]:
+    found = set()
+    for row in rows:
+        path = re.sub(r"/messages/[^/]+$", "/messages/{id}", row.path)
+        method = "*" if row.documented_as else row.method
+        found.add(f"{method} {path} {row.status}")
+    return found
+
+
+@pytest.mark.parametrize(("service", "rows"), [("ingestion_api", INGESTION_ROWS), ("list_api", LIST_ROWS)])
+def test_every_documented_status_is_exercised(service: str, rows: list[Row]) -> None:
+    assert documented_statuses(service) == exercised_statuses(rows)
+
+
+@pytest.mark.parametrize("row", INGESTION_ROWS, ids=str)
+def test_ingestion_api_answers_as_documented(row: Row, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    configure(monkeypatch, row.env)
+    Conformance(ingestion_app(redis_url, row.env)).check(row, row.path)
+
+
+@pytest.mark.parametrize("row", LIST_ROWS, ids=str)
+def test_list_api_answers_as_documented(row: Row, list_app_factory: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    configure(monkeypatch, row.env)
+    app = list_app_factory(row.env)
+    path = row.path
+    if row.env != "down":
+        [first, *_] = store(app, 5)
+        path = path.replace(STORED, first)
+    Conformance(app).check(row, path)
+
+
+@pytest.mark.parametrize(
+    ("first", "then"), [(("/dummy", b"{}"), ("/dummy/batch", b"[{}]")), (("/dummy/batch", b"[{}]"), ("/dummy", b"{}"))]
+)
+def test_idempotency_key_reused_on_the_other_endpoint_keeps_that_endpoints_shape(
+    redis_url: str, first: tuple[str, bytes], then: tuple[str, bytes]
+) -> None:
+    """A key used on one publish endpoint, then on the other, must get an answer of the second one's shape."""
+    conformance = Conformance(ingestion_app(redis_url))
+    assert conformance.client.post(first[0], data=first[1], content_type=JSON, headers=KEY).status_code == 202
+    again = conformance.client.post(then[0], data=then[1], content_type=JSON, headers=KEY)
+    request = EnvironBuilder(path=then[0], method="POST").get_request()
+    conformance.openapi.validate_response(WerkzeugOpenAPIRequest(request), WerkzeugOpenAPIResponse(again))
+
+
+def api_sections(text: str) -> dict[str, str]:
+    """Split docs/api.md into its "## Ingestion API" and "## List API" sections."""
+    parts = re.split(r"^## ", text, flags=re.M)
+    titles = {"ingestion_api": "Ingestion API", "list_api": "List API"}
+    return {service: next(p for p in parts if p.startswith(title)) for service, title in titles.items()}
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_docs_describe_every_operation_and_status(service: str) -> None:
+    """docs/api.md has a section per operation naming each of its statuses, and every error code."""
+    text = (ROOT / "docs" / "api.md").read_text()
+    section = api_sections(text)[service]
+    operations = re.split(r"^### ", section, flags=re.M)
+    for path, item in spec(service)["paths"].items():
+        for method, operation in item.items():
+            name = f"`{method.upper()} {path}`"
+            [described] = [o for o in operations if o.startswith(name)] or [""]
+            assert described, f"docs/api.md has no '### {name}' under its {service} section"
+            for status in operation["responses"]:
+                if status != "405":
+                    assert f"`{status}`" in described, f"{name}: status {status} is not described"
+    assert "`405`" in text and "method_not_allowed" in text
+    codes = set(re.findall(r"`([a-z][a-z0-9_]*)`", orjson.dumps(spec(service)).decode()))
+    missing = sorted(code for code in codes if f"`{code}`" not in text)
+    assert not missing, f"error codes not in docs/api.md: {missing}"
