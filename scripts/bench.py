@@ -48,10 +48,12 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * pct / 100))] if ordered else float("nan")
 
 
-def _ingest_worker(url: str, seconds: float, conns: int, out: multiprocessing.Queue) -> None:
-    """Post as fast as one process can over ``conns`` round-robin connections."""
+def _ingest_worker(url: str, seconds: float, conns: int, out: multiprocessing.Queue, batch: int = 0) -> None:
+    """Post as fast as one process can over ``conns`` round-robin connections (``batch``: batch POSTs)."""
     parts = urlsplit(url)
-    body = json.dumps({"bench": True, "text": "x" * 100}).encode()
+    message = {"bench": True, "text": "x" * 100}
+    body = json.dumps([message] * batch if batch else message).encode()
+    path = f"{parts.path.rstrip('/')}/dummy" + ("/batch" if batch else "")
     headers = {"Content-Type": "application/json"}
     latencies: list[float] = []
     statuses: dict[int, int] = {}
@@ -63,7 +65,7 @@ def _ingest_worker(url: str, seconds: float, conns: int, out: multiprocessing.Qu
         i += 1
         started = time.perf_counter()
         try:
-            conn.request("POST", f"{parts.path.rstrip('/')}/dummy", body, headers)
+            conn.request("POST", path, body, headers)
             response = conn.getresponse()
             response.read()
             status = response.status
@@ -79,8 +81,9 @@ def _ingest_worker(url: str, seconds: float, conns: int, out: multiprocessing.Qu
 
 def bench_ingest(args: argparse.Namespace) -> dict[str, object]:
     out: multiprocessing.Queue = multiprocessing.Queue()
+    batch = getattr(args, "batch", 0)
     procs = [
-        multiprocessing.Process(target=_ingest_worker, args=(args.ingest_url, args.seconds, args.conns, out))
+        multiprocessing.Process(target=_ingest_worker, args=(args.ingest_url, args.seconds, args.conns, out, batch))
         for _ in range(args.procs)
     ]
     for p in procs:
@@ -94,14 +97,132 @@ def bench_ingest(args: argparse.Namespace) -> dict[str, object]:
             statuses[code] = statuses.get(code, 0) + n
     for p in procs:
         p.join()
+    accepted = statuses.get(202, 0)
     return {
-        "figure": "ingest",
+        "figure": "batch" if batch else "ingest",
+        **({"messages_per_batch": batch, "messages_per_s": round(accepted * batch / args.seconds)} if batch else {}),
         "requests": len(latencies),
         "accepted_202": statuses.get(202, 0),
         "statuses": {str(k): v for k, v in statuses.items()},
         "requests_per_s": round(statuses.get(202, 0) / args.seconds),
         "p50_ms": round(percentile(latencies, 50) * 1000, 2),
         "p99_ms": round(percentile(latencies, 99) * 1000, 2),
+    }
+
+
+def _paced_poster(url: str, rate: float, seconds: float, sample_every: int, out: multiprocessing.Queue) -> None:
+    """POST at a fixed rate over one keep-alive connection; sample (id, post time) pairs for the lag."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=10)
+    body = json.dumps({"bench": "sustained"}).encode()
+    statuses: dict[int, int] = {}
+    samples: list[tuple[str, float]] = []
+    next_at = time.perf_counter()
+    deadline = next_at + seconds
+    sent = 0
+    while next_at < deadline:
+        delay = next_at - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        posted_at = time.time()
+        try:
+            conn.request("POST", "/dummy", body, {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            answer = response.read()
+            status = response.status
+        except (OSError, http.client.HTTPException):
+            conn.close()
+            status, answer = 0, b""
+        statuses[status] = statuses.get(status, 0) + 1
+        if status == 202 and sent % sample_every == 0:
+            samples.append((json.loads(answer)["id"], posted_at))
+        sent += 1
+        next_at += 1 / rate
+    out.put((statuses, samples))
+
+
+def _follower(list_url: str, seconds: float, out: multiprocessing.Queue) -> None:
+    """Follow the listing with its cursor, noting when each id first becomes visible."""
+    parts = urlsplit(list_url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=10)
+    seen: dict[str, float] = {}
+    # Cursors are positions, whatever the order: the cursor of the newest row (a one-row desc page)
+    # continues forward from it, so rows stored before the run are not counted.
+    conn.request("GET", "/messages?order=desc&limit=1")
+    newest_cursor = json.loads(conn.getresponse().read())["next_cursor"]
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        query = "limit=1000" + (f"&cursor={newest_cursor}" if newest_cursor else "")
+        conn.request("GET", f"/messages?{query}")
+        page = json.loads(conn.getresponse().read())
+        now = time.time()
+        for message in page["data"]:
+            seen.setdefault(message["id"], now)
+        if page["next_cursor"]:
+            newest_cursor = page["next_cursor"]
+        if not page["has_more"]:
+            time.sleep(0.02)
+    out.put(seen)
+
+
+def bench_sustained(args: argparse.Namespace) -> dict[str, object]:
+    import redis
+
+    client = redis.Redis.from_url(args.redis_url)
+    posters_out: multiprocessing.Queue = multiprocessing.Queue()
+    follower_out: multiprocessing.Queue = multiprocessing.Queue()
+    follower = multiprocessing.Process(target=_follower, args=(args.list_url, args.seconds + args.drain, follower_out))
+    follower.start()
+    posters = [
+        multiprocessing.Process(
+            target=_paced_poster, args=(args.ingest_url, args.rate / args.procs, args.seconds, 20, posters_out)
+        )
+        for _ in range(args.procs)
+    ]
+    for p in posters:
+        p.start()
+    backlog: list[tuple[float, int]] = []
+    started = time.time()
+    while time.time() - started < args.seconds + args.drain:
+        backlog.append((round(time.time() - started, 1), int(client.llen(args.queue))))
+        time.sleep(1)
+    statuses: dict[int, int] = {}
+    samples: list[tuple[str, float]] = []
+    for _ in posters:
+        st, sm = posters_out.get(timeout=60)
+        samples += sm
+        for code, n in st.items():
+            statuses[code] = statuses.get(code, 0) + n
+    seen = follower_out.get(timeout=120)
+    for p in [*posters, follower]:
+        p.join()
+    lags = [seen[i] - t for i, t in samples if i in seen]
+    during = [depth for t, depth in backlog if t <= args.seconds]
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        figure, axis = plt.subplots(figsize=(7, 3.5))
+        axis.plot([t for t, _ in backlog], [d for _, d in backlog])
+        axis.axvline(args.seconds, linestyle=":", color="grey")
+        axis.set(xlabel="seconds", ylabel="task messages queued", title=f"backlog at {args.rate:.0f} POST/s offered")
+        figure.tight_layout()
+        figure.savefig(args.plot)
+    return {
+        "figure": "sustained",
+        "offered_per_s": args.rate,
+        "seconds": args.seconds,
+        "accepted_per_s": round(statuses.get(202, 0) / args.seconds),
+        "statuses": {str(k): v for k, v in statuses.items()},
+        "backlog_max": max(during, default=0),
+        "backlog_at_end_of_load": during[-1] if during else 0,
+        "backlog_after_drain": backlog[-1][1] if backlog else 0,
+        "lag_samples": len(samples),
+        "lag_samples_listed": len(lags),
+        "post_to_listed_p50_ms": round(percentile(lags, 50) * 1000, 1),
+        "post_to_listed_p99_ms": round(percentile(lags, 99) * 1000, 1),
     }
 
 
@@ -341,10 +462,33 @@ def main() -> None:
     fanout.add_argument("--procs", type=int, default=2, help="client processes")
     fanout.add_argument("--rates", default="50,100,150", help="messages/s to publish, comma-separated")
     fanout.add_argument("--seconds", type=float, default=10.0)
+    batch = sub.add_parser("batch", help="POST /dummy/batch with 1,000-message batches at saturation")
+    batch.add_argument("--ingest-url", default="http://127.0.0.1:5000")
+    batch.add_argument("--seconds", type=float, default=10.0)
+    batch.add_argument("--procs", type=int, default=2)
+    batch.add_argument("--conns", type=int, default=2)
+    batch.add_argument("--batch", type=int, default=1000)
+    sustained = sub.add_parser("sustained", help="a fixed offered rate: backlog over time and POST -> listed lag")
+    sustained.add_argument("--ingest-url", default="http://127.0.0.1:5000")
+    sustained.add_argument("--list-url", default="http://127.0.0.1:5001")
+    sustained.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6390/0"))
+    sustained.add_argument("--queue", default="persist")
+    sustained.add_argument("--rate", type=float, default=3000.0)
+    sustained.add_argument("--seconds", type=float, default=60.0)
+    sustained.add_argument("--drain", type=float, default=10.0, help="seconds to keep watching after the load")
+    sustained.add_argument("--procs", type=int, default=2)
+    sustained.add_argument("--plot", help="write a PNG chart of the backlog here")
     args = parser.parse_args()
     if args.figure == "persist" and not args.database_url:
         parser.error("persist needs --database-url (or SQLALCHEMY_DATABASE_URI) of a migrated database")
-    figures = {"ingest": bench_ingest, "persist": bench_persist, "latency": bench_latency, "fanout": bench_fanout}
+    figures = {
+        "ingest": bench_ingest,
+        "batch": bench_ingest,
+        "persist": bench_persist,
+        "sustained": bench_sustained,
+        "latency": bench_latency,
+        "fanout": bench_fanout,
+    }
     result = figures[args.figure](args)
     result["machine"] = machine()
     result["taken_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

@@ -1,0 +1,69 @@
+"""Smoke test of the benchmark harness at tiny sizes, so it cannot rot. It asserts it works, never timings."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import clear_database
+from tests.helpers import ROOT, python_env
+from tests.stack import Stack, running_stack
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def stack(sqlite_url: str, redis_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    clear_database(sqlite_url)
+    with running_stack(sqlite_url, redis_server.url, tmp_path_factory.mktemp("bench-logs")) as stack:
+        yield stack
+
+
+def bench(*argv: str) -> dict:
+    result = subprocess.run(
+        [sys.executable, "scripts/bench.py", *argv], cwd=ROOT, env=python_env({}), capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    figure = json.loads((ROOT / "bench-results" / f"{argv[0]}.json").read_text())
+    assert figure["machine"]["cores"] >= 1
+    return figure
+
+
+def test_ingest_and_batch_figures(stack: Stack) -> None:
+    ingest = bench("ingest", "--ingest-url", stack.ingest_url, "--seconds", "1", "--procs", "1", "--conns", "2")
+    assert ingest["accepted_202"] > 0 and ingest["p99_ms"] >= ingest["p50_ms"] > 0
+    batch = bench("batch", "--ingest-url", stack.ingest_url, "--seconds", "1", "--procs", "1", "--batch", "10")
+    assert batch["messages_per_s"] > 0 and batch["statuses"].keys() == {"202"}
+
+
+def test_latency_and_fanout_figures(stack: Stack) -> None:
+    latency = bench("latency", "--ingest-url", stack.ingest_url, "--ws-url", stack.ws_url, "--rate", "20",
+                    "--seconds", "1")  # fmt: skip
+    assert latency["received"] == latency["posted"] > 0
+    fanout = bench("fanout", "--ws-url", stack.ws_url, "--redis-url", stack.env["REDIS_URL"], "--clients", "10",
+                   "--procs", "1", "--rates", "10", "--seconds", "1")  # fmt: skip
+    [row] = fanout["rows"]
+    assert row["delivered"] > 0 and row["server_rss_mib"] > 0
+
+
+def test_sustained_figure(stack: Stack, tmp_path: Path) -> None:
+    chart = tmp_path / "backlog.png"
+    sustained = bench(
+        "sustained", "--ingest-url", stack.ingest_url, "--list-url", stack.list_url,
+        "--redis-url", stack.env["REDIS_URL"], "--rate", "40", "--seconds", "2", "--drain", "3", "--plot", str(chart),
+    )  # fmt: skip
+    assert sustained["accepted_per_s"] > 0 and sustained["lag_samples_listed"] > 0
+    assert chart.stat().st_size > 1000
+
+
+def test_persist_figure(sqlite_url: str, redis_server) -> None:
+    clear_database(sqlite_url)
+    persist = bench("persist", "--count", "300", "--batch", "1", "--redis-url", redis_server.url, "--database-url",
+                    sqlite_url)  # fmt: skip
+    assert persist["messages"] == 300 and persist["rows_per_s"] > 0
