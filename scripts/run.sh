@@ -4,7 +4,7 @@
 # unless SQLALCHEMY_DATABASE_URI / REDIS_URL point at real ones.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. scripts/venv.sh requirements.txt
+. scripts/venv.sh requirements-local.txt
 
 mkdir -p var
 export BIND_HOST="${BIND_HOST:-127.0.0.1}"
