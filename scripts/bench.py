@@ -111,33 +111,46 @@ def bench_ingest(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _paced_poster(url: str, rate: float, seconds: float, sample_every: int, out: multiprocessing.Queue) -> None:
-    """POST at a fixed rate over one keep-alive connection; sample (id, post time) pairs for the lag."""
+    """POST at a fixed rate from 8 threads (8 concurrent clients); sample (id, post time) pairs for the lag."""
+    import threading
+
     parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=10)
     body = json.dumps({"bench": "sustained"}).encode()
     statuses: dict[int, int] = {}
     samples: list[tuple[str, float]] = []
-    next_at = time.perf_counter()
-    deadline = next_at + seconds
-    sent = 0
-    while next_at < deadline:
-        delay = next_at - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)
-        posted_at = time.time()
-        try:
-            conn.request("POST", "/dummy", body, {"Content-Type": "application/json"})
-            response = conn.getresponse()
-            answer = response.read()
-            status = response.status
-        except (OSError, http.client.HTTPException):
-            conn.close()
-            status, answer = 0, b""
-        statuses[status] = statuses.get(status, 0) + 1
-        if status == 202 and sent % sample_every == 0:
-            samples.append((json.loads(answer)["id"], posted_at))
-        sent += 1
-        next_at += 1 / rate
+    lock = threading.Lock()
+    threads = 8
+
+    def client(offset: float) -> None:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=10)
+        next_at = time.perf_counter() + offset
+        deadline = next_at + seconds
+        sent = 0
+        while next_at < deadline:
+            delay = next_at - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            posted_at = time.time()
+            try:
+                conn.request("POST", "/dummy", body, {"Content-Type": "application/json"})
+                response = conn.getresponse()
+                answer = response.read()
+                status = response.status
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                status, answer = 0, b""
+            with lock:
+                statuses[status] = statuses.get(status, 0) + 1
+                if status == 202 and sent % sample_every == 0:
+                    samples.append((json.loads(answer)["id"], posted_at))
+            sent += 1
+            next_at += threads / rate
+
+    workers = [threading.Thread(target=client, args=(i / rate,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
     out.put((statuses, samples))
 
 
