@@ -38,7 +38,6 @@ import contextlib
 import functools
 import logging
 import signal
-from collections import deque
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -58,45 +57,12 @@ from websockets.protocol import State
 
 from auth import bearer, token_ok
 from config import Settings, load_settings
+from live_window import Backlog, Window
 from logs import configure_logging
 
 log = logging.getLogger("wsserver")
 READY = orjson.dumps({"type": "ready"})
 READ_BATCH = 100  # stream entries per XREAD: bounds the burst written to a client at once
-
-
-class Window:
-    """The most recent frames in stream order, findable by message id, bounded in count and bytes."""
-
-    def __init__(self, max_items: int, max_bytes: int) -> None:
-        self.max_items, self.max_bytes = max_items, max_bytes
-        self._items: deque[tuple[str, bytes]] = deque()
-        self._position: dict[str, int] = {}
-        self._appended = 0
-        self._bytes = 0
-
-    def append(self, message_id: str, frame: bytes) -> None:
-        self._items.append((message_id, frame))
-        self._position[message_id] = self._appended
-        self._appended += 1
-        self._bytes += len(frame)
-        while self._items and (len(self._items) > self.max_items or self._bytes > self.max_bytes):
-            old_id, old_frame = self._items.popleft()
-            self._bytes -= len(old_frame)
-            if self._position.get(old_id) == self._appended - len(self._items) - 1:
-                del self._position[old_id]
-
-    def after(self, message_id: str) -> list[bytes] | None:
-        """Frames after ``message_id``, or None when it is not in the window."""
-        position = self._position.get(message_id)
-        if position is None:
-            return None
-        start = position - (self._appended - len(self._items)) + 1
-        return [frame for _, frame in list(self._items)[start:]]
-
-    @property
-    def oldest(self) -> str | None:
-        return self._items[0][0] if self._items else None
 
 
 @dataclass
@@ -107,23 +73,6 @@ class Stats:
     dropped: int = 0
     slow_disconnects: int = 0
     replayed: int = 0
-
-
-class Backlog:
-    """Frames a client still has to receive, in order; shares the frame objects with the window."""
-
-    def __init__(self, frames: Iterable[bytes] = ()) -> None:
-        self.frames = deque(frames)
-        self.bytes = sum(map(len, self.frames))
-
-    def extend(self, frames: list[bytes]) -> None:
-        self.frames.extend(frames)
-        self.bytes += sum(map(len, frames))
-
-    def popleft(self) -> bytes:
-        frame = self.frames.popleft()
-        self.bytes -= len(frame)
-        return frame
 
 
 class Hub:
