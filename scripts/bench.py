@@ -262,7 +262,7 @@ def bench_persist(args: argparse.Namespace) -> dict[str, object]:
     env = {**os.environ, "REDIS_URL": args.redis_url, "SQLALCHEMY_DATABASE_URI": args.database_url}
     worker = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", queue, "--concurrency", str(args.concurrency),
-         "--loglevel", "WARNING", "--without-gossip", "--without-mingle"],
+         "--pool", args.pool, "--loglevel", "WARNING", "--without-gossip", "--without-mingle"],
         cwd=ROOT, env=env,
     )  # fmt: skip
     try:
@@ -285,6 +285,7 @@ def bench_persist(args: argparse.Namespace) -> dict[str, object]:
         "messages": args.count,
         "records_per_task": args.batch,
         "worker_concurrency": args.concurrency,
+        "worker_pool": args.pool,
         "seconds": round(elapsed, 2),
         "rows_per_s": round(args.count / elapsed) if elapsed else None,
     }
@@ -460,6 +461,7 @@ def main() -> None:
     persist.add_argument("--count", type=int, default=100_000)
     persist.add_argument("--batch", type=int, default=1, help="records per queued task")
     persist.add_argument("--concurrency", type=int, default=2, help="Celery worker processes")
+    persist.add_argument("--pool", default="prefork", choices=("prefork", "solo", "threads"), help="Celery pool")
     persist.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     persist.add_argument("--database-url", default=os.environ.get("SQLALCHEMY_DATABASE_URI"), required=False)
     latency = sub.add_parser("latency", help="POST -> websocket frame at a light fixed rate")
