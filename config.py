@@ -47,7 +47,7 @@ ENV_VARS: dict[str, Var] = {
     "WS_PORT": Var("8765", "Port of the websocket server."),
     "LIST_API_URL": Var("http://127.0.0.1:5001", "Public base URL of the list API, used in `Location` headers.", True),
     "SECRET_KEY": Var(DEV_SECRET, "Signs pagination cursors (tamper-evident). Must be set in production.", True),
-    "MAX_MESSAGE_BYTES": Var("65536", "Largest accepted `POST /dummy` body, in bytes (413 above)."),
+    "MAX_MESSAGE_BYTES": Var("65536", "Largest message in bytes: a `POST /dummy` body, and any message stored (413)."),
     "MAX_BATCH_MESSAGES": Var("1000", "Most messages in one `POST /dummy/batch`."),
     "MAX_BATCH_BYTES": Var("8388608", "Largest accepted `POST /dummy/batch` body, in bytes (413 above)."),
     "INGEST_GROUP_COMMIT": Var(

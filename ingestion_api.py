@@ -110,6 +110,9 @@ def _read_json_body(limit: int) -> bytes | Response:
     body = request.stream.read(limit + 1)
     if len(body) > limit:
         return error_response(413, "too_large", f"The body is larger than the {limit}-byte limit.")
+    if request.content_length is not None and len(body) < request.content_length:
+        # The client closed before sending what it declared (RFC 9112 section 8): never accept a fragment.
+        return error_response(400, "incomplete_body", "The body ended before its Content-Length.")
     return body
 
 
@@ -149,16 +152,19 @@ def _accept(records: list[dict[str, str]], answer: dict[str, Any], location: str
     return json_response(result.answer, 200 if result.repeated else 202, headers)
 
 
+def _invalid(exc: InvalidMessage) -> Response:
+    return error_response(413 if exc.code == "too_large" else 400, exc.code, exc.message)
+
+
 def post_message() -> Response:
     """Accept one JSON object."""
     body = _read_json_body(_settings().max_message_bytes)
     if isinstance(body, Response):
         return body
     try:
-        payload = parse_message(body)
+        record = make_record(parse_message(body), utc_now(), _settings().max_message_bytes)
     except InvalidMessage as exc:
-        return error_response(400, exc.code, exc.message)
-    record = make_record(payload, utc_now())
+        return _invalid(exc)
     answer = {"id": record["id"], "received_at": record["received_at"]}
     return _accept([record], answer, f"{_settings().list_api_url}/messages/{record['id']}")
 
@@ -169,12 +175,12 @@ def post_batch() -> Response:
     body = _read_json_body(settings.max_batch_bytes)
     if isinstance(body, Response):
         return body
+    received_at = utc_now()
     try:
         payloads = parse_batch(body, settings.max_batch_messages)
+        records = [make_record(payload, received_at, settings.max_message_bytes) for payload in payloads]
     except InvalidMessage as exc:
-        return error_response(400, exc.code, exc.message)
-    received_at = utc_now()
-    records = [make_record(payload, received_at) for payload in payloads]
+        return _invalid(exc)
     answer = {"ids": [r["id"] for r in records], "received_at": records[0]["received_at"]}
     return _accept(records, answer, None)
 

@@ -8,8 +8,8 @@ the plain-JSON dict that travels through the queue to the worker:
 
 The payload travels as JSON text so the worker stores exactly what the API
 validated without parsing it again. Parsing uses orjson, which rejects what
-must not be stored: invalid UTF-8, lone surrogates, NaN/Infinity, and nesting
-deeper than 1024 levels. Duplicate keys keep the last value; integers beyond
+must not be stored: invalid UTF-8, lone surrogates, NaN/Infinity; nesting
+deeper than 254 levels (what orjson serializes) is rejected too. Duplicate keys keep the last value; integers beyond
 64 bits become IEEE doubles, as in JavaScript.
 
 No Flask, Redis or SQLAlchemy here, so this is testable on its own.
@@ -25,6 +25,7 @@ import orjson
 import uuid6
 
 RECORD_KEYS = ("id", "received_at", "payload")
+MAX_DEPTH = 254  # what orjson.dumps can serialize; deeper payloads are a 400 too_deep
 
 
 class InvalidMessage(ValueError):
@@ -46,7 +47,7 @@ def _parse(body: bytes) -> Any:
         if "UTF-8" in reason or "surrogate" in reason:
             raise InvalidMessage("invalid_utf8", f"The body is not valid UTF-8 JSON text: {reason}.") from None
         if "depth" in reason or "recursion" in reason:
-            raise InvalidMessage("too_deep", "The JSON is nested more than 1024 levels deep.") from None
+            raise InvalidMessage("too_deep", f"The JSON is nested more than {MAX_DEPTH} levels deep.") from None
         raise InvalidMessage("malformed_json", f"The body is not valid JSON: {reason}.") from None
 
 
@@ -98,13 +99,22 @@ def parse_time(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text).replace(tzinfo=None)
 
 
-def make_record(payload: dict[str, Any], received_at: dt.datetime) -> dict[str, str]:
-    """Build the queue record for one accepted message."""
-    return {
-        "id": new_id(),
-        "received_at": format_time(received_at),
-        "payload": orjson.dumps(payload).decode(),
-    }
+def make_record(payload: dict[str, Any], received_at: dt.datetime, max_bytes: int | None = None) -> dict[str, str]:
+    """Build the queue record for one accepted message.
+
+    Raises :class:`InvalidMessage` for a payload nested deeper than orjson
+    serializes (254 levels; parsing allows 1024), or (``too_large``) one
+    whose stored JSON exceeds ``max_bytes``: each message, alone or in a
+    batch, is held to the same size once stored (``1E5`` is stored as
+    ``100000.0``, so the stored text can outgrow the request).
+    """
+    try:
+        text = orjson.dumps(payload)
+    except orjson.JSONEncodeError:
+        raise InvalidMessage("too_deep", f"The JSON is nested more than {MAX_DEPTH} levels deep.") from None
+    if max_bytes is not None and len(text) > max_bytes:
+        raise InvalidMessage("too_large", f"A message is {len(text)} bytes stored; the limit is {max_bytes}.")
+    return {"id": new_id(), "received_at": format_time(received_at), "payload": text.decode()}
 
 
 def is_message_id(text: str) -> bool:

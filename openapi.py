@@ -234,7 +234,7 @@ def _ingestion(settings: Settings) -> dict[str, Any]:
             "Payload": {
                 "type": "object",
                 "description": "Any JSON object. Duplicate keys keep the last value; integers beyond 64 bits "
-                "become IEEE doubles; strings round-trip exactly. Nesting is limited to 1024 levels.",
+                "become IEEE doubles; strings round-trip exactly. Nesting is limited to 254 levels.",
                 "examples": [{"hello": "world"}],
             },
             "Accepted": {
