@@ -297,7 +297,8 @@ def _ingestion(settings: Settings) -> dict[str, Any]:
         "Accepts one JSON object, queues it for storage and live delivery, and answers at once.",
         _json(_ref("schemas", "Payload"), {"hello": "world"}),
         "Accepted",
-        "`malformed_json`, `invalid_utf8`, `too_deep`, `empty_body`, `incomplete_body`, `not_an_object`, `bad_idempotency_key`",
+        "`malformed_json`, `invalid_utf8`, `too_deep`, `empty_body`, `incomplete_body`, `not_an_object`, "
+        "`bad_idempotency_key`",
     )
 
     batch = _post(
@@ -315,8 +316,8 @@ def _ingestion(settings: Settings) -> dict[str, Any]:
             [{"n": 1}, {"n": 2}],
         ),
         "BatchAccepted",
-        "`malformed_json`, `invalid_utf8`, `too_deep`, `empty_body`, `incomplete_body`, `not_an_array`, `bad_batch_size`, "
-        "`not_an_object` (an element), `bad_idempotency_key`",
+        "`malformed_json`, `invalid_utf8`, `too_deep`, `empty_body`, `incomplete_body`, `not_an_array`, "
+        "`bad_batch_size`, `not_an_object` (an element), `bad_idempotency_key`",
     )
     for status in ("200", "202"):
         single["responses"][status]["headers"] = {"Location": _ref("headers", "Location")}
