@@ -1,0 +1,430 @@
+"""Fault tests: load running, a fault injected, the fault healed, then count.
+
+Every test keeps the id of each message the ingestion API acknowledged (a
+202), walks the list API with cursors once the system has settled, and
+asserts that no acknowledged message is missing and none is stored twice.
+Each prints one summary line (run pytest with ``-s`` to see them)::
+
+    FAULT <name>: accepted=N stored=N lost=N duplicated=N
+
+Only external behaviour is used: HTTP answers, the listing, websocket frames
+as a browser shows them, process signals, and a TCP proxy between the worker
+and the database. Run them alone with ``pytest -m faults -s``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import redis
+import requests
+from sqlalchemy.engine import make_url
+
+from tests.conftest import clear_database
+from tests.helpers import RedisServer, wait_until
+from tests.stack import Stack, custom_stack, start_worker
+from tests.tcp_proxy import TcpProxy
+from tests.test_browser import CHROMIUM, LAUNCH_ARGS, assert_exactly, shown_ids
+
+pytestmark = [pytest.mark.faults, pytest.mark.e2e]
+
+# Tasks of a dead worker come back after the visibility timeout: keep it short so the tests are quick.
+QUICK_REDELIVERY = {"CELERY_VISIBILITY_TIMEOUT": "5"}
+# How long a test waits, once the fault is healed, for every acknowledged message to be stored.
+SETTLE_SECONDS = 30.0
+
+
+@dataclass
+class Load:
+    """Clients posting single messages and small batches from threads, keeping every answer.
+
+    ``accepted`` holds the id of every message acknowledged with a 202;
+    ``unanswered`` counts the messages sent in requests that got a 5xx or no
+    answer at all (the API may or may not have queued those).
+    """
+
+    url: str
+    clients: int = 4
+    batch_every: int = 5  # every n-th request of a client is a batch (0: singles only)
+    batch_size: int = 10
+    pause: float = 0.0  # seconds each client waits between requests
+    accepted: list[str] = field(default_factory=list)
+    statuses: Counter = field(default_factory=Counter)
+    unanswered: int = 0
+    slowest_refusal: float = 0.0  # seconds taken by the slowest 503
+    refusals_without_retry_after: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def start(self) -> Load:
+        self._stop.clear()
+        self._threads = [threading.Thread(target=self._client, args=(n,), daemon=True) for n in range(self.clients)]
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(15)
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[Load]:
+        self.start()
+        try:
+            yield self
+        finally:
+            self.stop()
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.accepted)
+
+    def _client(self, number: int) -> None:
+        session = requests.Session()
+        sent = 0
+        while not self._stop.is_set():
+            sent += 1
+            batch = self.batch_every and sent % self.batch_every == 0
+            payload = {"client": number, "n": sent, "text": "héllo 🎉"}
+            size = self.batch_size if batch else 1
+            body = [{**payload, "i": i} for i in range(size)] if batch else payload
+            started = time.monotonic()
+            try:
+                response = session.post(f"{self.url}/dummy{'/batch' if batch else ''}", json=body, timeout=5)
+            except requests.RequestException:
+                with self._lock:
+                    self.statuses["no answer"] += 1
+                    self.unanswered += size
+                time.sleep(0.05)
+                continue
+            elapsed = time.monotonic() - started
+            with self._lock:
+                self.statuses[response.status_code] += 1
+                if response.status_code == 202:
+                    answer = response.json()
+                    self.accepted += answer["ids"] if batch else [answer["id"]]
+                elif response.status_code >= 500:
+                    self.unanswered += size
+                if response.status_code == 503:
+                    self.slowest_refusal = max(self.slowest_refusal, elapsed)
+                    self.refusals_without_retry_after += "Retry-After" not in response.headers
+            if response.status_code != 202:
+                time.sleep(0.05)
+            elif self.pause:
+                time.sleep(self.pause)
+
+
+@dataclass
+class Tally:
+    name: str
+    accepted: int
+    stored: int
+    lost: list[str]  # acknowledged, not stored when the test stopped waiting
+    duplicated: int
+    unacknowledged: int  # stored, but never acknowledged with a 202 (the client saw a 503 or nothing)
+    still_in_redis: int  # of ``lost``: still queued, unacknowledged or dead-lettered in Redis (late, not gone)
+
+    @property
+    def line(self) -> str:
+        line = (
+            f"FAULT {self.name}: accepted={self.accepted} stored={self.stored} "
+            f"lost={len(self.lost)} duplicated={self.duplicated}"
+        )
+        return f"{line} (of the lost, still in Redis: {self.still_in_redis})" if self.lost else line
+
+    @property
+    def gone(self) -> int:
+        """Acknowledged messages neither stored nor anywhere in Redis: lost for good."""
+        return len(self.lost) - self.still_in_redis
+
+    def assert_exactly_once(self) -> None:
+        assert not self.lost and not self.duplicated, (
+            f"{self.line}; {len(self.lost)} acknowledged message(s) not stored within the wait, "
+            f"{self.still_in_redis} of them still in Redis; first: {self.lost[:3]}"
+        )
+
+
+_MESSAGE_ID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def ids_in_redis(redis_url: str) -> set[str]:
+    """Message ids in the persistence queue, the broker's unacknowledged set and the dead letters."""
+    client = redis.Redis.from_url(redis_url)
+    blobs = client.lrange("persist", 0, -1) + client.hvals("unacked") + client.lrange("dead_letters", 0, -1)
+    return {match.decode() for blob in blobs for match in _MESSAGE_ID.findall(blob)}
+
+
+def tally(name: str, accepted: list[str], stored_ids: list[str], redis_url: str | None = None) -> Tally:
+    """Compare acknowledged ids with stored ones, and print the summary line."""
+    counts = Counter(stored_ids)
+    wanted = set(accepted)
+    assert len(wanted) == len(accepted), "the API handed out an id twice"
+    lost = sorted(wanted - counts.keys())
+    result = Tally(
+        name,
+        accepted=len(wanted),
+        stored=len(stored_ids),
+        lost=lost,
+        duplicated=sum(n - 1 for n in counts.values()),
+        unacknowledged=len(counts.keys() - wanted),
+        still_in_redis=len(set(lost) & ids_in_redis(redis_url)) if lost and redis_url else 0,
+    )
+    print(f"\n{result.line}")
+    return result
+
+
+def settle(stack: Stack, accepted: list[str], timeout: float, quiet: float = 3.0) -> list[str]:
+    """Wait until every accepted id is listed and the listing has stopped growing; return the listed ids.
+
+    Returns what is listed when ``timeout`` runs out, so the caller can count
+    what is missing rather than only time out.
+    """
+    wanted = set(accepted)
+    deadline = time.monotonic() + timeout
+    last_count, changed_at = -1, time.monotonic()
+    while True:
+        try:
+            ids = [m["id"] for m in stack.listed()]
+        except (requests.RequestException, ValueError):
+            ids = []
+        now = time.monotonic()
+        if len(ids) != last_count:
+            last_count, changed_at = len(ids), now
+        if (wanted <= set(ids) and now - changed_at >= quiet) or now > deadline:
+            return ids
+        time.sleep(0.5)
+
+
+def stored_count(stack: Stack) -> int:
+    return len(stack.listed())
+
+
+def test_worker_killed_while_draining_a_backlog_stores_every_message_once(
+    sqlite_url: str, redis_url: str, log_dir: Path
+) -> None:
+    """SIGKILL the whole worker (pool children too) amid thousands of queued messages; restart it at once."""
+    clear_database(sqlite_url)
+    broker = redis.Redis.from_url(redis_url)
+    with custom_stack(sqlite_url, redis_url, log_dir, env=QUICK_REDELIVERY, with_worker=False) as stack:
+        load = Load(stack.ingest_url, clients=6, batch_every=4, batch_size=25)
+        with load.running():
+            wait_until(lambda: load.count() >= 4000, timeout=60, what="a backlog of 4000 messages")
+        backlog = broker.llen("persist")
+        start_worker(stack)
+        load.clients, load.pause = 2, 0.01  # keep posting, slower than the worker drains
+        with load.running():
+            wait_until(lambda: broker.llen("persist") < backlog * 0.7, timeout=60, what="the worker draining")
+            in_flight = broker.hlen("unacked")  # delivered to the worker, not yet acknowledged
+            stack.services["worker"].kill()
+            killed_at = time.monotonic()
+            time.sleep(2)
+            start_worker(stack)  # as a supervisor would: at once
+            time.sleep(2)
+        assert in_flight > 0, "the kill should hit task messages in progress"
+        stored = settle(stack, load.accepted, timeout=SETTLE_SECONDS)
+        result = tally("worker SIGKILL mid-backlog", load.accepted, stored, redis_url)
+        print(
+            f"killed with {in_flight} task message(s) in flight and {backlog} queued before; "
+            f"settled {time.monotonic() - killed_at:.0f}s after the kill; statuses {dict(load.statuses)}"
+        )
+        result.assert_exactly_once()
+        assert load.statuses.keys() == {202}, load.statuses
+
+
+@dataclass
+class Outage:
+    """What clients saw while Redis was down."""
+
+    probes: list[tuple[int, str | None, float]] = field(default_factory=list)  # status, Retry-After, seconds
+    healthz: list[int] = field(default_factory=list)
+
+
+def probe_while_down(stack: Stack, outage: Outage, seconds: float) -> None:
+    """Time single and batch posts and health checks against the API while Redis is gone."""
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        for path, body in (("/dummy", {"probe": 1}), ("/dummy/batch", [{"probe": 2}])):
+            started = time.monotonic()
+            response = requests.post(f"{stack.ingest_url}{path}", json=body, timeout=5)
+            outage.probes.append(
+                (response.status_code, response.headers.get("Retry-After"), time.monotonic() - started)
+            )
+            assert response.json()["error"] == "queue_unavailable", response.text
+        outage.healthz.append(requests.get(f"{stack.ingest_url}/healthz", timeout=5).status_code)
+        time.sleep(0.2)
+
+
+def redis_crash(
+    tmp_path: Path, sqlite_url: str, log_dir: Path, appendfsync: str, consuming: bool = True
+) -> tuple[Tally, Load, Outage, int]:
+    """Post under load, SIGKILL Redis, probe the API, restart Redis on the same port and files, count.
+
+    With ``consuming=False`` the worker starts only after the restart, so
+    what is missing then was lost by Redis itself (its fsync policy), not in
+    a hand-over to the worker. Returns the tally, the load, what clients saw
+    during the outage, and how many acknowledged messages Redis no longer
+    held right after the restart (counted only when not consuming).
+    """
+    clear_database(sqlite_url)
+    directory = tmp_path / f"redis-{appendfsync}"
+    server = RedisServer(directory, appendfsync=appendfsync).start()
+    outage = Outage()
+    try:
+        with custom_stack(sqlite_url, server.url, log_dir, env=QUICK_REDELIVERY, with_worker=consuming) as stack:
+            load = Load(stack.ingest_url, clients=4)
+            with load.running():
+                wait_until(lambda: load.count() >= 1500, timeout=60, what="load before the crash")
+                at_kill = load.count()
+                server.kill()
+                killed_at = time.monotonic()
+                probe_while_down(stack, outage, seconds=3)
+                server = RedisServer(directory, appendfsync=appendfsync, port=server.port).start()
+                wait_until(lambda: load.count() >= at_kill + 500, timeout=30, what="202s after the restart")
+            missing_from_redis = 0 if consuming else len(set(load.accepted) - ids_in_redis(server.url))
+            if not consuming:
+                start_worker(stack)
+            stored = settle(stack, load.accepted, timeout=SETTLE_SECONDS)
+            result = tally(f"redis SIGKILL+restart (appendfsync {appendfsync})", load.accepted, stored, server.url)
+            print(
+                f"{at_kill} acknowledged before the kill; settled {time.monotonic() - killed_at:.0f}s after it; "
+                f"statuses {dict(load.statuses)}; stored without a 202: {result.unacknowledged} "
+                f"(of {load.unanswered} sent without a definite answer)"
+            )
+            return result, load, outage, missing_from_redis
+    finally:
+        server.stop()
+
+
+def assert_refused_quickly(load: Load, outage: Outage) -> None:
+    assert outage.probes, "no probe ran while Redis was down"
+    assert all(status == 503 and retry == "1" for status, retry, _ in outage.probes), outage.probes
+    slowest = max(seconds for _, _, seconds in outage.probes)
+    assert slowest < 1.0, f"a 503 took {slowest:.2f}s"
+    assert set(outage.healthz) == {503}, outage.healthz
+    assert load.statuses[503] > 0 and load.slowest_refusal < 1.0, (load.statuses, load.slowest_refusal)
+    assert load.refusals_without_retry_after == 0
+
+
+def test_redis_crash_with_appendfsync_always_loses_no_accepted_message(
+    tmp_path: Path, sqlite_url: str, log_dir: Path
+) -> None:
+    result, load, outage, _ = redis_crash(tmp_path, sqlite_url, log_dir, "always")
+    assert_refused_quickly(load, outage)
+    result.assert_exactly_once()
+    assert result.unacknowledged <= load.unanswered
+
+
+def test_redis_crash_with_appendfsync_everysec_is_measured(tmp_path: Path, sqlite_url: str, log_dir: Path) -> None:
+    """Measure what ``everysec`` (the compose default) loses across kill -9; only duplicates fail the test.
+
+    The worker is started after the restart, so the count is Redis's own
+    loss. A SIGKILL of the process does not lose what Redis already wrote to
+    the kernel: ``everysec`` can only lose the last second or two of writes
+    on an OS crash or power loss, which a test on one machine cannot cause.
+    """
+    result, load, outage, missing = redis_crash(tmp_path, sqlite_url, log_dir, "everysec", consuming=False)
+    print(f"everysec across kill -9: {missing} of {result.accepted} acknowledged messages missing from Redis")
+    assert_refused_quickly(load, outage)
+    assert result.duplicated == 0
+    assert result.unacknowledged <= load.unanswered
+
+
+def test_database_outage_loses_and_duplicates_nothing(mysql_url: str, redis_url: str, log_dir: Path) -> None:
+    """Cut the worker's MariaDB connections for 30 s while posting; the backlog drains once it returns."""
+    clear_database(mysql_url)
+    server = make_url(mysql_url)
+    proxy = TcpProxy(server.host or "127.0.0.1", server.port or 3306).start()
+    through_proxy = server.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    try:
+        with custom_stack(
+            mysql_url,
+            redis_url,
+            log_dir,
+            env=QUICK_REDELIVERY,
+            worker_env={"SQLALCHEMY_DATABASE_URI": through_proxy},
+        ) as stack:
+            load = Load(stack.ingest_url, clients=2, pause=0.01)
+            with load.running():
+                wait_until(lambda: stored_count(stack) >= 200, timeout=60, what="messages stored before the cut")
+                assert proxy.open_connections > 0, "the worker should hold database connections through the proxy"
+                proxy.cut()
+                time.sleep(2)  # a commit already on its way may still land
+                stored_at_cut, accepted_at_cut = stored_count(stack), load.count()
+                time.sleep(28)
+                stored_during, accepted_during = stored_count(stack), load.count() - accepted_at_cut
+                proxy.restore()
+                restored_at = time.monotonic()
+                time.sleep(3)
+            assert stored_during == stored_at_cut, "the cut should stop the worker's writes"
+            assert accepted_during > 500, "the API should keep accepting while the database is down"
+            stored = settle(stack, load.accepted, timeout=SETTLE_SECONDS)
+            result = tally("database cut for 30 s", load.accepted, stored, redis_url)
+            print(
+                f"accepted during the cut: {accepted_during}; "
+                f"settled {time.monotonic() - restored_at:.0f}s after the restore; statuses {dict(load.statuses)}"
+            )
+            result.assert_exactly_once()
+            assert load.statuses.keys() == {202}, load.statuses
+    finally:
+        proxy.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+def test_live_page_shows_every_message_once_across_wsserver_and_redis_restarts(
+    browser, tmp_path: Path, sqlite_url: str, log_dir: Path
+) -> None:
+    """SIGKILL and restart the wsserver, then Redis, while the page is open and messages keep coming."""
+    clear_database(sqlite_url)
+    directory = tmp_path / "redis"
+    server = RedisServer(directory, appendfsync="always").start()
+    try:
+        with custom_stack(sqlite_url, server.url, log_dir, env=QUICK_REDELIVERY, with_ws=True) as stack:
+            page = browser.new_page()
+            page.goto(f"{stack.list_url}/?ws={stack.ws_url}&ingest={stack.ingest_url}")
+            page.wait_for_selector("#state[data-state=live]")
+            load = Load(stack.ingest_url, clients=1, batch_every=0, pause=0.08)
+            with load.running():
+                time.sleep(2)
+                stack.services["wsserver"].kill()
+                page.wait_for_selector("#state[data-state=disconnected]")
+                time.sleep(1)
+                stack.start_wsserver()
+                page.wait_for_selector("#state[data-state=live]", timeout=15_000)
+                time.sleep(2)
+                server.kill()
+                time.sleep(2)
+                server = RedisServer(directory, appendfsync="always", port=server.port).start()
+                before = load.count()
+                wait_until(lambda: load.count() >= before + 20, timeout=30, what="202s after the Redis restart")
+            accepted = set(load.accepted)
+            assert len(accepted) < 500, "the page keeps 500 messages; post fewer"
+            with contextlib.suppress(AssertionError):
+                wait_until(lambda: set(shown_ids(page)) >= accepted, timeout=20, what="every message on the page")
+            tally("wsserver+redis SIGKILL, live page shows", load.accepted, shown_ids(page))
+            assert_exactly(page, accepted)
+            page.close()
+            stored = settle(stack, load.accepted, timeout=SETTLE_SECONDS)
+            tally("wsserver+redis SIGKILL, stored", load.accepted, stored, server.url).assert_exactly_once()
+    finally:
+        server.stop()
