@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -39,13 +40,84 @@ PERSIST_TASK = "tasks.persist_messages"
 
 # KEYS[1] idempotency key, KEYS[2] queue. ARGV[1] stored answer, ARGV[2] ttl, ARGV[3] task message.
 # Returns the earlier answer for a repeat, or nil after enqueueing.
+# KEYS[3], KEYS[4]: the pending set and its records; ARGV[4] {id: record json}, ARGV[5] now.
 _CLAIM_AND_ENQUEUE = """
 local earlier = redis.call('GET', KEYS[1])
 if earlier then return earlier end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2]))
 redis.call('LPUSH', KEYS[2], ARGV[3])
+for id, record in pairs(cjson.decode(ARGV[4])) do
+  redis.call('HSET', KEYS[4], id, record)
+  redis.call('ZADD', KEYS[3], ARGV[5], id)
+end
 return false
 """
+
+# Pending records older than ARGV[1], but only when nothing is queued or in flight (kombu's
+# "unacked" hash): then any such record was lost between kombu's BRPOP and its bookkeeping.
+_LOST_RECORDS = """
+if redis.call('LLEN', KEYS[1]) > 0 or redis.call('HLEN', KEYS[2]) > 0 then return {} end
+local lost = {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))) do
+  local record = redis.call('HGET', KEYS[4], id)
+  if record then table.insert(lost, record) else redis.call('ZREM', KEYS[3], id) end
+end
+return lost
+"""
+KOMBU_UNACKED_KEY = "unacked"  # kombu's Redis transport default (unacked_key)
+
+
+class Pending:
+    """Every queued record until a worker has handled it: the safety net under Celery's queue.
+
+    kombu's Redis transport moves a message from the queue to its "unacked"
+    bookkeeping in two steps (BRPOP, then MULTI/HSET): a worker killed, or a
+    Redis crash, between them loses that task message. So every enqueue
+    also records its records here, in the same transaction; the worker
+    removes them once stored or dead-lettered; and :meth:`reconcile`, run
+    periodically by a worker, re-queues records still pending after
+    ``grace`` seconds at a moment when nothing is queued or in flight, which
+    can only mean they were lost. Storage is idempotent, so a false alarm
+    costs a redundant write, never a duplicate row.
+    """
+
+    def __init__(self, client: redis.Redis, queue: str) -> None:
+        self.client = client
+        self.queue = queue
+        self.zset = f"{queue}:pending"
+        self.records = f"{queue}:pending:records"
+        self._lost = client.register_script(_LOST_RECORDS)
+
+    def add(self, pipe: redis.client.Pipeline, records: Sequence[dict[str, str]]) -> None:
+        pipe.hset(self.records, mapping={r["id"]: orjson.dumps(r) for r in records})
+        pipe.zadd(self.zset, {r["id"]: time.time() for r in records})
+
+    def done(self, ids: Sequence[str]) -> None:
+        """Forget handled records (stored or dead-lettered)."""
+        if ids:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hdel(self.records, *ids)
+            pipe.zrem(self.zset, *ids)
+            pipe.execute()
+
+    def count(self) -> int:
+        return int(self.client.zcard(self.zset))
+
+    def reconcile(self, grace: float, limit: int = 1000) -> int:
+        """Re-queue lost records (see the class docstring); return how many."""
+        if not self.client.set(f"{self.zset}:reconciling", 1, nx=True, ex=max(1, int(grace))):
+            return 0  # another worker is at it
+        raw = self._lost(
+            keys=[self.queue, KOMBU_UNACKED_KEY, self.zset, self.records], args=[time.time() - grace, limit]
+        )
+        if not raw:
+            return 0
+        records = [orjson.loads(r) for r in raw]
+        pipe = self.client.pipeline(transaction=True)
+        pipe.lpush(self.queue, task_message(records, self.queue))
+        self.add(pipe, records)
+        pipe.execute()
+        return len(records)
 
 
 def connect(url: str, timeout: float) -> redis.Redis:
@@ -176,6 +248,7 @@ class Broker:
         self.window = window
         self.idempotency_ttl = idempotency_ttl
         self._claim = client.register_script(_CLAIM_AND_ENQUEUE)
+        self.pending = Pending(client, queue)
         self.group_commit = GroupCommit(self.write) if group_commit else None
 
     def _publish(self, pipe: redis.client.Pipeline, records: Sequence[dict[str, str]]) -> None:
@@ -193,8 +266,14 @@ class Broker:
         if idempotency_key is not None:
             message = task_message(records, self.queue, records[0]["id"] if len(records) == 1 else None)
             earlier = self._claim(
-                keys=[f"idempotency:{idempotency_key}", self.queue],
-                args=[orjson.dumps(answer), self.idempotency_ttl, message],
+                keys=[f"idempotency:{idempotency_key}", self.queue, self.pending.zset, self.pending.records],
+                args=[
+                    orjson.dumps(answer),
+                    self.idempotency_ttl,
+                    message,
+                    orjson.dumps({r["id"]: orjson.dumps(r).decode() for r in records}),
+                    time.time(),
+                ],
             )
             if earlier is not None:
                 return Enqueued(orjson.loads(earlier), repeated=True)
@@ -209,13 +288,15 @@ class Broker:
         Raises ``redis.RedisError`` when the queue write fails; returns
         whether every live publish succeeded.
         """
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self.client.pipeline(transaction=True)
         pipe.lpush(self.queue, task_message(records, self.queue, records[0]["id"] if len(records) == 1 else None))
+        self.pending.add(pipe, records)
         self._publish(pipe, records)
         results = pipe.execute(raise_on_error=False)
-        if isinstance(results[0], Exception):
-            raise results[0]
-        return not any(isinstance(r, Exception) for r in results[1:])
+        for result in results[:3]:
+            if isinstance(result, Exception):
+                raise result
+        return not any(isinstance(r, Exception) for r in results[3:])
 
     def _publish_only(self, records: Sequence[dict[str, str]], answer: dict) -> Enqueued:
         pipe = self.client.pipeline(transaction=False)
@@ -273,6 +354,7 @@ class DeadLetters:
                 continue
             pipe = self.client.pipeline(transaction=True)
             pipe.lpush(self.queue, task_message([record], self.queue, record["id"]))
+            Pending(self.client, self.queue).add(pipe, [record])
             pipe.lrem(self.key, 1, raw)
             pipe.execute()
             replayed += 1

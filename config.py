@@ -50,15 +50,16 @@ ENV_VARS: dict[str, Var] = {
     "MAX_MESSAGE_BYTES": Var("65536", "Largest message in bytes: a `POST /dummy` body, and any message stored (413)."),
     "MAX_BATCH_MESSAGES": Var("1000", "Most messages in one `POST /dummy/batch`."),
     "MAX_BATCH_BYTES": Var("8388608", "Largest accepted `POST /dummy/batch` body, in bytes (413 above)."),
-    "INGEST_GROUP_COMMIT": Var(
-        "1", "1: concurrent requests of a process share one queue write (gunicorn gthread)."
-    ),
+    "INGEST_GROUP_COMMIT": Var("1", "1: concurrent requests of a process share one queue write (gunicorn gthread)."),
     "IDEMPOTENCY_TTL_SECONDS": Var("86400", "How long an `Idempotency-Key` is remembered."),
     "PERSIST_QUEUE": Var("persist", "Celery queue (Redis list) holding persistence tasks."),
     "CELERY_VISIBILITY_TIMEOUT": Var("120", "Seconds before an unacknowledged task of a dead worker is redelivered."),
     "PERSIST_BATCH_SIZE": Var("1000", "Most messages the worker writes in one transaction."),
     "PERSIST_FLUSH_SECONDS": Var("0.05", "Longest a queued message waits for its batch to fill before it is written."),
     "PERSIST_ATTEMPTS": Var("3", "Failed writes of a batch (database up) before its bad records are isolated."),
+    "PENDING_GRACE_SECONDS": Var(
+        "10", "A record unhandled this long, with nothing queued or in flight, is re-queued."
+    ),
     "DEAD_LETTER_KEY": Var("dead_letters", "Redis list holding messages the database keeps rejecting."),
     "WORKER_METRICS_PORT": Var("0", "Port of the worker's Prometheus `/metrics` endpoint (0: off)."),
     "PROMETHEUS_MULTIPROC_DIR": Var(
@@ -125,6 +126,7 @@ class Settings:
     persist_batch_size: int
     persist_flush_seconds: float
     persist_attempts: int
+    pending_grace_seconds: float
     dead_letter_key: str
     worker_metrics_port: int
     prometheus_multiproc_dir: str

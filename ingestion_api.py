@@ -135,9 +135,9 @@ def _accept(records: list[dict[str, str]], answer: dict[str, Any], location: str
     try:
         scoped_key = f"{request.endpoint}:{key}" if key is not None else None  # each endpoint has its own answers
         result = current_app.extensions["broker"].enqueue(records, answer, scoped_key)
-    except redis.RedisError:
+    except redis.RedisError as exc:
         ids = [r["id"] for r in records]
-        current_app.logger.warning("queue write failed; answering 503", exc_info=True, extra={"message_ids": ids})
+        current_app.logger.warning("queue write failed (%s); answering 503", exc, extra={"message_ids": ids})
         return error_response(
             503, "queue_unavailable", "The message queue is unavailable; retry shortly.", {"Retry-After": "1"}
         )

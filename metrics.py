@@ -40,6 +40,7 @@ PERSIST_BATCH = Histogram(
 )
 PERSIST_RETRIES = Counter("persist_retries_total", "Failed database writes that were retried.")
 DEAD_LETTERS = Counter("dead_letters_total", "Messages moved to the dead-letter list.")
+REQUEUED = Counter("requeued_lost_total", "Records re-queued by the reconciler after being lost in flight.")
 
 
 def exposition(extra: Iterable[Collector] = ()) -> bytes:

@@ -24,17 +24,22 @@ Reliability, and why:
 * unacknowledged messages of a dead worker (or pool process) are redelivered
   after ``CELERY_VISIBILITY_TIMEOUT`` seconds;
 * database outages are waited out with backoff; records the database keeps
-  rejecting go to the dead-letter list (``scripts/dead_letters.py``).
+  rejecting go to the dead-letter list (``scripts/dead_letters.py``);
+* every queued record is also in a pending set until handled, and a
+  reconciler re-queues any lost in kombu's gap between popping a message and
+  recording it as unacknowledged (``broker.Pending``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 
 import sqlalchemy as sa
 from celery import Celery
-from celery.signals import setup_logging, worker_init, worker_process_init
+from celery.signals import setup_logging, worker_init, worker_process_init, worker_ready
 from celery_batches import Batches, SimpleRequest
 from flask import Flask
 
@@ -60,11 +65,33 @@ celery_app.conf.update(
     worker_prefetch_multiplier=2 * settings.persist_batch_size,
     worker_hijack_root_logger=False,
     broker_connection_retry_on_startup=True,
-    broker_transport_options={"visibility_timeout": settings.celery_visibility_timeout},
+    broker_transport_options={
+        "visibility_timeout": settings.celery_visibility_timeout,
+        # kombu scans for a dead worker's messages every interval x throttle seconds (100 s by
+        # default); scan at half the visibility timeout so they come back when the timeout says.
+        "unacked_restore_interval": max(1, settings.celery_visibility_timeout // 2),
+        "unacked_restore_throttle": 1,
+    },
 )
 
+
+class ReconnectingBatches(Batches):
+    """celery-batches' Batches, re-arming its flush timer when the consumer restarts.
+
+    After a broker reconnect the consumer builds a new timer, but Batches
+    keeps the handle of the old one and never arms the new: messages then
+    wait until a full batch arrives (clokep/celery-batches#107, fixed
+    upstream but not released in 0.11). Forgetting the handle when the
+    strategy is rebuilt arms a fresh timer on the first message.
+    """
+
+    def Strategy(self, task: Batches, app: Celery, consumer: object) -> object:  # noqa: N802 (Celery's name)
+        self._tref = None
+        return super().Strategy(task, app, consumer)
+
+
 _flask_app: Flask | None = None
-_persister: Persister | None = None
+_persister: tuple[Persister, broker.Pending] | None = None
 
 
 @setup_logging.connect
@@ -81,6 +108,27 @@ def _serve_metrics(**_kwargs: object) -> None:
     if not settings.prometheus_multiproc_dir:
         log.warning("WORKER_METRICS_PORT is set but PROMETHEUS_MULTIPROC_DIR is not: pool metrics will be missing")
     start_metrics_server(settings.worker_metrics_port)
+
+
+@worker_ready.connect
+def _start_reconciler(**_kwargs: object) -> None:
+    """Periodically re-queue records lost between kombu's pop and its bookkeeping (broker.Pending)."""
+    pending = broker.Pending(broker.connect(settings.redis_url, timeout=5.0), settings.persist_queue)
+    interval = max(1.0, settings.pending_grace_seconds / 2)
+
+    def loop() -> None:
+        while True:
+            time.sleep(interval)
+            try:
+                requeued = pending.reconcile(settings.pending_grace_seconds)
+            except Exception:
+                log.warning("reconciling pending records failed", exc_info=True)
+                continue
+            if requeued:
+                metrics.REQUEUED.inc(requeued)
+                log.warning("re-queued %d record(s) lost in flight", requeued)
+
+    threading.Thread(target=loop, name="reconcile-pending", daemon=True).start()
 
 
 @worker_process_init.connect
@@ -110,25 +158,26 @@ def _database_up() -> bool:
         db.db.session.remove()
 
 
-def persister() -> Persister:
-    """Return this process's persister, wired to the database and the dead-letter list."""
+def persister() -> tuple[Persister, broker.Pending]:
+    """Return this process's persister (wired to the database and the dead-letter list) and pending set."""
     global _persister
     if _persister is None:
         client = broker.connect(settings.redis_url, timeout=5.0)
         dead_letters = broker.DeadLetters(client, settings.dead_letter_key, settings.persist_queue)
-        _persister = Persister(
+        writer = Persister(
             db.save_messages,
             _database_up,
             dead_letters.add,
             attempts=settings.persist_attempts,
             chunk_size=settings.persist_batch_size,
         )
+        _persister = (writer, broker.Pending(client, settings.persist_queue))
     return _persister
 
 
 @celery_app.task(
     name="tasks.persist_messages",
-    base=Batches,
+    base=ReconnectingBatches,
     flush_every=settings.persist_batch_size,
     flush_interval=settings.persist_flush_seconds,
     acks_late=True,
@@ -136,14 +185,19 @@ def persister() -> Persister:
 def persist_messages(requests: list[SimpleRequest]) -> int:
     """Store every record of every buffered task message (each ``args[0]`` is a list of records)."""
     records = [record for request in requests for record in request.args[0]]
+    writer, pending = persister()
     try:
         with flask_app().app_context():
-            outcome = persister().persist(records)
+            outcome = writer.persist(records)
     except BaseException:
         # Neither stored nor dead-lettered (e.g. Redis down while dead-lettering): returning
         # would acknowledge the messages, so die instead and let them be redelivered.
         log.critical("could not store or dead-letter %d record(s); exiting", len(records), exc_info=True)
         os._exit(70)
+    try:
+        pending.done([r["id"] for r in records])
+    except Exception:  # they stay pending; reconcile re-queues them, and storing again is a no-op
+        log.warning("could not clear %d pending record(s)", len(records), exc_info=True)
     metrics.PERSISTED.inc(outcome.stored)
     metrics.PERSIST_BATCH.observe(len(records))
     metrics.PERSIST_RETRIES.inc(outcome.retries)

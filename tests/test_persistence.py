@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
+import orjson
 import pytest
 import redis
 import sqlalchemy as sa
@@ -139,3 +140,25 @@ def test_real_database_rejection_goes_to_the_dead_letter_list_and_replays(
 def test_dead_letters_script_usage(argv: list[str]) -> None:
     result = subprocess.run([sys.executable, "scripts/dead_letters.py", *argv], cwd=ROOT, capture_output=True)
     assert result.returncode == (0 if argv == ["--help"] else 2)
+
+
+def test_pending_records_lost_in_flight_are_requeued_once_nothing_is_in_flight(redis_url: str) -> None:
+    """Records whose task message vanished (kombu's pop/bookkeeping gap) come back; handled ones don't."""
+    client = redis.Redis.from_url(redis_url)
+    queue = broker.Broker(client, "persist", "messages:live", 100, 60)
+    lost, handled = records(3), records(2)
+    queue.write(lost)
+    queue.write(handled)
+    assert queue.pending.count() == 5
+    queue.pending.done([r["id"] for r in handled])
+    client.delete("persist")  # both task messages popped; the worker that held `lost` died before its bookkeeping
+    client.hset(broker.KOMBU_UNACKED_KEY, "tag", "in flight")
+    assert queue.pending.reconcile(grace=0) == 0, "nothing is re-queued while a message is in flight"
+    client.delete(broker.KOMBU_UNACKED_KEY, "persist:pending:reconciling")
+    assert queue.pending.reconcile(grace=3600) == 0, "nor before the grace period"
+    client.delete("persist:pending:reconciling")
+    assert queue.pending.reconcile(grace=0) == 3
+    [raw] = client.lrange("persist", 0, -1)
+    args = orjson.loads(orjson.loads(raw)["body"])[0][0]
+    assert sorted(r["id"] for r in args) == sorted(r["id"] for r in lost)
+    assert queue.pending.count() == 3, "still pending until a worker handles them"
