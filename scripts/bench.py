@@ -126,7 +126,7 @@ def _paced_poster(url: str, rate: float, seconds: float, sample_every: int, out:
         next_at = time.perf_counter() + offset
         deadline = next_at + seconds
         sent = 0
-        while next_at < deadline:
+        while next_at < deadline and time.perf_counter() < deadline:  # bounded in count and in time
             delay = next_at - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
@@ -202,7 +202,7 @@ def bench_sustained(args: argparse.Namespace) -> dict[str, object]:
     statuses: dict[int, int] = {}
     samples: list[tuple[str, float]] = []
     for _ in posters:
-        st, sm = posters_out.get(timeout=60)
+        st, sm = posters_out.get(timeout=120)
         samples += sm
         for code, n in st.items():
             statuses[code] = statuses.get(code, 0) + n
