@@ -77,7 +77,8 @@ class Persister:
                 outcome.stored += self.save(chunk)
                 return
             except Exception as exc:
-                error = f"{type(exc).__name__}: {exc}"
+                # The driver's own message: SQLAlchemy's str() would add the SQL and every row's payload.
+                error = f"{type(exc).__name__}: {getattr(exc, 'orig', None) or exc}"
             outcome.retries += 1
             if not self._up():
                 log.warning("database unreachable (%s); waiting %.2fs with %d record(s)", error, backoff, len(chunk))

@@ -15,7 +15,10 @@ and the database. Run them alone with ``pytest -m faults -s``.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -26,13 +29,15 @@ from pathlib import Path
 import pytest
 import redis
 import requests
+import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from tests.conftest import clear_database
-from tests.helpers import RedisServer, wait_until
-from tests.stack import Stack, custom_stack, start_worker
+from tests.helpers import ROOT, RedisServer, python_env, wait_until
+from tests.stack import Stack, custom_stack, running_stack, start_worker
 from tests.tcp_proxy import TcpProxy
 from tests.test_browser import CHROMIUM, LAUNCH_ARGS, assert_exactly, shown_ids
+from tests.test_persistence import POISON_TRIGGER
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
 
@@ -428,3 +433,49 @@ def test_live_page_shows_every_message_once_across_wsserver_and_redis_restarts(
             tally("wsserver+redis SIGKILL, stored", load.accepted, stored, server.url).assert_exactly_once()
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("database", ["sqlite", pytest.param("mysql", marks=pytest.mark.mysql)])
+def test_poison_messages_are_dead_lettered_while_others_flow_then_replayed(
+    database: str, request: pytest.FixtureRequest, redis_url: str, log_dir: Path
+) -> None:
+    """The database keeps rejecting some messages (a trigger): they go to the dead-letter list after
+    their retries, every other message is stored, and scripts/dead_letters.py replays them once fixed."""
+    database_url = request.getfixturevalue(f"{database}_url")
+    clear_database(database_url)
+    engine = sa.create_engine(database_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(POISON_TRIGGER[engine.dialect.name])
+    try:
+        with running_stack(database_url, redis_url, log_dir, with_ws=False) as stack:
+            accepted = {stack.post({"n": i, "kind": "poison" if i % 40 == 7 else "fine"}): i for i in range(200)}
+            poison = {message_id for message_id, i in accepted.items() if i % 40 == 7}
+            wait_until(lambda: len(stack.listed()) == 195, timeout=60, what="every fine message stored")
+            env = python_env({"REDIS_URL": redis_url})
+            script = [sys.executable, "scripts/dead_letters.py"]
+            wait_until(
+                lambda: (
+                    subprocess.run([*script, "count"], cwd=ROOT, env=env, capture_output=True, text=True).stdout
+                    == "5\n"
+                ),
+                timeout=30,
+                what="five dead letters",
+            )
+            listing = subprocess.run([*script, "list", "--json"], cwd=ROOT, env=env, capture_output=True, text=True)
+            dead = [json.loads(line) for line in listing.stdout.splitlines()]
+            assert {entry["record"]["id"] for entry in dead} == poison
+            assert all("poison rejected" in entry["error"] for entry in dead)
+            with engine.begin() as conn:
+                conn.exec_driver_sql("DROP TRIGGER reject_poison")
+            replay = subprocess.run([*script, "replay", "--all"], cwd=ROOT, env=env, capture_output=True, text=True)
+            assert replay.returncode == 0 and "replayed 5" in replay.stdout
+            wait_until(lambda: len(stack.listed()) == 200, timeout=60, what="replayed messages stored")
+            ids = [m["id"] for m in stack.listed()]
+            assert len(ids) == len(set(ids)) and set(ids) == set(accepted)
+            print(
+                f"\nFAULT poison ({database}): accepted=200 stored=200 dead-lettered=5 replayed=5 lost=0 duplicated=0"
+            )
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP TRIGGER IF EXISTS reject_poison")
+        engine.dispose()
