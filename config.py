@@ -57,9 +57,7 @@ ENV_VARS: dict[str, Var] = {
     "PERSIST_BATCH_SIZE": Var("1000", "Most messages the worker writes in one transaction."),
     "PERSIST_FLUSH_SECONDS": Var("0.05", "Longest a queued message waits for its batch to fill before it is written."),
     "PERSIST_ATTEMPTS": Var("3", "Failed writes of a batch (database up) before its bad records are isolated."),
-    "PENDING_GRACE_SECONDS": Var(
-        "10", "A record unhandled this long, with nothing queued or in flight, is re-queued."
-    ),
+    "PENDING_GRACE_SECONDS": Var("10", "A record unhandled this long, with nothing queued or in flight, is re-queued."),
     "DEAD_LETTER_KEY": Var("dead_letters", "Redis list holding messages the database keeps rejecting."),
     "WORKER_METRICS_PORT": Var("0", "Port of the worker's Prometheus `/metrics` endpoint (0: off)."),
     "PROMETHEUS_MULTIPROC_DIR": Var(
