@@ -55,33 +55,9 @@ class Stack:
 
 @contextlib.contextmanager
 def running_stack(database_url: str, redis_url: str, log_dir: Path, with_ws: bool = True) -> Iterator[Stack]:
-    """Start ingestion API (2 workers), list API, a Celery worker and optionally a wsserver."""
-    ingest_port, list_port, ws_port = free_port(), free_port(), free_port()
-    env = python_env(
-        {
-            "SQLALCHEMY_DATABASE_URI": database_url,
-            "REDIS_URL": redis_url,
-            "LIST_API_URL": f"http://127.0.0.1:{list_port}",
-            "SECRET_KEY": "e2e-secret",
-        }
-    )
-    stack = Stack(env, log_dir, f"http://127.0.0.1:{ingest_port}", f"http://127.0.0.1:{list_port}", ws_port)
-    stack.services["ingestion_api"] = gunicorn(
-        "ingestion_api", "ingestion_api:create_app()", ingest_port, env, log_dir, workers=2
-    ).start()
-    stack.services["list_api"] = gunicorn("list_api", "list_api:create_app()", list_port, env, log_dir).start()
-    stack.services["worker"] = celery_worker("worker", env, log_dir).start()
-    try:
-        wait_http_ok(f"{stack.ingest_url}/healthz")
-        wait_http_ok(f"{stack.list_url}/healthz")
-        if with_ws:
-            stack.start_wsserver()
+    """Start the stack as deployed: ingestion API (2 workers), list API, a Celery worker, optionally a wsserver."""
+    with custom_stack(database_url, redis_url, log_dir, with_ws=with_ws) as stack:
         yield stack
-    finally:
-        for service in stack.services.values():
-            service.stop()
-        for service in stack.services.values():
-            print(f"--- {service.name} log ---\n{service.log()[-3000:]}")
 
 
 def procfile_options(service: str) -> list[str]:
