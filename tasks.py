@@ -107,7 +107,12 @@ def _serve_metrics(**_kwargs: object) -> None:
         return
     if not settings.prometheus_multiproc_dir:
         log.warning("WORKER_METRICS_PORT is set but PROMETHEUS_MULTIPROC_DIR is not: pool metrics will be missing")
-    start_metrics_server(settings.worker_metrics_port)
+    try:
+        start_metrics_server(settings.worker_metrics_port)
+    except OSError:
+        # Another worker instance on this host serves it; with a shared PROMETHEUS_MULTIPROC_DIR
+        # its endpoint already includes this instance's processes.
+        log.info("worker metrics port %d is taken; another instance serves it", settings.worker_metrics_port)
 
 
 @worker_ready.connect

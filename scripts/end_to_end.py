@@ -35,15 +35,21 @@ def request(method: str, url: str, body: Any = None) -> tuple[int, Any]:
 
 
 def listed_ids(list_url: str, wanted: set[str]) -> list[str]:
-    """Return the ids among ``wanted`` found by walking the listing newest-first."""
+    """Return the ids among ``wanted`` found by walking the listing newest-first.
+
+    Ids are UUIDv7 (time-ordered), so the walk stops once it reaches messages
+    received before the oldest wanted one: older history is never read.
+    """
     found: list[str] = []
+    oldest = min(wanted)
     cursor = None
     while True:
         query = "order=desc&limit=1000" + (f"&cursor={cursor}" if cursor else "")
         _, page = request("GET", f"{list_url}/messages?{query}")
         found += [m["id"] for m in page["data"] if m["id"] in wanted]
         cursor = page["next_cursor"]
-        if not page["has_more"] or len(set(found)) >= len(wanted):
+        reached_older = any(m["id"] < oldest for m in page["data"])
+        if not page["has_more"] or reached_older or len(set(found)) >= len(wanted):
             return found
 
 

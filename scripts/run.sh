@@ -11,7 +11,13 @@ export BIND_HOST="${BIND_HOST:-127.0.0.1}"
 export INGESTION_API_PORT="${INGESTION_API_PORT:-5000}" LIST_API_PORT="${LIST_API_PORT:-5001}" WS_PORT="${WS_PORT:-8765}"
 export LIST_API_URL="${LIST_API_URL:-http://127.0.0.1:$LIST_API_PORT}"
 export PERSIST_QUEUE="${PERSIST_QUEUE:-persist}"
-export WEB_WORKERS="${WEB_WORKERS:-2}" WORKER_CONCURRENCY="${WORKER_CONCURRENCY:-2}"
+# A Celery worker's intake of task messages is bound by its consumer (one per instance), not its
+# pool (docs/performance.md): with a real database run two instances of one pool process each.
+# On the SQLite default one instance of two processes measured faster.
+workers=2 concurrency=1
+[ -z "${SQLALCHEMY_DATABASE_URI:-}" ] && workers=1 concurrency=2
+export WEB_WORKERS="${WEB_WORKERS:-2}" WORKER_PROCESSES="${WORKER_PROCESSES:-$workers}"
+export WORKER_CONCURRENCY="${WORKER_CONCURRENCY:-$concurrency}"
 export PYTHONUNBUFFERED=1
 export WORKER_METRICS_PORT="${WORKER_METRICS_PORT:-9808}"
 export ACCESS_LOG_FORMAT='{"ts": "%(t)s", "service": "access", "method": "%(m)s", "path": "%(U)s", "status": %(s)s, "ms": %(M)s}'
@@ -39,4 +45,4 @@ cat <<MSG
   Ctrl-C stops everything.
 
 MSG
-exec honcho start -f Procfile "${services[@]}"
+exec honcho start -f Procfile -c "worker=$WORKER_PROCESSES" "${services[@]}"
