@@ -24,7 +24,6 @@ from typing import Any
 import orjson
 import uuid6
 
-RECORD_KEYS = ("id", "received_at", "payload")
 MAX_DEPTH = 254  # what orjson.dumps can serialize; deeper payloads are a 400 too_deep
 
 
