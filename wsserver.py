@@ -45,6 +45,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 import redis.asyncio as aioredis
+import uvloop
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -340,7 +341,7 @@ def main() -> None:
             loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
         await run(settings, stop)
 
-    asyncio.run(serve_until_signalled())
+    uvloop.run(serve_until_signalled())  # libuv's event loop: less CPU per write than asyncio's
 
 
 if __name__ == "__main__":
