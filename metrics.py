@@ -43,26 +43,26 @@ DEAD_LETTERS = Counter("dead_letters_total", "Messages moved to the dead-letter 
 REQUEUED = Counter("requeued_lost_total", "Records re-queued by the reconciler after being lost in flight.")
 
 
+def _service_registry() -> CollectorRegistry:
+    """This process's metrics, or every process's of the service in multiprocess mode."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return REGISTRY
+    aggregated = CollectorRegistry()
+    multiprocess.MultiProcessCollector(aggregated)
+    return aggregated
+
+
 def exposition(extra: Iterable[Collector] = ()) -> bytes:
-    """Render this service's metrics (every process's, in multiprocess mode) plus ``extra`` collectors."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        base = CollectorRegistry()
-        multiprocess.MultiProcessCollector(base)
-    else:
-        base = REGISTRY
+    """Render the service's metrics plus ``extra`` collectors (computed when scraped)."""
     scraped = CollectorRegistry()
     for collector in extra:
         scraped.register(collector)
-    return generate_latest(base) + generate_latest(scraped)
+    return generate_latest(_service_registry()) + generate_latest(scraped)
 
 
 def start_metrics_server(port: int) -> None:
     """Serve ``/metrics`` on ``port`` from a background thread (for the Celery worker)."""
-    target = REGISTRY
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        target = CollectorRegistry()
-        multiprocess.MultiProcessCollector(target)
-    start_http_server(port, registry=target)
+    start_http_server(port, registry=_service_registry())
 
 
 class GaugeCollector(Collector):

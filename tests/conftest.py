@@ -9,6 +9,7 @@ skipped, so a missing dependency fails the run.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,8 @@ import db as db_module
 from tests.helpers import ROOT, RedisServer
 
 MYSQL_URL = os.environ.get("TEST_MYSQL_URL")
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"  # Debian's package; never a downloaded browser
+LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -114,3 +117,16 @@ def log_dir(tmp_path: Path) -> Path:
     path = tmp_path / "logs"
     path.mkdir()
     return path
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    """Headless Chromium driven by Playwright (skipped locally without it; a failure in CI)."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS, headless=True)
+        yield launched
+        launched.close()

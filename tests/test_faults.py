@@ -36,7 +36,7 @@ from tests.conftest import clear_database
 from tests.helpers import ROOT, RedisServer, python_env, wait_until
 from tests.stack import Stack, custom_stack, running_stack, start_worker
 from tests.tcp_proxy import TcpProxy
-from tests.test_browser import CHROMIUM, LAUNCH_ARGS, assert_exactly, shown_ids
+from tests.test_browser import assert_exactly, shown_ids
 from tests.test_persistence import POISON_TRIGGER
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
@@ -382,18 +382,6 @@ def test_database_outage_loses_and_duplicates_nothing(mysql_url: str, redis_url:
             assert load.statuses.keys() == {202}, load.statuses
     finally:
         proxy.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator:
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS, headless=True)
-        yield browser
-        browser.close()
 
 
 def test_live_page_shows_every_message_once_across_wsserver_and_redis_restarts(
