@@ -45,16 +45,26 @@ ENV_VARS: dict[str, Var] = {
     "INGESTION_API_PORT": Var("5000", "Port of the ingestion API (`POST /dummy`)."),
     "LIST_API_PORT": Var("5001", "Port of the list API (`GET /messages`, the live page at `/`)."),
     "WS_PORT": Var("8765", "Port of the websocket server."),
-    "LIST_API_URL": Var("http://127.0.0.1:5001", "Public base URL of the list API, used in `Location` headers.", True),
+    "LIST_API_URL": Var(
+        "http://127.0.0.1:5001", "Public base URL of the list API, used in `Location` and `Link` headers.", True
+    ),
     "SECRET_KEY": Var(DEV_SECRET, "Signs pagination cursors (tamper-evident). Must be set in production.", True),
     "MAX_MESSAGE_BYTES": Var("65536", "Largest message in bytes: a `POST /dummy` body, and any message stored (413)."),
     "MAX_BATCH_MESSAGES": Var("1000", "Most messages in one `POST /dummy/batch`."),
     "MAX_BATCH_BYTES": Var("8388608", "Largest accepted `POST /dummy/batch` body, in bytes (413 above)."),
-    "INGEST_GROUP_COMMIT": Var("1", "1: concurrent requests of a process share one queue write (gunicorn gthread)."),
+    "INGEST_GROUP_COMMIT": Var(
+        "1", "1: concurrent requests of a process share one queue write (gunicorn's gevent or gthread workers)."
+    ),
     "IDEMPOTENCY_TTL_SECONDS": Var("86400", "How long an `Idempotency-Key` is remembered."),
     "PERSIST_QUEUE": Var("persist", "Celery queue (Redis list) holding persistence tasks."),
     "CELERY_VISIBILITY_TIMEOUT": Var("120", "Seconds before an unacknowledged task of a dead worker is redelivered."),
     "PERSIST_BATCH_SIZE": Var("1000", "Most messages the worker writes in one transaction."),
+    "PERSIST_MESSAGE_MAX_BYTES": Var(
+        "65536", "Most bytes of records in one task message; a larger write is split over several (atomically)."
+    ),
+    "WORKER_PREFETCH_BYTES": Var(
+        "16777216", "Task-message bytes a worker pool process may hold prefetched (bounds worker memory)."
+    ),
     "PERSIST_FLUSH_SECONDS": Var("0.05", "Longest a queued message waits for its batch to fill before it is written."),
     "PERSIST_ATTEMPTS": Var("3", "Failed writes of a batch (database up) before its bad records are isolated."),
     "PENDING_GRACE_SECONDS": Var("10", "A record unhandled this long, with nothing queued or in flight, is re-queued."),
@@ -79,7 +89,11 @@ ENV_VARS: dict[str, Var] = {
     "WS_PING_INTERVAL": Var("20", "Seconds between keepalive pings; a client that misses one is dropped."),
     "WS_WINDOW_MAX_BYTES": Var("67108864", "Memory cap of a websocket server's replay window, in bytes."),
     "API_TOKENS": Var("", "Comma-separated bearer tokens; when set, POST, listing and websockets need one."),
-    "RATE_LIMIT": Var("", "Per-client-address limit on the ingestion POSTs, e.g. `100/second` (empty: off)."),
+    "RATE_LIMIT": Var(
+        "",
+        "Messages one client (its token, else its address) may publish per period over both POST endpoints, "
+        "e.g. `100/second`; a failed token check costs one (empty: off).",
+    ),
     "PROXY_COUNT": Var("0", "Reverse proxies in front of the APIs whose X-Forwarded-For to trust (client address)."),
     "LOG_FORMAT": Var("json", "`json` (one object per line, with message ids) or `text`."),
     "LOG_LEVEL": Var("INFO", "Python logging level of every service."),
@@ -122,6 +136,8 @@ class Settings:
     persist_queue: str
     celery_visibility_timeout: int
     persist_batch_size: int
+    persist_message_max_bytes: int
+    worker_prefetch_bytes: int
     persist_flush_seconds: float
     persist_attempts: int
     pending_grace_seconds: float

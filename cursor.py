@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from itsdangerous import BadData, URLSafeSerializer
 
+# The largest ``seq`` a database column holds (signed 64-bit); a signed cursor beyond it (forged with a
+# leaked or development secret) is refused here rather than overflowing the database driver.
+MAX_POSITION = 2**63 - 1
+
 
 class InvalidCursor(ValueError):
     """The cursor was not issued by us (tampered, truncated, or from another secret)."""
@@ -31,6 +35,6 @@ class CursorCodec:
             value = self._serializer.loads(cursor)
         except (BadData, UnicodeError, ValueError):
             raise InvalidCursor("cursor is not valid") from None
-        if type(value) is not int or value < 0:
+        if type(value) is not int or not 0 <= value <= MAX_POSITION:
             raise InvalidCursor("cursor is not valid")
         return value

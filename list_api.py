@@ -96,7 +96,8 @@ def list_view() -> Response:
     headers = {}
     if has_more:
         query = urlencode({"limit": limit, "order": order, "cursor": next_cursor})
-        headers["Link"] = f'<{request.base_url}?{query}>; rel="next"'
+        # From the configured public URL, never the request's Host or X-Forwarded-* (which a client controls).
+        headers["Link"] = f'<{current_app.config["SETTINGS"].list_api_url}{request.path}?{query}>; rel="next"'
     body = {"data": [db.message_json(row) for row in rows], "has_more": has_more, "next_cursor": next_cursor}
     return json_response(body, headers=headers)
 

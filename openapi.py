@@ -215,6 +215,11 @@ def _post(
             "405": _ref("responses", "MethodNotAllowed"),
             "413": _ref("responses", "TooLarge"),
             "415": _ref("responses", "UnsupportedMediaType"),
+            "422": _error(
+                "The `Idempotency-Key` was already used by this client with a different body; nothing was "
+                "queued. Code `idempotency_key_reused`.",
+                "idempotency_key_reused",
+            ),
             "429": _ref("responses", "TooManyRequests"),
             "503": _unavailable("queue_unavailable", "The queue (Redis)"),
         },
@@ -267,8 +272,9 @@ def _ingestion(settings: Settings) -> dict[str, Any]:
             "name": "Idempotency-Key",
             "in": "header",
             "required": False,
-            "description": "Any 1..255 printable ASCII characters chosen by the client. A repeat within "
-            "`IDEMPOTENCY_TTL_SECONDS` (24 h) answers 200 with the first answer and queues nothing.",
+            "description": "Any 1..255 printable ASCII characters chosen by the client. A repeat with the same "
+            "body within `IDEMPOTENCY_TTL_SECONDS` (24 h) answers 200 with the first answer and queues nothing; "
+            "the same key with another body is 422. Keys are scoped to the client's token.",
             "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x21-\\x7e]{1,255}$"},
         }
     }
@@ -276,7 +282,9 @@ def _ingestion(settings: Settings) -> dict[str, Any]:
         {
             "TooLarge": _error(
                 f"The body is over `MAX_MESSAGE_BYTES` ({settings.max_message_bytes}) for a message, or "
-                f"`MAX_BATCH_BYTES` ({settings.max_batch_bytes}) for a batch. Code `too_large`.",
+                f"`MAX_BATCH_BYTES` ({settings.max_batch_bytes}) for a batch, however it is framed: code "
+                "`too_large`. A batch with more messages than `RATE_LIMIT` allows per period: code "
+                "`batch_over_rate_limit`.",
                 "too_large",
             ),
             "UnsupportedMediaType": _error(
@@ -285,7 +293,9 @@ def _ingestion(settings: Settings) -> dict[str, Any]:
                 "unsupported_media_type",
             ),
             "TooManyRequests": _error(
-                "Over this client address's rate limit (`RATE_LIMIT`). Code `too_many_requests`.",
+                "Over this client's rate limit (`RATE_LIMIT`, counted in messages over both publishing "
+                "endpoints; a client is its token, else its address; failed token checks count too). "
+                "`Retry-After` is at least 1. Code `too_many_requests`.",
                 "too_many_requests",
                 ("Retry-After", *RATE_LIMIT_HEADERS),
             ),
@@ -297,8 +307,8 @@ def _ingestion(settings: Settings) -> dict[str, Any]:
         "Accepts one JSON object, queues it for storage and live delivery, and answers at once.",
         _json(_ref("schemas", "Payload"), {"hello": "world"}),
         "Accepted",
-        "`malformed_json`, `invalid_utf8`, `too_deep`, `empty_body`, `incomplete_body`, `not_an_object`, "
-        "`bad_idempotency_key`",
+        "`malformed_json`, `invalid_utf8`, `too_deep`, `empty_body`, `incomplete_body`, `malformed_body`, "
+        "`not_an_object`, `bad_idempotency_key`",
     )
 
     batch = _post(
@@ -316,7 +326,8 @@ def _ingestion(settings: Settings) -> dict[str, Any]:
             [{"n": 1}, {"n": 2}],
         ),
         "BatchAccepted",
-        "`malformed_json`, `invalid_utf8`, `too_deep`, `empty_body`, `incomplete_body`, `not_an_array`, "
+        "`malformed_json`, `invalid_utf8`, `too_deep`, `empty_body`, `incomplete_body`, `malformed_body`, "
+        "`not_an_array`, "
         "`bad_batch_size`, `not_an_object` (an element), `bad_idempotency_key`",
     )
     for status in ("200", "202"):

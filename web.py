@@ -39,6 +39,17 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
     return json_response({"error": code, "message": message}, status, headers)
 
 
+class ApiError(Exception):
+    """An error a view raises; the app's handler renders it as the one JSON error shape."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
 def _error_code(exc: HTTPException) -> str:
     return (exc.name or "error").lower().replace(" ", "_").replace("'", "")
 
@@ -48,6 +59,10 @@ def init_web(app: Flask, settings: Settings) -> None:
     if settings.proxy_count:
         # Behind a reverse proxy, take the client address from X-Forwarded-For (rate limits).
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_count, x_proto=settings.proxy_count)
+
+    @app.errorhandler(ApiError)
+    def handle_api_error(exc: ApiError) -> Response:
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
 
     @app.errorhandler(HTTPException)
     def handle_http_error(exc: HTTPException) -> Response:
@@ -66,8 +81,9 @@ def init_web(app: Flask, settings: Settings) -> None:
         return response
 
 
-def unauthorized() -> Response:
-    return error_response(
+def unauthorized() -> ApiError:
+    """The 401 for a missing or wrong bearer token."""
+    return ApiError(
         401, "unauthorized", "A valid bearer token is required.", {"WWW-Authenticate": 'Bearer realm="messages"'}
     )
 
@@ -81,5 +97,5 @@ def protect(app: Flask, tokens: tuple[str, ...], endpoints: set[str]) -> None:
     def require_token() -> Response | None:
         guarded = request.endpoint in endpoints and request.method != "OPTIONS"
         if guarded and not token_ok(bearer(request.headers.get("Authorization")), tokens):
-            return unauthorized()
+            raise unauthorized()
         return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 import redis
@@ -95,6 +96,44 @@ def test_rate_limit_answers_429_with_retry_after_and_holds_across_processes(redi
     assert int(limited.headers["Retry-After"]) > 0
     assert redis.Redis.from_url(redis_url).llen("persist") == 5
     assert first.get("/healthz").status_code == 200, "health checks are not rate limited"
+
+
+def test_rate_limit_counts_messages_across_both_endpoints(redis_url: str) -> None:
+    """One budget per client over single and batch POSTs: a batch costs its size, refusals cost nothing."""
+    client = ingestion_api.create_app({"redis_url": redis_url, "rate_limit": "10/minute"}).test_client()
+    assert client.post("/dummy/batch", json=[{"i": i} for i in range(8)]).status_code == 202
+    assert client.post("/dummy", json={"n": 9}).status_code == 202
+    refused = client.post("/dummy/batch", json=[{}, {}])  # 11 > 10: refused whole, nothing charged
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
+    assert client.post("/dummy", json={"n": 10}).status_code == 202
+    assert client.post("/dummy", json={"n": 11}).status_code == 429
+    too_big = client.post("/dummy/batch", json=[{}] * 11)
+    assert too_big.status_code == 413 and too_big.get_json()["error"] == "batch_over_rate_limit"
+    queued = redis.Redis.from_url(redis_url).hlen("persist:pending:records")
+    assert queued == 10, "exactly the allowed messages were queued"
+
+
+def test_failed_token_checks_are_rate_limited_per_address(redis_url: str) -> None:
+    config = {"redis_url": redis_url, "rate_limit": "5/minute", "api_tokens": ("right",)}
+    client = ingestion_api.create_app(config).test_client()
+    wrong = [client.post("/dummy", json={}, headers={"Authorization": "Bearer guess"}) for _ in range(8)]
+    assert [r.status_code for r in wrong] == [401] * 5 + [429] * 3
+    assert all(int(r.headers["Retry-After"]) >= 1 for r in wrong[5:])
+    good = client.post("/dummy", json={}, headers={"Authorization": "Bearer right"})
+    assert good.status_code == 202, "a valid token has its own budget, not the guessing address's"
+
+
+def test_retry_after_is_never_zero(redis_url: str) -> None:
+    """Refusals spread over a second-long window all tell the client to wait at least one second."""
+    client = ingestion_api.create_app({"redis_url": redis_url, "rate_limit": "20/second"}).test_client()
+    retry_afters = []
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        response = client.post("/dummy", json={})
+        if response.status_code == 429:
+            retry_afters.append(response.headers["Retry-After"])
+    assert len(retry_afters) > 20
+    assert all(int(value) >= 1 for value in retry_afters), sorted(set(retry_afters))
 
 
 def test_rate_limit_counts_per_client_address_behind_a_proxy(redis_url: str) -> None:

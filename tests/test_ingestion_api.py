@@ -110,7 +110,33 @@ def test_idempotency_key_repeat_returns_the_same_id_and_queues_once(client: Flas
     assert again.headers["Location"] == first.headers["Location"]
     assert other.get_json()["id"] != first.get_json()["id"]
     assert len(queued_records(r)) == 2
-    assert 0 < r.ttl("idempotency:post_message:order-42") <= 86400
+    assert 0 < r.ttl("idempotency:anonymous:post_message:order-42") <= 86400
+
+
+def test_idempotency_key_with_another_body_is_422_and_queues_nothing(client: FlaskClient, r: redis.Redis) -> None:
+    headers = {"Idempotency-Key": "order-42"}
+    first = client.post("/dummy", json={"amount": 1}, headers=headers)
+    reused = client.post("/dummy", json={"amount": 2}, headers=headers)
+    assert first.status_code == 202
+    assert reused.status_code == 422 and reused.get_json()["error"] == "idempotency_key_reused"
+    assert "Location" not in reused.headers
+    assert [record["id"] for [record] in queued_records(r)] == [first.get_json()["id"]]
+
+
+def test_idempotency_keys_are_scoped_per_token(redis_url: str, r: redis.Redis) -> None:
+    """Two clients using the same key never see each other's answers: each gets its own message."""
+    client = create_app({"redis_url": redis_url, "api_tokens": ("token-a", "token-b")}).test_client()
+    answers = {}
+    for token, body in (("token-a", {"from": "a"}), ("token-b", {"from": "b"}), ("token-b", {"from": "a"})):
+        headers = {"Idempotency-Key": "order-42", "Authorization": f"Bearer {token}"}
+        answers.setdefault(token, []).append(client.post("/dummy", json=body, headers=headers))
+    [a], [b, b_other_body] = answers["token-a"], answers["token-b"]
+    assert a.status_code == 202 and b.status_code == 202
+    assert a.get_json()["id"] != b.get_json()["id"]
+    assert b_other_body.status_code == 422
+    queued = {orjson.loads(record["payload"])["from"]: record["id"] for [record] in queued_records(r)}
+    assert queued == {"a": a.get_json()["id"], "b": b.get_json()["id"]}
+    assert not any(b"token-" in key for key in r.keys("*")), "tokens are never stored, only their digest"
 
 
 def test_bad_idempotency_key_is_rejected(client: FlaskClient, r: redis.Redis) -> None:
@@ -143,7 +169,8 @@ def test_bad_batch_is_rejected_whole(client: FlaskClient, r: redis.Redis, batch:
 def test_full_batch_of_1000_is_accepted(client: FlaskClient, r: redis.Redis) -> None:
     response = client.post("/dummy/batch", json=[{"i": i} for i in range(1000)])
     assert response.status_code == 202 and len(response.get_json()["ids"]) == 1000
-    assert len(queued_records(r)[0]) == 1000
+    queued = [record["id"] for task in queued_records(r) for record in task]
+    assert queued == response.get_json()["ids"], "every message queued once, in order (over several task messages)"
 
 
 def test_healthz_is_ok_with_redis(client: FlaskClient) -> None:

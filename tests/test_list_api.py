@@ -136,3 +136,25 @@ def test_healthz_is_503_when_the_database_is_gone(tmp_path) -> None:
     app = create_app({"sqlalchemy_database_uri": f"sqlite:///{tmp_path}/missing/dir/x.db"})
     response = app.test_client().get("/healthz")
     assert response.status_code == 503 and response.get_json()["error"] == "database_unavailable"
+
+
+def test_link_comes_from_the_configured_url_not_the_request_headers(database_url: str) -> None:
+    app = create_app(
+        {"sqlalchemy_database_uri": database_url, "secret_key": "list-test", "list_api_url": "https://api.example"}
+    )
+    store(app, 3)
+    forged = {"Host": "evil.example", "X-Forwarded-Proto": "gopher", "X-Forwarded-Host": "evil.example"}
+    link = app.test_client().get("/messages?limit=1", headers=forged).headers["Link"]
+    assert link.startswith("<https://api.example/messages?") and "evil" not in link and "gopher" not in link
+    with app.app_context():
+        db.db.engine.dispose()
+
+
+def test_a_signed_cursor_beyond_the_largest_position_is_a_400(app: Flask, client: FlaskClient) -> None:
+    """A cursor forged with the secret cannot overflow the database driver (a 500 on SQLite before)."""
+    store(app, 1)
+    codec = app.extensions["cursor"]
+    for position in (2**63, 2**64 + 5):
+        response = client.get("/messages", query_string={"cursor": codec.encode(position)})
+        assert response.status_code == 400 and response.get_json()["error"] == "bad_cursor"
+    assert client.get("/messages", query_string={"cursor": codec.encode(2**63 - 1)}).status_code == 200

@@ -59,6 +59,7 @@ class Row:
     kwargs: dict[str, Any] = field(default_factory=dict)  # for the test client's ``open``
     headers_present: tuple[str, ...] = ()
     documented_as: str | None = None  # a 405's documented method on the same path
+    before: dict[str, Any] | None = None  # a request sent once first (to the same path), e.g. to use a key
 
     def __str__(self) -> str:
         return f"{self.env}:{self.method} {self.path}->{self.status}{':' + self.code if self.code else ''}"
@@ -82,6 +83,7 @@ INGESTION_CASES = [
     Row("POST", "/dummy", 400, "not_an_object", kwargs=body(b"[1, 2]")),
     Row("POST", "/dummy", 400, "bad_idempotency_key", kwargs=body(b"{}", **{"Idempotency-Key": "x" * 256})),
     Row("POST", "/dummy", 413, "too_large", kwargs=body(b'{"a": "' + b"x" * 5000 + b'"}')),
+    Row("POST", "/dummy", 422, "idempotency_key_reused", kwargs=body(b'{"a": 2}', **KEY), before=body(b"{}", **KEY)),
     Row("POST", "/dummy", 415, "unsupported_media_type", kwargs=body(b'{"a": 1}', "text/plain")),
     Row("POST", "/dummy", 415, "unsupported_media_type", kwargs=body(b'{"a": 1}', None)),
     Row("POST", "/dummy", 401, "unauthorized", env="tokens", kwargs=body(b"{}")),
@@ -98,6 +100,15 @@ INGESTION_CASES = [
     Row("POST", "/dummy/batch", 400, "bad_batch_size", kwargs=body(b"[" + b",".join([b"{}"] * 1001) + b"]")),
     Row("POST", "/dummy/batch", 400, "not_an_object", kwargs=body(b'[{"n": 1}, 2]')),
     Row("POST", "/dummy/batch", 413, "too_large", kwargs=body(b'[{"a": "' + b"x" * 9000 + b'"}]')),
+    Row("POST", "/dummy/batch", 413, "batch_over_rate_limit", env="limited", kwargs=body(b"[{}, {}, {}]")),
+    Row(
+        "POST",
+        "/dummy/batch",
+        422,
+        "idempotency_key_reused",
+        kwargs=body(b"[{}, {}]", **KEY),
+        before=body(b"[{}]", **KEY),
+    ),
     Row("POST", "/dummy/batch", 415, "unsupported_media_type", kwargs=body(b"[{}]", "text/plain")),
     Row("POST", "/dummy/batch", 401, "unauthorized", env="tokens", kwargs=body(b"[{}]")),
     Row("POST", "/dummy/batch", 202, env="tokens", kwargs=body(b"[{}]", **BEARER)),
@@ -162,6 +173,8 @@ class Conformance:
         self.openapi = OpenAPI.from_dict(self.client.get("/openapi.json").get_json())
 
     def check(self, row: Row, path: str) -> TestResponse:
+        if row.before is not None:
+            self.client.open(path, method=row.method, **row.before)
         for _ in range(row.times):
             response = self.client.open(path, method=row.method, **row.kwargs)
         # A 405 belongs to the path: check it against the answers of the method the path documents.

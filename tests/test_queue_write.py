@@ -1,0 +1,171 @@
+"""The queue write's promise: a 202 means everything was queued, a 5xx means nothing was.
+
+Against a real Redis server: the fenced write and its settling when an
+answer is lost, the group commit withdrawing a request that waited too long,
+and concurrent large batches through the ingestion API as deployed (real
+gunicorn), counting what each answer really queued.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+import requests
+
+import broker
+from messages import make_record, utc_now
+from tests.conftest import clear_database
+from tests.stack import Stack, custom_stack
+
+
+def records(count: int, size: int = 10) -> list[dict[str, str]]:
+    now = utc_now()
+    return [make_record({"i": i, "pad": "x" * size}, now) for i in range(count)]
+
+
+def queued_ids(client: redis.Redis) -> set[str]:
+    """Ids of every record the queue's task messages carry."""
+    ids = set()
+    for raw in client.lrange("persist", 0, -1):
+        [[batch], _kwargs, _embed] = orjson.loads(orjson.loads(raw)["body"])
+        ids |= {record["id"] for record in batch}
+    return ids
+
+
+def make_broker(url: str, timeout: float = 5.0, **options: object) -> broker.Broker:
+    return broker.Broker(broker.connect(url, timeout), "persist", "messages:live", 1000, 60, **options)
+
+
+def test_a_write_fenced_off_first_never_runs(redis_url: str) -> None:
+    """What settle does when an answer is lost before the write ran: the late write then changes nothing."""
+    queue = make_broker(redis_url)
+    fence = queue.new_fence()
+    assert queue.settle(fence, time.monotonic()) is None
+    with pytest.raises(redis.ConnectionError):
+        queue.write(records(3), fence=fence)
+    client = redis.Redis.from_url(redis_url)
+    assert client.llen("persist") == 0 and client.zcard("persist:pending") == 0
+    assert client.xlen("messages:live") == 0
+
+
+def test_settle_reports_a_write_that_ran(redis_url: str) -> None:
+    queue = make_broker(redis_url)
+    fence = queue.new_fence()
+    assert queue.write(records(3), fence=fence) is True
+    assert queue.settle(fence, time.monotonic()) == b"ok:1"
+    assert redis.Redis.from_url(redis_url).xlen("messages:live") == 3
+
+
+def test_a_large_write_whose_answer_times_out_is_settled_not_guessed(redis_url: str) -> None:
+    """A read timeout shorter than Redis takes to run the write: the outcome is found out, never assumed."""
+    client = redis.Redis.from_url(redis_url)
+    queue = broker.Broker(
+        broker.connect(redis_url, timeout=5.0, read_timeout=0.001),
+        "persist",
+        "messages:live",
+        1000,
+        60,
+        probe_client=broker.connect(redis_url, 5.0),
+        bulk_client=broker.connect(redis_url, timeout=5.0, read_timeout=0.001),
+    )
+    outcomes = Counter()
+    for _ in range(5):
+        batch = records(1000, size=2000)
+        before = queued_ids(client)
+        try:
+            queue.write(batch)
+        except redis.RedisError:
+            outcomes["refused"] += 1
+            assert queued_ids(client) == before, "a write reported as failed was queued"
+        else:
+            outcomes["accepted"] += 1
+            assert queued_ids(client) - before == {r["id"] for r in batch}
+    assert outcomes["accepted"] >= 1, f"no write came through its lost answer: {outcomes}"
+
+
+def test_group_commit_withdraws_a_request_that_waited_too_long() -> None:
+    """A request still waiting for its turn when its time is up is taken back: nothing of it is written."""
+    started, release = threading.Event(), threading.Event()
+    written: list[list[str]] = []
+
+    def slow_write(batch: list[dict[str, str]]) -> bool:
+        written.append([r["id"] for r in batch])
+        started.set()
+        release.wait(5)
+        return True
+
+    group = broker.GroupCommit(slow_write, wait_seconds=0.3)
+    first, second = records(1), records(1)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        taken = pool.submit(group.submit, first)
+        assert started.wait(5)
+        waiting = pool.submit(group.submit, second)
+        with pytest.raises(broker.QueueBusy):
+            waiting.result(5)
+        release.set()
+        assert taken.result(5) is True
+    time.sleep(0.1)
+    assert written == [[first[0]["id"]]], "the withdrawn request was written anyway"
+
+
+def test_a_large_batch_becomes_task_messages_of_bounded_size(redis_url: str) -> None:
+    queue = make_broker(redis_url, message_max_bytes=100_000)
+    batch = records(1000, size=1000)
+    queue.write(batch)
+    client = redis.Redis.from_url(redis_url)
+    messages = client.lrange("persist", 0, -1)
+    assert len(messages) >= 10
+    assert all(len(m) < 2 * 100_000 for m in messages)
+    assert queued_ids(client) == {r["id"] for r in batch}
+    assert client.hlen("persist:pending:records") == 1000
+
+
+# --- Through the real server ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def ingest_only(sqlite_url: str, redis_url: str, log_dir: Path) -> Iterator[Stack]:
+    """The ingestion API as deployed and no worker: the pending set counts exactly what was queued.
+
+    Redis' answers time out after 50 ms, so under this load many writes lose
+    their answer while Redis still runs them: the case to get right.
+    """
+    clear_database(sqlite_url)
+    with custom_stack(
+        sqlite_url, redis_url, log_dir, with_worker=False, env={"REDIS_TIMEOUT_SECONDS": "0.05"}
+    ) as stack:
+        yield stack
+
+
+@pytest.mark.e2e
+def test_concurrent_large_batches_are_either_queued_whole_or_answered_5xx_with_nothing_queued(
+    ingest_only: Stack,
+) -> None:
+    """24 batches of 1,000 messages (~6 MB each) and 48 of 100 (~100 KB), all at once: count what each answer queued."""
+    large = orjson.dumps([{"i": i, "text": "x" * 6000} for i in range(1000)])
+    medium = orjson.dumps([{"i": i, "text": "x" * 1000} for i in range(100)])
+    assert len(large) < 8 * 1024 * 1024
+
+    def post(body: bytes) -> tuple[bytes, requests.Response]:
+        url = f"{ingest_only.ingest_url}/dummy/batch"
+        return body, requests.post(url, data=body, headers={"Content-Type": "application/json"}, timeout=60)
+
+    with concurrent.futures.ThreadPoolExecutor(72) as pool:
+        answers = list(pool.map(post, [large] * 24 + [medium] * 48))
+    statuses = Counter((len(body), answer.status_code) for body, answer in answers)
+    print(f"concurrent batches (bytes, status): {dict(statuses)}")
+    assert {status for _, status in statuses} <= {202, 503}, statuses
+    client = redis.Redis.from_url(ingest_only.env["REDIS_URL"])
+    pending = {key.decode() for key in client.hkeys("persist:pending:records")}
+    accepted = [set(answer.json()["ids"]) for _, answer in answers if answer.status_code == 202]
+    assert all(ids <= pending for ids in accepted), "a batch answered 202 is not wholly queued"
+    assert len(pending) == sum(map(len, accepted)), "records were queued for a batch answered 503"
+    assert queued_ids(client) == pending
