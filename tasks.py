@@ -3,6 +3,7 @@
 Run it with ``celery -A tasks worker -Q persist`` (the queue name comes from
 ``PERSIST_QUEUE``). Reads ``REDIS_URL``, ``SQLALCHEMY_DATABASE_URI``,
 ``PERSIST_QUEUE``, ``CELERY_VISIBILITY_TIMEOUT``, ``PERSIST_BATCH_SIZE``,
+``PERSIST_MESSAGE_MAX_BYTES``, ``WORKER_PREFETCH_BYTES``,
 ``PERSIST_FLUSH_SECONDS``, ``PERSIST_ATTEMPTS``, ``DEAD_LETTER_KEY``,
 ``WORKER_METRICS_PORT`` and ``PROMETHEUS_MULTIPROC_DIR`` through ``config.py``.
 
@@ -24,7 +25,22 @@ Reliability, and why:
 * unacknowledged messages of a dead worker (or pool process) are redelivered
   after ``CELERY_VISIBILITY_TIMEOUT`` seconds;
 * database outages are waited out with backoff; records the database keeps
-  rejecting go to the dead-letter list (``scripts/dead_letters.py``);
+  rejecting go to the dead-letter list (``scripts/dead_letters.py``), once
+  each even if their task message is delivered twice;
+* a batch's handling (outages aside) is bounded by a quarter of the
+  visibility timeout: past it, the records not yet handled are queued again
+  as new task messages and the batch returns, so isolating poison records
+  never outlives the visibility timeout (which would redeliver the batch
+  and handle it twice) nor holds up other messages for long;
+* memory is bounded in bytes: each pool process prefetches at most
+  ``WORKER_PREFETCH_BYTES // PERSIST_MESSAGE_MAX_BYTES`` task messages, and
+  no task message carries more than ``PERSIST_MESSAGE_MAX_BYTES`` of
+  records, so the main process holds at most concurrency x
+  ``WORKER_PREFETCH_BYTES`` of them (16 MiB per pool process by default),
+  which costs ~4x that in RSS once decoded: ~64 MiB per pool process
+  (measured, see docs/operations.md). celery-batches still flushes every
+  ``PERSIST_FLUSH_SECONDS`` when fewer than ``PERSIST_BATCH_SIZE`` messages
+  can be prefetched;
 * every queued record is also in a pending set until handled, and a
   reconciler re-queues any lost in kombu's gap between popping a message and
   recording it as unacknowledged (``broker.Pending``).
@@ -54,6 +70,10 @@ from persistence import Persister
 log = logging.getLogger(__name__)
 settings = load_settings()
 
+# Task messages a pool process may hold prefetched: bounded in bytes, since no task message carries
+# more than PERSIST_MESSAGE_MAX_BYTES of records.
+PREFETCH_PER_PROCESS = max(1, settings.worker_prefetch_bytes // settings.persist_message_max_bytes)
+
 celery_app = Celery("tasks", broker=settings.redis_url)
 celery_app.conf.update(
     task_default_queue=settings.persist_queue,
@@ -61,8 +81,7 @@ celery_app.conf.update(
     accept_content=["json"],
     task_ignore_result=True,
     task_acks_late=True,
-    # A batch needs its messages prefetched: each pool process may hold two batches' worth.
-    worker_prefetch_multiplier=2 * settings.persist_batch_size,
+    worker_prefetch_multiplier=PREFETCH_PER_PROCESS,
     worker_hijack_root_logger=False,
     broker_connection_retry_on_startup=True,
     broker_transport_options={
@@ -118,7 +137,8 @@ def _serve_metrics(**_kwargs: object) -> None:
 @worker_ready.connect
 def _start_reconciler(**_kwargs: object) -> None:
     """Periodically re-queue records lost between kombu's pop and its bookkeeping (broker.Pending)."""
-    pending = broker.Pending(broker.connect(settings.redis_url, timeout=5.0), settings.persist_queue)
+    client = broker.connect(settings.redis_url, timeout=5.0)
+    pending = broker.Pending(client, settings.persist_queue, settings.persist_message_max_bytes)
     interval = max(1.0, settings.pending_grace_seconds / 2)
 
     def loop() -> None:
@@ -175,15 +195,18 @@ def persister() -> tuple[Persister, broker.Pending]:
             dead_letters.add,
             attempts=settings.persist_attempts,
             chunk_size=settings.persist_batch_size,
+            budget=settings.celery_visibility_timeout / 4,
         )
-        _persister = (writer, broker.Pending(client, settings.persist_queue))
+        _persister = (writer, broker.Pending(client, settings.persist_queue, settings.persist_message_max_bytes))
     return _persister
 
 
 @celery_app.task(
     name="tasks.persist_messages",
     base=ReconnectingBatches,
-    flush_every=settings.persist_batch_size,
+    # Flush as soon as a process's worth has arrived: waiting for more than can be prefetched would
+    # leave every batch to the flush timer.
+    flush_every=min(settings.persist_batch_size, PREFETCH_PER_PROCESS),
     flush_interval=settings.persist_flush_seconds,
     acks_late=True,
 )
@@ -194,13 +217,16 @@ def persist_messages(requests: list[SimpleRequest]) -> int:
     try:
         with flask_app().app_context():
             outcome = writer.persist(records)
+        if outcome.deferred:
+            pending.requeue(outcome.deferred)
     except BaseException:
-        # Neither stored nor dead-lettered (e.g. Redis down while dead-lettering): returning
+        # Neither stored, dead-lettered nor re-queued (e.g. Redis down while dead-lettering): returning
         # would acknowledge the messages, so die instead and let them be redelivered.
         log.critical("could not store or dead-letter %d record(s); exiting", len(records), exc_info=True)
         os._exit(70)
+    deferred = {r["id"] for r in outcome.deferred}
     try:
-        pending.done([r["id"] for r in records])
+        pending.done([r["id"] for r in records if r["id"] not in deferred])
     except Exception:  # they stay pending; reconcile re-queues them, and storing again is a no-op
         log.warning("could not clear %d pending record(s)", len(records), exc_info=True)
     metrics.PERSISTED.inc(outcome.stored)
@@ -208,11 +234,12 @@ def persist_messages(requests: list[SimpleRequest]) -> int:
     metrics.PERSIST_RETRIES.inc(outcome.retries)
     metrics.DEAD_LETTERS.inc(outcome.dead_lettered)
     log.info(
-        "stored %d of %d record(s) from %d message(s); dead-lettered %d",
+        "stored %d of %d record(s) from %d message(s); dead-lettered %d, re-queued %d",
         outcome.stored,
         len(records),
         len(requests),
         outcome.dead_lettered,
+        len(outcome.deferred),
         extra={"message_ids": [records[0]["id"], records[-1]["id"]] if records else []},
     )
     return outcome.stored

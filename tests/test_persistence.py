@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import random
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -82,6 +83,92 @@ def test_a_transient_failure_is_retried() -> None:
 
     outcome = Persister(flaky_save, lambda: True, lambda r, e: None, sleep=lambda s: None).persist(records(5))
     assert outcome.stored == 5 and outcome.retries == 1 and calls == [5, 5]
+
+
+def test_isolating_poison_sleeps_only_before_it_starts() -> None:
+    """300 rejected records of 1,000: the whole chunk's retries sleep, the bisection does not; each goes once."""
+    store, dead = Store(), []
+    poison = set(random.Random(14).sample(range(1000), 300))
+    batch = records(1000, poison=poison)
+    persister = Persister(store.save, store.up, lambda r, e: dead.append(r["id"]), attempts=3, sleep=store.sleep)
+    outcome = persister.persist(batch)
+    assert store.sleeps == [0.05, 0.1], "only the first attempts of the whole chunk back off"
+    assert (outcome.stored, outcome.dead_lettered, outcome.deferred) == (700, 300, [])
+    assert sorted(dead) == sorted(batch[i]["id"] for i in poison)
+
+
+def test_isolation_past_its_budget_defers_the_rest_and_each_record_is_handled_once() -> None:
+    """Each write takes 10 ms of a 1 s budget: every call makes progress, then hands back what is left."""
+    store, dead, now = Store(), [], [0.0]
+
+    def slow_save(chunk: Sequence[dict]) -> int:
+        now[0] += 0.01
+        return store.save(chunk)
+
+    persister = Persister(
+        slow_save, store.up, lambda r, e: dead.append(r["id"]), budget=1.0, sleep=store.sleep, clock=lambda: now[0]
+    )
+    poison = set(random.Random(3).sample(range(1000), 300))
+    batch = records(1000, poison=poison)
+    todo, calls = batch, 0
+    while todo:
+        calls += 1
+        started = now[0]
+        outcome = persister.persist(todo)
+        assert now[0] - started < 1.1, "a call stays within its budget (plus one write)"
+        handled = len(todo) - len(outcome.deferred)
+        assert handled > 0, "every call makes progress"
+        todo = outcome.deferred
+    assert calls > 1
+    assert sorted(dead) == sorted(batch[i]["id"] for i in poison)
+    assert set(store.rows) == {r["id"] for i, r in enumerate(batch) if i not in poison}
+
+
+def test_what_a_call_defers_is_exactly_what_it_left_unhandled() -> None:
+    """Out of time in the first of three chunks: its untried parts and the two other chunks come back, nothing else."""
+    store, dead, now = Store(), [], [0.0]
+
+    def slow_save(chunk: Sequence[dict]) -> int:
+        now[0] += 0.01
+        return store.save(chunk)
+
+    persister = Persister(
+        slow_save, store.up, lambda r, e: dead.append(r["id"]), chunk_size=100, budget=0.1, clock=lambda: now[0]
+    )
+    batch = records(300, poison=range(0, 100, 7))
+    outcome = persister.persist(batch)
+    deferred = [r["id"] for r in outcome.deferred]
+    assert len(deferred) > 200 and [r["id"] for r in batch[100:]] == deferred[-200:]
+    handled = set(store.rows) | set(dead)
+    assert len(handled) + len(deferred) == 300 and handled | set(deferred) == {r["id"] for r in batch}
+
+
+def test_an_outage_during_isolation_is_waited_out() -> None:
+    """The database goes away halfway through isolating: it is waited for, and no fine record is dead-lettered."""
+    store, dead, saves = Store(), [], []
+
+    def save(chunk: Sequence[dict]) -> int:
+        saves.append(len(chunk))
+        if len(saves) == 10:
+            store.down_for = 5
+        return store.save(chunk)
+
+    persister = Persister(save, store.up, lambda r, e: dead.append(r["id"]), sleep=store.sleep)
+    batch = records(64, poison=(5, 40))
+    outcome = persister.persist(batch)
+    assert sorted(dead) == sorted([batch[5]["id"], batch[40]["id"]]) and outcome.stored == 62
+    assert store.sleeps == [0.05, 0.1, 0.05, 0.1, 0.2, 0.4, 0.8], "two retries, then the outage's backoff"
+
+
+def test_a_record_is_dead_lettered_once_however_often_it_is_rejected(redis_url: str) -> None:
+    """A redelivered task message isolated again adds no second entry; after a replay it can come back."""
+    dead_letters = broker.DeadLetters(redis.Redis.from_url(redis_url), "dead_letters", "persist")
+    record = records(1)[0]
+    added = [dead_letters.add(record, "poison rejected") for _ in range(2)]
+    assert dead_letters.count() == 1 and added == [True, False]
+    assert dead_letters.replay() == 1 and dead_letters.count() == 0
+    assert dead_letters.add(record, "rejected again") is True
+    assert [e["error"] for e in dead_letters.entries()] == ["rejected again"]
 
 
 POISON_TRIGGER = {
