@@ -60,23 +60,6 @@ def running_stack(database_url: str, redis_url: str, log_dir: Path, with_ws: boo
         yield stack
 
 
-def procfile_options(service: str) -> list[str]:
-    """The gunicorn ``--worker-class``/``--threads`` options the Procfile gives ``service``, to run it as deployed."""
-    import shlex
-
-    from tests.helpers import ROOT
-
-    for line in (ROOT / "Procfile").read_text().splitlines():
-        if line.startswith(f"{service}:"):
-            words = shlex.split(line.split(":", 1)[1])
-            return [
-                word
-                for i, word in enumerate(words)
-                if word in ("--worker-class", "--threads") or words[i - 1] in ("--worker-class", "--threads")
-            ]
-    return []
-
-
 def start_worker(stack: Stack, extra_env: dict[str, str] | None = None, concurrency: int = 2) -> Service:
     """Start (or restart, after a kill) the stack's Celery worker, optionally with its own settings."""
     service = celery_worker("worker", {**stack.env, **(extra_env or {})}, stack.log_dir, concurrency).start()
@@ -95,10 +78,13 @@ def custom_stack(
     with_worker: bool = True,
     with_ws: bool = False,
     web_workers: int = 2,
+    list_workers: int = 1,
 ) -> Iterator[Stack]:
     """Like ``running_stack``, with extra settings for every service (``env``) or the worker alone.
 
-    The ingestion API runs with the Procfile's worker class and threads.
+    Both APIs run with what gunicorn.conf.py sets (the gevent worker class),
+    which gunicorn reads from the working directory as in the Procfile and
+    compose.
 
     ``worker_env`` lets the worker reach the database another way than the
     list API (through a test-controlled proxy); ``with_worker=False`` leaves
@@ -116,9 +102,9 @@ def custom_stack(
         python_env(settings), log_dir, f"http://127.0.0.1:{ingest_port}", f"http://127.0.0.1:{list_port}", ws_port
     )
     ingest = gunicorn("ingestion_api", "ingestion_api:create_app()", ingest_port, stack.env, log_dir, web_workers)
-    ingest.argv[-1:-1] = procfile_options("ingestion_api")  # e.g. gthread with 16 threads, as deployed
     stack.services["ingestion_api"] = ingest.start()
-    stack.services["list_api"] = gunicorn("list_api", "list_api:create_app()", list_port, stack.env, log_dir).start()
+    listing = gunicorn("list_api", "list_api:create_app()", list_port, stack.env, log_dir, list_workers)
+    stack.services["list_api"] = listing.start()
     try:
         if with_worker:
             start_worker(stack, worker_env)

@@ -99,6 +99,8 @@ def entry_point(args: list[str]) -> tuple[str, ...]:
     """
     while args and re.fullmatch(r"\w+=\S*", args[0]):  # leading NAME=value assignments (Procfile)
         args = args[1:]
+    if args[:2] == ["python", "scripts/keep_running.py"]:  # the Procfile's restart wrapper
+        args = args[2:]
     program = Path(args[0]).name
     if program == "gunicorn":
         apps = [arg for arg in args[1:] if GUNICORN_APP.fullmatch(arg)]

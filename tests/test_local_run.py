@@ -1,0 +1,149 @@
+"""``scripts/run.sh`` as a developer runs it: a killed service comes back, Ctrl-C leaves nothing running.
+
+The run happens in a copy of the working tree (its own ``var/``: embedded
+Redis, metrics files), on free ports with a temporary SQLite database, so it
+never touches a stack running from the checkout. The copy's
+``scripts/venv.sh`` only puts the existing ``.venv`` on ``PATH``: the test
+must not install anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from tests.helpers import ROOT, free_port, python_env, wait_http_ok, wait_until
+
+pytestmark = pytest.mark.e2e
+
+NOT_COPIED = (".git", ".venv", "var", "tests", "docs", "bench-results", "__pycache__", "*.pyc", ".ci")
+
+
+@dataclass
+class LocalRun:
+    root: Path
+    process: subprocess.Popen
+    output: Path
+    ingest_url: str
+    list_url: str
+
+    def service(self, needle: str) -> psutil.Process:
+        """The one process a ``keep_running.py`` wrapper runs whose command line contains ``needle``."""
+        found = [
+            child
+            for wrapper in psutil.Process(self.process.pid).children(recursive=True)
+            if wrapper.cmdline()[1:2] == ["scripts/keep_running.py"]  # not the sh -c running it
+            for child in wrapper.children()
+            if needle in " ".join(child.cmdline())
+        ]
+        assert len(found) == 1, f"expected one {needle!r} under keep_running.py, found {found}"
+        return found[0]
+
+    def log(self) -> str:
+        return self.output.read_text(errors="replace")
+
+
+def copy_of_the_tree(destination: Path) -> Path:
+    """Copy what run.sh runs (not .venv, .git, var/), link the venv, and stub the installer."""
+    shutil.copytree(ROOT, destination, ignore=shutil.ignore_patterns(*NOT_COPIED))
+    (destination / ".venv").symlink_to(Path(sys.executable).parent.parent)
+    (destination / "scripts" / "venv.sh").write_text('export PATH="$PWD/.venv/bin:$PATH"\n')
+    return destination
+
+
+@contextlib.contextmanager
+def local_run(tmp_path: Path) -> Iterator[LocalRun]:
+    root = copy_of_the_tree(tmp_path / "tree")
+    ports = {name: str(free_port()) for name in ("INGESTION_API_PORT", "LIST_API_PORT", "WS_PORT")}
+    ports |= {"EMBEDDED_REDIS_PORT": str(free_port()), "WORKER_METRICS_PORT": str(free_port())}
+    env = python_env(
+        {
+            **ports,
+            "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'messages.db'}",
+            "WEB_WORKERS": "2",
+            "WORKER_PROCESSES": "1",
+        }
+    )
+    for name in ("REDIS_URL", "LIST_API_URL", "API_TOKENS", "RATE_LIMIT"):
+        env.pop(name, None)
+    output = tmp_path / "run.log"
+    with output.open("wb") as out:
+        process = subprocess.Popen(
+            ["bash", "scripts/run.sh"], cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    run = LocalRun(
+        root,
+        process,
+        output,
+        f"http://127.0.0.1:{ports['INGESTION_API_PORT']}",
+        f"http://127.0.0.1:{ports['LIST_API_PORT']}",
+    )
+    try:
+        wait_http_ok(f"{run.ingest_url}/healthz", timeout=90)
+        wait_http_ok(f"{run.list_url}/healthz", timeout=30)
+        yield run
+    finally:
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+        for leftover in processes_running_in(root):
+            with contextlib.suppress(psutil.Error):
+                leftover.kill()
+        print(f"--- run.sh output ---\n{run.log()[-6000:]}")
+
+
+def processes_running_in(root: Path) -> list[psutil.Process]:
+    """Every process working in ``root`` or below (the whole stack, orphans included; redis is in var/redis)."""
+    found = []
+    for process in psutil.process_iter(["cwd"]):
+        cwd = Path(process.info["cwd"] or "/")
+        if cwd == root or root in cwd.parents:
+            found.append(process)
+    return found
+
+
+def stored_and_listed(run: LocalRun, payload: dict) -> None:
+    response = requests.post(f"{run.ingest_url}/dummy", json=payload, timeout=5)
+    assert response.status_code == 202, response.text
+    message_id = response.json()["id"]
+    wait_until(
+        lambda: requests.get(f"{run.list_url}/messages/{message_id}", timeout=2).json()["payload"] == payload,
+        timeout=30,
+        what=f"message {message_id} listed",
+    )
+
+
+def test_killed_services_restart_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
+    with local_run(tmp_path) as run:
+        stored_and_listed(run, {"before": "kills"})
+        worker, list_master = run.service("celery"), run.service("list_api:create_app()")
+        worker.kill()
+        list_master.kill()
+
+        wait_until(lambda: run.service("celery").pid != worker.pid, timeout=30, what="a new worker")
+        wait_until(lambda: run.service("list_api:create_app()").pid != list_master.pid, timeout=30, what="list API")
+        wait_http_ok(f"{run.list_url}/healthz", timeout=30)
+        stored_and_listed(run, {"after": "kills"})
+        log = run.log()
+        assert f"keep_running: celery (pid {worker.pid}) was killed by SIGKILL" in log
+        assert f"keep_running: gunicorn (pid {list_master.pid}) was killed by SIGKILL" in log
+        assert run.process.poll() is None, "honcho stopped"
+
+        running = processes_running_in(run.root)
+        assert len(running) >= 8, running  # redis, 2 x gunicorn with workers, celery with its pool, wsserver
+        run.process.send_signal(signal.SIGINT)  # what Ctrl-C does: honcho is the terminal's foreground process
+        run.process.wait(30)
+        wait_until(lambda: not processes_running_in(run.root), timeout=15, what="every process gone")
+        assert "restarting" not in run.log()[len(log) :], "a service was restarted while stopping"
+        assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in running)
