@@ -13,13 +13,18 @@ their development placeholder.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shlex
+import string
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 PROJECT_DIR = Path(__file__).resolve().parent
 DEV_SECRET = "dev-only-insecure-secret"  # noqa: S105 (placeholder; production refuses it)
+# Written by scripts/run.sh (scripts/local_stack.py): the settings of the stack it runs from this checkout.
+LOCAL_STACK_FILE = PROJECT_DIR / "var" / "local-stack.env"
 
 
 @dataclass(frozen=True)
@@ -45,8 +50,22 @@ ENV_VARS: dict[str, Var] = {
     "INGESTION_API_PORT": Var("5000", "Port of the ingestion API (`POST /dummy`)."),
     "LIST_API_PORT": Var("5001", "Port of the list API (`GET /messages`, the live page at `/`)."),
     "WS_PORT": Var("8765", "Port of the websocket server."),
+    "BIND_HOST": Var(
+        "127.0.0.1",
+        "Address the services bind: the APIs, the websocket server, the worker's metrics (`0.0.0.0` in containers).",
+    ),
     "LIST_API_URL": Var(
-        "http://127.0.0.1:5001", "Public base URL of the list API, used in `Location` and `Link` headers.", True
+        "http://127.0.0.1:${LIST_API_PORT}",
+        "Public base URL of the list API, used in `Location` and `Link` headers and by the live page.",
+        True,
+    ),
+    "INGESTION_API_URL": Var(
+        "http://127.0.0.1:${INGESTION_API_PORT}",
+        "Public base URL of the ingestion API; the live page posts there.",
+        True,
+    ),
+    "WS_URL": Var(
+        "ws://127.0.0.1:${WS_PORT}", "Public URL of the websocket server; the live page connects there.", True
     ),
     "SECRET_KEY": Var(DEV_SECRET, "Signs pagination cursors (tamper-evident). Must be set in production.", True),
     "MAX_MESSAGE_BYTES": Var("65536", "Largest message in bytes: a `POST /dummy` body, and any message stored (413)."),
@@ -69,13 +88,15 @@ ENV_VARS: dict[str, Var] = {
     "PERSIST_ATTEMPTS": Var("3", "Failed writes of a batch (database up) before its bad records are isolated."),
     "PENDING_GRACE_SECONDS": Var("10", "A record unhandled this long, with nothing queued or in flight, is re-queued."),
     "DEAD_LETTER_KEY": Var("dead_letters", "Redis list holding messages the database keeps rejecting."),
+    "RETENTION_DAYS": Var("0", "Messages persisted longer ago than this many days are removed (0: kept forever)."),
+    "RETENTION_INTERVAL_SECONDS": Var("60", "How often one worker instance looks for expired messages to remove."),
+    "RETENTION_BATCH_SIZE": Var("1000", "Most expired messages removed in one transaction."),
     "WORKER_METRICS_PORT": Var("0", "Port of the worker's Prometheus `/metrics` endpoint (0: off)."),
     "PROMETHEUS_MULTIPROC_DIR": Var(
         "", "Empty directory per service where prometheus-client aggregates the metrics of its processes."
     ),
     "LIVE_STREAM_KEY": Var("messages:live", "Redis Stream that carries messages to the websocket servers."),
     "LIVE_WINDOW": Var("10000", "Approximate number of recent messages kept in the live stream for resume."),
-    "WS_HOST": Var("127.0.0.1", "Address the websocket server binds (`0.0.0.0` in containers)."),
     "WS_MAX_BUFFER_BYTES": Var(
         "1048576", "Unsent bytes a websocket client may fall behind before the slow-client policy acts."
     ),
@@ -126,7 +147,10 @@ class Settings:
     ingestion_api_port: int
     list_api_port: int
     ws_port: int
+    bind_host: str
     list_api_url: str
+    ingestion_api_url: str
+    ws_url: str
     secret_key: str
     max_message_bytes: int
     max_batch_messages: int
@@ -142,11 +166,13 @@ class Settings:
     persist_attempts: int
     pending_grace_seconds: float
     dead_letter_key: str
+    retention_days: float
+    retention_interval_seconds: float
+    retention_batch_size: int
     worker_metrics_port: int
     prometheus_multiproc_dir: str
     live_stream_key: str
     live_window: int
-    ws_host: str
     ws_max_buffer_bytes: int
     ws_slow_client_policy: str
     ws_compression: str
@@ -165,14 +191,62 @@ class Settings:
         return self.app_env == "production"
 
 
+def local_stack_env(path: Path = LOCAL_STACK_FILE) -> dict[str, str]:
+    """Return the variables ``scripts/run.sh`` wrote for the stack it is running, or ``{}`` when none runs.
+
+    run.sh holds an exclusive ``flock`` on the file for as long as its honcho
+    runs, and the kernel drops it however honcho ends: a file nobody has
+    locked belongs to a stopped stack and is ignored, with no pid to reuse.
+    """
+    try:
+        file = path.open()
+    except FileNotFoundError:
+        return {}
+    with file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:  # locked: the stack is running
+            lines = [line.partition("=") for line in file.read().splitlines() if line and not line.startswith("#")]
+            return {name: "".join(shlex.split(value)) for name, _, value in lines}
+        return {}
+
+
+def uses_local_stack(environ: Mapping[str, str]) -> bool:
+    """Say whether a process with ``environ`` takes its unset settings from the running local stack.
+
+    Not in production, and never under pytest (``PYTEST_CURRENT_TEST``, which
+    pytest sets for each test and the services a test starts inherit): the
+    suite runs from this checkout, perhaps beside a developer's stack, and
+    must not find it.
+    """
+    return environ.get("APP_ENV") != "production" and "PYTEST_CURRENT_TEST" not in environ
+
+
+def setting_origin(name: str) -> str:
+    """Say where ``load_settings()`` takes ``name`` from, for the one-line errors of the scripts."""
+    if name in os.environ:
+        return f"{name} from the environment"
+    if uses_local_stack(os.environ) and name in local_stack_env():
+        return f"{name} of the stack scripts/run.sh is running ({LOCAL_STACK_FILE.name})"
+    return f"{name} unset: its default, as no scripts/run.sh stack is running here"
+
+
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
     """Build settings from ``environ`` (default ``os.environ``), then apply ``overrides``.
 
-    Raises ``ValueError`` naming the variable when a value is malformed, or,
-    in production, when a required variable is unset or a placeholder.
+    With the process environment (no ``environ``), a variable it does not set
+    comes from the stack ``scripts/run.sh`` is running from this checkout, if
+    any (:func:`local_stack_env`), so that ``celery -A tasks inspect ping`` and
+    the scripts find it. Raises ``ValueError`` naming the variable when a
+    value is malformed, or, in production, when a required variable is unset
+    or a placeholder.
     """
     env = os.environ if environ is None else environ
+    if environ is None and uses_local_stack(env):
+        env = {**local_stack_env(), **env}
     raw = {name: env.get(name, var.default) for name, var in ENV_VARS.items()}
+    # A default may name another setting (`${WS_PORT}`): the public URLs follow the ports unless set.
+    raw = {name: text if name in env else string.Template(text).safe_substitute(raw) for name, text in raw.items()}
     if raw["APP_ENV"] not in ("development", "production"):
         raise ValueError(f"APP_ENV must be 'development' or 'production', got {raw['APP_ENV']!r}")
     if raw["APP_ENV"] == "production":

@@ -17,6 +17,8 @@ little at thousands of rows per transaction.
 
 from __future__ import annotations
 
+import datetime as dt
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -188,3 +190,35 @@ def message_json(row: sa.Row) -> dict[str, Any]:
         "persisted_at": format_time(row.persisted_at),
         "payload": orjson.Fragment(row.payload),
     }
+
+
+def remove_expired(cutoff: dt.datetime, limit: int) -> int:
+    """Delete up to ``limit`` of the oldest messages persisted before ``cutoff``; return how many.
+
+    Retention (``RETENTION_DAYS``) calls this in a loop. It always removes a
+    prefix of the ``seq`` order: it reads the ``limit`` oldest rows by primary
+    key and keeps those before the first one persisted at or after
+    ``cutoff``. ``persisted_at`` is taken under the counter lock, so it grows
+    with ``seq`` and the stop is where the old rows end; that needs no index
+    on the timestamp, and the table stays a contiguous tail of the listing
+    (a cursor into removed rows continues at the oldest row left).
+
+    The rows are deleted by primary-key equality: on InnoDB that takes record
+    locks only, no gap or next-key lock (a range ``seq <= n`` would lock the
+    next record, the end of the table when everything is old, and block
+    inserts). It never touches ``message_sequence``. One short transaction per
+    call; rows another process removed meanwhile are simply not counted.
+    """
+    table = Message.__table__
+    session = db.session
+    try:
+        head = session.execute(
+            sa.select(table.c.seq, table.c.persisted_at < cutoff).order_by(table.c.seq).limit(limit)
+        ).all()
+        expired = [seq for seq, old in itertools.takewhile(lambda row: row[1], head)]
+        removed = session.execute(table.delete().where(table.c.seq.in_(expired))).rowcount if expired else 0
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return removed

@@ -20,6 +20,10 @@ to the tests, which start gunicorn from the same directory.
   4 KiB), are JSON in our one error shape instead of gunicorn's HTML page.
   Gunicorn has no hook for these pages, so its ``util.write_error`` is
   replaced; its call sites pass (socket, status, reason, message).
+* Gunicorn's own lines (start-up, worker boots and exits, errors) are JSON
+  like every other line (``logs.JsonFormatter``), unless ``LOG_FORMAT=text``.
+  There is no gunicorn access log: each app writes one JSON access line per
+  request itself (web.py), with its request id and message ids.
 * With ``PROMETHEUS_MULTIPROC_DIR`` set, a worker that exits is marked dead
   so prometheus-client drops its live gauges.
 """
@@ -31,9 +35,25 @@ import os
 
 from gunicorn import util
 
+from config import load_settings
+
 worker_class = "gevent"
 worker_connections = 1000  # concurrent connections per worker process (greenlets)
 keepalive = 2  # seconds an idle kept-alive connection stays open
+control_socket_disable = True  # its default ~/.gunicorn/gunicorn.ctl would be shared by both APIs
+
+if load_settings().log_format == "json":
+    # Merged over gunicorn's defaults: its error logger through our formatter; the root logger is
+    # left to each app's own configure_logging.
+    logconfig_dict = {
+        "formatters": {"json": {"()": "logs.JsonFormatter", "service": "gunicorn"}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
+        "root": {"level": "INFO", "handlers": []},
+        "loggers": {
+            "gunicorn.error": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
+            "gunicorn.access": {"level": "INFO", "handlers": [], "propagate": False},
+        },
+    }
 
 
 def _json_error(sock, status_int: int, reason: str, mesg: str) -> None:

@@ -10,22 +10,24 @@ newest first (``order=desc``). ``next_cursor`` is set on every non-empty
 page, the last one included, so a follower that reached the end continues
 later from the same place and, thanks to the commit-ordered ``seq`` (see
 ``db.py``), never misses a row. ``GET /messages/<id>`` returns one message;
-``GET /healthz`` checks the database; ``GET /`` serves ``index.html``.
+``GET /healthz`` checks the database; ``GET /`` serves ``index.html`` with the
+public URLs of this stack (``LIST_API_URL``, ``INGESTION_API_URL``, ``WS_URL``).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode
 
 import sqlalchemy as sa
-from flask import Flask, Response, current_app, request, send_from_directory
+from flask import Flask, Response, current_app, request
 from flask_cors import CORS
 
 import db
-from config import PROJECT_DIR, load_settings
+from config import PROJECT_DIR, Settings, load_settings
 from cursor import CursorCodec, InvalidCursor
 from logs import configure_logging
 from messages import is_message_id
@@ -119,6 +121,23 @@ def healthz() -> Response:
     return json_response({"status": "ok"})
 
 
+# index.html carries this empty config, which a page opened from file:// keeps; served here it gets the stack's.
+PAGE_CONFIG_SLOT = '<script type="application/json" id="stack-config">{}</script>'
+
+
+def page_config(settings: Settings) -> dict[str, str]:
+    """The public URLs of the stack the live page belongs to (never a port it guesses)."""
+    return {
+        "list_api_url": settings.list_api_url,
+        "ingestion_api_url": settings.ingestion_api_url,
+        "ws_url": settings.ws_url,
+    }
+
+
 def index() -> Response:
-    """Serve the live page."""
-    return send_from_directory(PROJECT_DIR, "index.html")
+    """Serve the live page with this stack's public URLs in its config slot."""
+    page = (PROJECT_DIR / "index.html").read_text(encoding="utf-8")
+    # Inside <script> only "</" could end the element early: escape "<" the way JSON allows.
+    config = json.dumps(page_config(current_app.config["SETTINGS"])).replace("<", "\\u003c")
+    page = page.replace(PAGE_CONFIG_SLOT, PAGE_CONFIG_SLOT.replace("{}", config), 1)
+    return Response(page, mimetype="text/html", headers={"Cache-Control": "no-cache"})

@@ -1,8 +1,11 @@
 """Structured JSON logs for every service: one object per line on stderr.
 
-Each line has ``ts``, ``level``, ``service``, ``logger`` and ``message``,
-plus ``message_id`` (or ``message_ids``) when the log call passes it with
-``extra=``, so one message can be followed from the API to the worker.
+Each line has ``ts`` (RFC 3339, UTC), ``level``, ``service``, ``logger``
+and ``message``, plus ``message_id`` (or ``message_ids``) when the log call
+passes it with ``extra=``, so one message can be followed from the API to the
+worker. The APIs add ``request_id`` to every line written while handling a
+request, and write one ``access`` line per request (web.py); gunicorn's own
+lines go through the same formatter (gunicorn.conf.py).
 ``LOG_FORMAT=text`` switches to plain lines for reading in a terminal.
 """
 
@@ -13,7 +16,8 @@ import logging
 
 import orjson
 
-CONTEXT_KEYS = ("message_id", "message_ids", "count", "error")
+# Fields a log call may pass with ``extra=``; web.py's access lines use the request ones.
+CONTEXT_KEYS = ("request_id", "method", "path", "status", "ms", "message_id", "message_ids", "count", "error")
 
 
 class JsonFormatter(logging.Formatter):

@@ -1,68 +1,77 @@
-"""Prometheus metrics for every service, and the ``/metrics`` endpoint of the Flask apps.
+"""Prometheus exposition for every service, and the ``/metrics`` endpoint of the Flask apps.
 
-The metric objects live here so each is defined once. Gunicorn and Celery
-run several processes per service: when ``PROMETHEUS_MULTIPROC_DIR`` is set
-(the Procfile and the compose stack set it, one empty directory per
-service), prometheus-client keeps per-process files there and ``/metrics``
-aggregates them. It must be set before this module is first imported.
+Each service defines its own families where it uses them (the ingestion
+API's in ``ingestion_api.py``, the worker's in ``tasks.py``, the websocket
+server's in ``wsserver.py``); only the HTTP families of the two APIs live
+here, created by :func:`init_metrics`. So a service exports its families and
+no other's: in multiprocess mode prometheus-client writes every family a
+process creates to its files, even one never incremented.
+
+Gunicorn and Celery run several processes per service: when
+``PROMETHEUS_MULTIPROC_DIR`` is set (the Procfile and the compose stack set
+it, one empty directory per service), prometheus-client keeps per-process
+files there and ``/metrics`` aggregates them. It must be set before
+prometheus-client is first imported. ``process_*`` metrics cannot be
+aggregated over processes: they describe the process that answers the
+scrape (a gunicorn worker, the Celery worker's main process).
+
+Scrapers get the classic text format, or OpenMetrics when their ``Accept``
+asks for it (Prometheus does).
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+import orjson
 from flask import Flask, Response, g, request
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    REGISTRY,
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    generate_latest,
-    multiprocess,
-    start_http_server,
-)
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, ProcessCollector, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-HTTP_REQUESTS = Counter(
-    "http_requests_total", "HTTP requests by app, endpoint and status.", ["app", "endpoint", "status"]
-)
-HTTP_SECONDS = Histogram("http_request_seconds", "HTTP request latency.", ["app", "endpoint"])
-ACCEPTED = Counter("messages_accepted_total", "Messages accepted (202) by the ingestion API.", ["endpoint"])
-REJECTED = Counter("messages_rejected_total", "Requests rejected with a 4xx, by error code.", ["error"])
-LIVE_PUBLISH_FAILURES = Counter("live_publish_failures_total", "Accepted messages whose live publish failed.")
-PERSISTED = Counter("persisted_messages_total", "Messages stored by the worker (new rows).")
-PERSIST_BATCH = Histogram(
-    "persist_batch_records", "Records per flushed worker batch.", buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 5000)
-)
-PERSIST_RETRIES = Counter("persist_retries_total", "Failed database writes that were retried.")
-DEAD_LETTERS = Counter("dead_letters_total", "Messages moved to the dead-letter list.")
-REQUEUED = Counter("requeued_lost_total", "Records re-queued by the reconciler after being lost in flight.")
+WsgiApp = Callable[[dict, Callable], Iterable[bytes]]
 
 
-def _service_registry() -> CollectorRegistry:
-    """This process's metrics, or every process's of the service in multiprocess mode."""
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        return REGISTRY
-    aggregated = CollectorRegistry()
-    multiprocess.MultiProcessCollector(aggregated)
-    return aggregated
+@functools.cache
+def http_families() -> tuple[Counter, Histogram]:
+    """The HTTP families of the Flask services, created once and only in processes that serve them."""
+    requests = Counter(
+        "http_requests_total", "HTTP requests by app, endpoint and status.", ["app", "endpoint", "status"]
+    )
+    duration = Histogram("http_request_duration_seconds", "HTTP request latency.", ["app", "endpoint"])
+    return requests, duration
 
 
-def exposition(extra: Iterable[Collector] = ()) -> bytes:
-    """Render the service's metrics plus ``extra`` collectors (computed when scraped)."""
-    scraped = CollectorRegistry()
+def service_registry(extra: Iterable[Collector] = ()) -> CollectorRegistry:
+    """The registry a service's ``/metrics`` renders: its own families, ``process_*`` and ``extra``.
+
+    In multiprocess mode the families come from every process's files (this
+    process's default registry would miss the others); otherwise from the
+    default registry, which already holds the process collector.
+    """
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        MultiProcessCollector(registry)
+        ProcessCollector(registry=registry)
+    else:
+        registry.register(REGISTRY)
     for collector in extra:
-        scraped.register(collector)
-    return generate_latest(_service_registry()) + generate_latest(scraped)
+        registry.register(collector)
+    return registry
 
 
-def start_metrics_server(port: int) -> None:
-    """Serve ``/metrics`` on ``port`` from a background thread (for the Celery worker)."""
-    start_http_server(port, registry=_service_registry())
+def render(registry: CollectorRegistry, accept: str | None) -> tuple[bytes, str]:
+    """Encode ``registry`` as the scraper asked (``Accept``): OpenMetrics or the text format."""
+    encode, content_type = choose_encoder(accept or "")
+    return encode(registry), content_type
 
 
 class GaugeCollector(Collector):
@@ -79,7 +88,8 @@ class GaugeCollector(Collector):
 
 def init_metrics(app: Flask, name: str, gauges: Iterable[GaugeCollector] = ()) -> None:
     """Count requests of ``app`` and serve ``GET /metrics``."""
-    gauges = list(gauges)
+    requests, duration = http_families()
+    registry = service_registry(gauges)
 
     @app.before_request
     def start_timer() -> None:
@@ -88,13 +98,45 @@ def init_metrics(app: Flask, name: str, gauges: Iterable[GaugeCollector] = ()) -
     @app.after_request
     def count(response: Response) -> Response:
         endpoint = request.endpoint or "unknown"
-        HTTP_REQUESTS.labels(name, endpoint, str(response.status_code)).inc()
+        requests.labels(name, endpoint, str(response.status_code)).inc()
         started = g.get("metrics_started")
         if started is not None:
-            HTTP_SECONDS.labels(name, endpoint).observe(time.perf_counter() - started)
+            duration.labels(name, endpoint).observe(time.perf_counter() - started)
         return response
 
     def metrics_view() -> Response:
-        return Response(exposition(gauges), mimetype=CONTENT_TYPE_LATEST)
+        body, content_type = render(registry, request.headers.get("Accept"))
+        # content_type=, not mimetype=: Flask would append a second charset to the encoder's type.
+        return Response(body, content_type=content_type)
 
     app.add_url_rule("/metrics", endpoint="metrics", view_func=metrics_view, methods=["GET"])
+
+
+def health_and_metrics_app(registry: CollectorRegistry, healthy: Callable[[], bool]) -> WsgiApp:
+    """A WSGI app answering ``/healthz`` from ``healthy()`` and ``/metrics`` from ``registry``."""
+    metrics_app = make_wsgi_app(registry)
+
+    def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == "/healthz":
+            ok = healthy()
+            body = {"status": "ok"} if ok else {"error": "redis_unavailable", "message": "Redis does not answer."}
+            start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "application/json")])
+            return [orjson.dumps(body)]
+        return metrics_app(environ, start_response)
+
+    return app
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        """Scrapes every few seconds would flood the worker's log."""
+
+
+def serve_in_thread(app: WsgiApp, host: str, port: int) -> None:
+    """Serve ``app`` on ``host:port`` from a daemon thread; raises ``OSError`` when the port is taken."""
+    server = make_server(host, port, app, server_class=_ThreadingServer, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="metrics-server", daemon=True).start()

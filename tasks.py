@@ -5,7 +5,10 @@ Run it with ``celery -A tasks worker -Q persist`` (the queue name comes from
 ``PERSIST_QUEUE``, ``CELERY_VISIBILITY_TIMEOUT``, ``PERSIST_BATCH_SIZE``,
 ``PERSIST_MESSAGE_MAX_BYTES``, ``WORKER_PREFETCH_BYTES``,
 ``PERSIST_FLUSH_SECONDS``, ``PERSIST_ATTEMPTS``, ``DEAD_LETTER_KEY``,
-``WORKER_METRICS_PORT`` and ``PROMETHEUS_MULTIPROC_DIR`` through ``config.py``.
+``RETENTION_DAYS``, ``RETENTION_INTERVAL_SECONDS``, ``RETENTION_BATCH_SIZE``,
+``WORKER_METRICS_PORT``, ``BIND_HOST`` and ``PROMETHEUS_MULTIPROC_DIR`` through
+``config.py``. The metrics port also answers ``GET /healthz`` (200 while Redis
+does, else 503).
 
 Every task message carries a list of plain-JSON records (one for a single
 POST, up to 1,000 for a batch POST). The task is a celery-batches ``Batches``
@@ -48,23 +51,27 @@ Reliability, and why:
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import logging
 import os
 import threading
 import time
 
+import redis
 import sqlalchemy as sa
 from celery import Celery
 from celery.signals import setup_logging, worker_init, worker_process_init, worker_ready
 from celery_batches import Batches, SimpleRequest
 from flask import Flask
+from prometheus_client import Counter, Histogram
 
 import broker
 import db
-import metrics
 from config import load_settings
 from logs import configure_logging
-from metrics import start_metrics_server
+from messages import utc_now
+from metrics import health_and_metrics_app, serve_in_thread, service_registry
 from persistence import Persister
 
 log = logging.getLogger(__name__)
@@ -73,6 +80,16 @@ settings = load_settings()
 # Task messages a pool process may hold prefetched: bounded in bytes, since no task message carries
 # more than PERSIST_MESSAGE_MAX_BYTES of records.
 PREFETCH_PER_PROCESS = max(1, settings.worker_prefetch_bytes // settings.persist_message_max_bytes)
+
+# The worker's own metric families (metrics.py explains why each service defines its own).
+PERSISTED = Counter("persisted_messages_total", "Messages stored by the worker (new rows).")
+PERSIST_BATCH = Histogram(
+    "persist_batch_records", "Records per flushed worker batch.", buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 5000)
+)
+PERSIST_RETRIES = Counter("persist_retries_total", "Failed database writes that were retried.")
+DEAD_LETTERS = Counter("dead_letters_total", "Messages moved to the dead-letter list.")
+REQUEUED = Counter("requeued_lost_total", "Records re-queued by the reconciler after being lost in flight.")
+EXPIRED_REMOVED = Counter("expired_messages_removed_total", "Messages removed by retention (RETENTION_DAYS).")
 
 celery_app = Celery("tasks", broker=settings.redis_url)
 celery_app.conf.update(
@@ -121,13 +138,22 @@ def _configure_logging(**_kwargs: object) -> None:
 
 @worker_init.connect
 def _serve_metrics(**_kwargs: object) -> None:
-    """Expose the pool's metrics (aggregated over processes) from the worker's main process."""
+    """Serve the pool's metrics (aggregated over processes) and ``/healthz`` from the main process."""
     if not settings.worker_metrics_port:
         return
     if not settings.prometheus_multiproc_dir:
         log.warning("WORKER_METRICS_PORT is set but PROMETHEUS_MULTIPROC_DIR is not: pool metrics will be missing")
+    client = broker.connect(settings.redis_url, timeout=1.0)
+
+    def redis_answers() -> bool:
+        try:
+            return bool(client.ping())
+        except (redis.RedisError, OSError):
+            return False
+
+    app = health_and_metrics_app(service_registry(), redis_answers)
     try:
-        start_metrics_server(settings.worker_metrics_port)
+        serve_in_thread(app, settings.bind_host, settings.worker_metrics_port)
     except OSError:
         # Another worker instance on this host serves it; with a shared PROMETHEUS_MULTIPROC_DIR
         # its endpoint already includes this instance's processes.
@@ -150,10 +176,85 @@ def _start_reconciler(**_kwargs: object) -> None:
                 log.warning("reconciling pending records failed", exc_info=True)
                 continue
             if requeued:
-                metrics.REQUEUED.inc(requeued)
+                REQUEUED.inc(requeued)
                 log.warning("re-queued %d record(s) lost in flight", requeued)
 
     threading.Thread(target=loop, name="reconcile-pending", daemon=True).start()
+
+
+# How long one instance holds the retention lock without renewing it (it renews after every batch): if it
+# dies, another takes over after this. Two sweeping at once would only repeat work (deletes are idempotent).
+RETENTION_LEASE_SECONDS = 60
+
+
+@worker_ready.connect
+def _start_retention(**_kwargs: object) -> None:
+    """Every ``RETENTION_INTERVAL_SECONDS``, remove messages older than ``RETENTION_DAYS`` (0: never).
+
+    A thread of each worker instance's main process, like the reconciler, not
+    Celery beat: beat must run exactly once per deployment, while every worker
+    replica runs this and a Redis lock lets one of them sweep at a time.
+    """
+    if settings.retention_days <= 0:
+        return
+    client = broker.connect(settings.redis_url, timeout=5.0)
+
+    def loop() -> None:
+        app = db.create_app()
+        while True:
+            time.sleep(settings.retention_interval_seconds)
+            try:
+                remove_expired_messages(app, client)
+            except Exception:
+                log.warning("removing expired messages failed", exc_info=True)
+
+    threading.Thread(target=loop, name="retention", daemon=True).start()
+
+
+def remove_expired_messages(app: Flask, client: redis.Redis) -> int:
+    """Remove every message persisted before now minus ``RETENTION_DAYS``, in batches; return how many.
+
+    Does nothing while another instance holds the lock. Each batch is one
+    short transaction (``db.remove_expired``); after each, it pauses as long as
+    the batch took, so retention takes at most half the database's write time
+    and SQLite's single writer lock goes to the inserting workers in between.
+    Its connections are closed when it is done, so none is open most of the
+    time in this process (which forks the pool's processes).
+    """
+    lock = client.lock(f"{settings.persist_queue}:retention", timeout=RETENTION_LEASE_SECONDS)
+    if not lock.acquire(blocking=False):
+        return 0
+    removed = batches = 0
+    started = time.monotonic()
+    try:
+        with app.app_context():
+            cutoff = utc_now() - dt.timedelta(days=settings.retention_days)
+            try:
+                while True:
+                    began = time.monotonic()
+                    count = db.remove_expired(cutoff, settings.retention_batch_size)
+                    removed, batches = removed + count, batches + 1
+                    EXPIRED_REMOVED.inc(count)
+                    if count < settings.retention_batch_size:
+                        break
+                    lock.reacquire()
+                    time.sleep(time.monotonic() - began)
+            finally:
+                db.db.session.remove()
+                db.db.engine.dispose()
+    finally:
+        with contextlib.suppress(redis.exceptions.LockError):
+            lock.release()
+    if removed:
+        log.info(
+            "removed %d expired message(s) in %d batch(es) of at most %d in %.2f s",
+            removed,
+            batches,
+            settings.retention_batch_size,
+            time.monotonic() - started,
+            extra={"count": removed},
+        )
+    return removed
 
 
 @worker_process_init.connect
@@ -229,10 +330,10 @@ def persist_messages(requests: list[SimpleRequest]) -> int:
         pending.done([r["id"] for r in records if r["id"] not in deferred])
     except Exception:  # they stay pending; reconcile re-queues them, and storing again is a no-op
         log.warning("could not clear %d pending record(s)", len(records), exc_info=True)
-    metrics.PERSISTED.inc(outcome.stored)
-    metrics.PERSIST_BATCH.observe(len(records))
-    metrics.PERSIST_RETRIES.inc(outcome.retries)
-    metrics.DEAD_LETTERS.inc(outcome.dead_lettered)
+    PERSISTED.inc(outcome.stored)
+    PERSIST_BATCH.observe(len(records))
+    PERSIST_RETRIES.inc(outcome.retries)
+    DEAD_LETTERS.inc(outcome.dead_lettered)
     log.info(
         "stored %d of %d record(s) from %d message(s); dead-lettered %d, re-queued %d",
         outcome.stored,
@@ -240,6 +341,6 @@ def persist_messages(requests: list[SimpleRequest]) -> int:
         len(requests),
         outcome.dead_lettered,
         len(outcome.deferred),
-        extra={"message_ids": [records[0]["id"], records[-1]["id"]] if records else []},
+        extra={"message_ids": [r["id"] for r in records]},  # every id, so any message can be followed
     )
     return outcome.stored

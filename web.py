@@ -1,4 +1,4 @@
-"""Flask plumbing shared by both HTTP APIs: JSON errors, orjson responses, headers.
+"""Flask plumbing shared by both HTTP APIs: JSON errors, orjson responses, headers, access logs.
 
 Every error either API returns has one shape, ``{"error": code, "message":
 text}``, built by :func:`error_response`. :func:`init_web` installs a handler
@@ -9,10 +9,13 @@ exception into a bare 500 without leaking a traceback.
 from __future__ import annotations
 
 import logging
+import re
+import time
+import uuid
 from typing import Any
 
 import orjson
-from flask import Flask, Response, request
+from flask import Flask, Response, g, has_request_context, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -20,6 +23,9 @@ from auth import bearer, token_ok
 from config import Settings
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("access")
+# A client's own X-Request-ID is kept when it is short printable ASCII; otherwise one is made.
+_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
 
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -50,6 +56,16 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+def _request_context(record: logging.LogRecord) -> bool:
+    """Stamp app log lines written while handling a request with its request id (and message ids)."""
+    if has_request_context():
+        if "request_id" in g and not hasattr(record, "request_id"):
+            record.request_id = g.request_id
+        if "message_ids" in g and not hasattr(record, "message_ids"):
+            record.message_ids = g.message_ids
+    return True
+
+
 def _error_code(exc: HTTPException) -> str:
     return (exc.name or "error").lower().replace(" ", "_").replace("'", "")
 
@@ -73,6 +89,33 @@ def init_web(app: Flask, settings: Settings) -> None:
     def handle_unexpected(exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, "internal_error", "The server failed to handle this request.")
+
+    @app.before_request
+    def assign_request_id() -> None:
+        given = request.headers.get("X-Request-ID", "")
+        g.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        g.request_started = time.perf_counter()
+
+    @app.after_request
+    def log_access(response: Response) -> Response:
+        """One JSON access line per request, with its request id and message ids, from the app itself."""
+        request_id = g.get("request_id") or uuid.uuid4().hex
+        response.headers["X-Request-ID"] = request_id
+        started = g.get("request_started")
+        context = {
+            "request_id": request_id,
+            "method": request.method,
+            "path": request.path,  # never the query string: it may carry a token
+            "status": response.status_code,
+            "ms": round((time.perf_counter() - started) * 1000, 2) if started is not None else None,
+        }
+        if "message_ids" in g:
+            context["message_ids"] = g.message_ids
+        access_log.info("%s %s %s", request.method, request.path, response.status_code, extra=context)
+        return response
+
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_request_context)
 
     @app.after_request
     def add_security_headers(response: Response) -> Response:

@@ -1,7 +1,7 @@
 """Websocket server: fans messages out from the Redis live stream to browsers.
 
 Run: ``python wsserver.py``. Reads ``REDIS_URL``, ``LIVE_STREAM_KEY``,
-``LIVE_WINDOW``, ``WS_HOST``, ``WS_PORT`` and the other ``WS_*`` settings
+``LIVE_WINDOW``, ``BIND_HOST``, ``WS_PORT`` and the other ``WS_*`` settings
 through ``config.py``. Several processes can run side by side: each reads
 the whole stream with its own single Redis connection (Redis never sees the
 browsers) and delivers every message to its own clients.
@@ -46,7 +46,7 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 import redis.asyncio as aioredis
 import uvloop
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
@@ -60,6 +60,7 @@ from auth import bearer, token_ok
 from config import Settings, load_settings
 from live_window import Backlog, Window
 from logs import configure_logging
+from metrics import render
 
 log = logging.getLogger("wsserver")
 READY = orjson.dumps({"type": "ready"})
@@ -274,9 +275,10 @@ async def process_request(
     if url.path == "/healthz":
         return await _health(client, connection)
     if url.path == "/metrics":
-        response = connection.respond(HTTPStatus.OK, generate_latest(hub_registry).decode())
+        body, content_type = render(hub_registry, request.headers.get("Accept"))
+        response = connection.respond(HTTPStatus.OK, body.decode())
         del response.headers["Content-Type"]
-        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        response.headers["Content-Type"] = content_type
         return response
     if tokens:
         presented = bearer(request.headers.get("Authorization")) or parse_qs(url.query).get("token", [None])[0]
@@ -310,10 +312,11 @@ async def run(settings: Settings, stop: asyncio.Future) -> None:
     hub = Hub(settings)
     hub_registry = CollectorRegistry()
     hub_registry.register(HubCollector(hub))
+    ProcessCollector(registry=hub_registry)  # one process: process_* describes the whole server
     reader = asyncio.create_task(relay(hub, client, settings.live_stream_key))
     async with serve(
         functools.partial(handler, hub),
-        settings.ws_host,
+        settings.bind_host,
         settings.ws_port,
         process_request=functools.partial(process_request, client, settings.api_tokens, hub_registry),
         compression="deflate" if settings.ws_compression == "deflate" else None,
@@ -322,7 +325,7 @@ async def run(settings: Settings, stop: asyncio.Future) -> None:
         ping_timeout=settings.ws_ping_interval,
         close_timeout=2,
     ):
-        log.info("listening on ws://%s:%d/", settings.ws_host, settings.ws_port)
+        log.info("listening on ws://%s:%d/", settings.bind_host, settings.ws_port)
         await stop
     reader.cancel()
     with contextlib.suppress(asyncio.CancelledError):

@@ -1,14 +1,17 @@
 """Post N messages to a running stack and check each one arrives live and in the list API.
 
-    python scripts/end_to_end.py [--count 100] [--ingest-url http://127.0.0.1:5000]
-                                 [--list-url http://127.0.0.1:5001] [--ws-url ws://127.0.0.1:8765]
+    python scripts/end_to_end.py [--count 100] [--ingest-url URL] [--list-url URL] [--ws-url URL]
                                  [--timeout 30] [--delay 0]
 
 A websocket client listens while the messages are posted (``--ws-url ''``
 skips it). Exits non-zero (and says which ids) if any accepted message is
 missing from the websocket or the listing, or listed twice, after
-``--timeout`` seconds. Defaults match ``scripts/run.sh``; ``--delay 0.2``
-paces the posts so you can watch them arrive on the live page.
+``--timeout`` seconds. The URLs default to ``INGESTION_API_URL``,
+``LIST_API_URL`` and ``WS_URL`` as the services read them: from the
+environment, else from the stack ``scripts/run.sh`` is running from this
+checkout (``--help`` shows them). Exits 2 with one line when that stack does
+not answer. ``--delay 0.2`` paces the posts so you can watch them arrive on
+the live page.
 """
 
 from __future__ import annotations
@@ -20,7 +23,16 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from config import load_settings, setting_origin
+
+
+class StackDown(Exception):
+    """A service of the stack does not answer: the message says which and where."""
 
 
 def request(method: str, url: str, body: Any = None) -> tuple[int, Any]:
@@ -62,11 +74,19 @@ class LiveListener(threading.Thread):
         self.ids: list[str] = []
         self.ready = threading.Event()
         self.done = threading.Event()
+        self.error: Exception | None = None
 
     def run(self) -> None:
+        try:
+            self.listen()
+        except Exception as exc:  # reported by main() in one line, not as a thread traceback
+            self.error = exc
+            self.ready.set()
+
+    def listen(self) -> None:
         from websockets.sync.client import connect
 
-        with connect(self.url) as connection:
+        with connect(self.url, open_timeout=5) as connection:
             while not self.done.is_set():
                 try:
                     frame = json.loads(connection.recv(timeout=0.2))
@@ -78,22 +98,42 @@ class LiveListener(threading.Thread):
                     self.ids.append(frame["id"])
 
 
+def check_up(name: str, url: str, origin: str) -> None:
+    """Raise ``StackDown`` unless ``url`` answers at all (any HTTP status will do)."""
+    try:
+        request("GET", url)
+    except ValueError:
+        return  # an answer, if not in JSON
+    except OSError as exc:  # urllib's URLError included
+        raise StackDown(f"the {name} at {url} does not answer ({getattr(exc, 'reason', exc)}); {origin}") from None
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=100, help="messages to post (default 100)")
-    parser.add_argument("--ingest-url", default="http://127.0.0.1:5000")
-    parser.add_argument("--list-url", default="http://127.0.0.1:5001")
-    parser.add_argument("--ws-url", default="ws://127.0.0.1:8765", help="websocket server ('' to skip)")
+    settings = load_settings()
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--count", type=int, default=100, help="messages to post")
+    parser.add_argument("--ingest-url", default=settings.ingestion_api_url, help=setting_origin("INGESTION_API_URL"))
+    parser.add_argument("--list-url", default=settings.list_api_url, help=setting_origin("LIST_API_URL"))
+    parser.add_argument("--ws-url", default=settings.ws_url, help=f"'' skips it; {setting_origin('WS_URL')}")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for persistence")
     parser.add_argument("--delay", type=float, default=0.0, help="seconds between posts")
     args = parser.parse_args()
 
+    try:
+        check_up("ingestion API", f"{args.ingest_url}/healthz", setting_origin("INGESTION_API_URL"))
+        check_up("list API", f"{args.list_url}/healthz", setting_origin("LIST_API_URL"))
+    except StackDown as exc:
+        print(f"error: {exc}: start the stack (scripts/run.sh) or give the URLs (--help)", file=sys.stderr)
+        return 2
     listener = LiveListener(args.ws_url) if args.ws_url else None
     if listener:
         listener.start()
-        if not listener.ready.wait(10):
-            print("the websocket server did not say ready", file=sys.stderr)
-            return 1
+        if not listener.ready.wait(10) or listener.error:
+            reason = listener.error or "no ready frame within 10 s"
+            print(f"error: the websocket server at {args.ws_url} does not answer ({reason})", file=sys.stderr)
+            return 2
     started = time.monotonic()
     accepted: set[str] = set()
     for i in range(args.count):

@@ -20,15 +20,19 @@ export WEB_WORKERS="${WEB_WORKERS:-3}" WORKER_PROCESSES="${WORKER_PROCESSES:-$wo
 export WORKER_CONCURRENCY="${WORKER_CONCURRENCY:-$concurrency}"
 export PYTHONUNBUFFERED=1
 export WORKER_METRICS_PORT="${WORKER_METRICS_PORT:-9808}"
-export ACCESS_LOG_FORMAT='{"ts": "%(t)s", "service": "access", "method": "%(m)s", "path": "%(U)s", "status": %(s)s, "ms": %(M)s}'
-# prometheus-client's per-process files: one empty directory per service, fresh each run.
-rm -rf var/metrics && mkdir -p var/metrics/ingestion_api var/metrics/list_api var/metrics/worker
 services=(ingestion_api list_api worker wsserver)
 if [ -z "${REDIS_URL:-}" ]; then
   export EMBEDDED_REDIS_PORT="${EMBEDDED_REDIS_PORT:-6390}"
   export REDIS_URL="redis://127.0.0.1:$EMBEDDED_REDIS_PORT/0"
   services=(redis "${services[@]}")
 fi
+# One stack per checkout, refused before anything is touched: lock var/local-stack.env (fd 9 stays open
+# in honcho, so the lock lasts as long as the stack), check the ports, then record the stack's URLs
+# there for celery and the scripts (config.load_settings reads it while the lock is held).
+exec 9<>var/local-stack.env
+python scripts/local_stack.py 9
+# prometheus-client's per-process files: one empty directory per service, fresh each run.
+rm -rf var/metrics && mkdir -p var/metrics/ingestion_api var/metrics/list_api var/metrics/worker
 
 echo "Applying migrations..."
 flask --app db db upgrade
@@ -42,6 +46,7 @@ cat <<MSG
   Metrics        http://127.0.0.1:$INGESTION_API_PORT/metrics  http://127.0.0.1:$LIST_API_PORT/metrics
                  http://127.0.0.1:$WS_PORT/metrics  http://127.0.0.1:$WORKER_METRICS_PORT/metrics
   Redis          $REDIS_URL
+  Tools          celery -A tasks ... and scripts/*.py use this stack (var/local-stack.env)
   Ctrl-C stops everything.
 
 MSG

@@ -1,6 +1,6 @@
 """Time list API pages at several depths, to check that page time does not grow with depth.
 
-    python scripts/test_pagination.py [--list-url http://127.0.0.1:5001] [--depths 0,10k,100k,1M]
+    python scripts/test_pagination.py [--list-url URL] [--depths 0,10k,100k,1M]
                                       [--limit 100] [--repeat 20] [--walk-limit 1000] [--order asc]
                                       [--check-ratio 1.2] [--plot chart.png] [--json result.json]
                                       [--token TOKEN]
@@ -13,12 +13,16 @@ a busy machine falls on all of them alike. The first request at each depth
 is reported apart (``first``), not in the median/p95.
 
 Prints a table of latency by depth and the ratio of the deepest depth's
-median to the shallowest's. Exits 1 if ``--check-ratio`` is given and the
-ratio exceeds it, 2 if a depth is past the end of the listing or the API
-fails. ``--plot`` writes a PNG chart (needs matplotlib, a development
-dependency); ``--json`` writes every figure. ``--token`` is sent as a
-bearer token, for a list API running with ``API_TOKENS``. Load rows first
-with ``scripts/make_sample_records.py``.
+median to the shallowest's. A depth at or past the end of the listing is
+skipped with a note, and the last full page before the end measured in its
+place. Exits 1 if ``--check-ratio`` is given and the ratio exceeds it, 2 if
+the API fails or the listing is empty. ``--list-url`` defaults to
+``LIST_API_URL`` as the services read it: from the environment, else from
+the stack ``scripts/run.sh`` is running from this checkout. ``--plot``
+writes a PNG chart (needs matplotlib, a development dependency);
+``--json`` writes every figure. ``--token`` is sent as a bearer token, for
+a list API running with ``API_TOKENS``. Load rows first with
+``scripts/make_sample_records.py``.
 """
 
 from __future__ import annotations
@@ -38,6 +42,10 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from config import load_settings, setting_origin
 
 
 class PaginationError(Exception):
@@ -124,27 +132,48 @@ def parse_depths(text: str) -> list[int]:
     return sorted(depths)
 
 
-def walk(client: ListClient, depths: list[int], walk_limit: int, progress: bool) -> tuple[list[Depth], list[list]]:
-    """Follow cursors from the start, keeping the cursor at each depth; return them and the walk's page times.
+@dataclass
+class Walk:
+    """What following the cursors found: a point at each reachable depth, and where the listing ends."""
 
-    Each walk page is recorded as ``[depth at its start, rows, milliseconds]``.
-    """
-    points: list[Depth] = []
-    pages: list[list] = []
+    points: list[Depth] = field(default_factory=list)
+    pages: list[list] = field(default_factory=list)  # [depth at its start, rows, milliseconds] per page
+    boundaries: list[tuple[int, str | None]] = field(default_factory=lambda: [(0, None)])  # (depth, cursor)
+    end: int | None = None  # rows in the listing, once the walk reached its last page
+
+
+def walk(client: ListClient, depths: list[int], walk_limit: int, progress: bool) -> Walk:
+    """Follow cursors from the start, keeping the cursor at each depth, up to the end of the listing."""
+    found = Walk()
     cursor: str | None = None
     position = 0
     with tqdm(total=depths[-1], unit="rows", unit_scale=True, desc="walk", disable=not progress) as bar:
         for target in depths:
-            while position < target:
+            while position < target and found.end is None:
                 elapsed, page = client.page(min(walk_limit, target - position), cursor)
-                if not page["data"]:
-                    raise PaginationError(f"the listing ends at {position:,} rows; depth {target:,} is past it")
-                pages.append([position, len(page["data"]), elapsed * 1000])
+                found.pages.append([position, len(page["data"]), elapsed * 1000])
                 position += len(page["data"])
                 cursor = page["next_cursor"]
+                if page["has_more"]:
+                    found.boundaries.append((position, cursor))
+                else:
+                    found.end = position
                 bar.update(len(page["data"]))
-            points.append(Depth(target, cursor))
-    return points, pages
+            if found.end is not None and target >= found.end:
+                break  # no rows after this depth: nothing to time there
+            found.points.append(Depth(target, cursor))
+    return found
+
+
+def clamp(found: Walk, depths: list[int], limit: int) -> tuple[list[int], Depth | None]:
+    """Return the depths past the end, and a point at the last full page before it to time instead."""
+    reached = {point.depth for point in found.points}
+    skipped = [depth for depth in depths if depth not in reached]
+    if not skipped or found.end is None:
+        return skipped, None
+    deepest = found.points[-1].depth if found.points else -1
+    candidates = [(depth, cursor) for depth, cursor in found.boundaries if deepest < depth <= found.end - limit]
+    return skipped, Depth(*candidates[-1]) if candidates else None
 
 
 def measure(client: ListClient, points: list[Depth], limit: int, repeat: int) -> None:
@@ -152,6 +181,8 @@ def measure(client: ListClient, points: list[Depth], limit: int, repeat: int) ->
     for round_ in range(repeat + 1):
         for point in points:
             elapsed, page = client.page(limit, point.cursor)
+            if not page["data"] and point.depth == 0:
+                raise PaginationError("the listing is empty: load rows first (scripts/make_sample_records.py)")
             if not page["data"]:
                 raise PaginationError(f"no rows at depth {point.depth:,}: the listing ends there")
             if round_ == 0:
@@ -239,8 +270,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Walk, measure, and return every figure."""
     client = ListClient(args.list_url, args.order, args.timeout, args.token)
     walk_started = time.perf_counter()
-    points, pages = walk(client, args.depths, args.walk_limit, not args.no_progress)
+    found = walk(client, args.depths, args.walk_limit, not args.no_progress)
     walk_seconds = time.perf_counter() - walk_started
+    skipped, instead = clamp(found, args.depths, args.limit)
+    points = found.points + ([instead] if instead else [])
+    if not points:
+        raise PaginationError("the listing is empty: load rows first (scripts/make_sample_records.py)")
     measure(client, points, args.limit, args.repeat)
     rows = [p.summary() for p in points]
     return {
@@ -250,7 +285,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "repeat": args.repeat,
         "walk_limit": args.walk_limit,
         "depths": rows,
-        "walk": walk_summary(pages, walk_seconds),
+        "listing_rows": found.end,
+        "skipped_depths": skipped,
+        "clamped_depth": instead.depth if instead else None,
+        "walk": walk_summary(found.pages, walk_seconds),
         "ratio": rows[-1]["median_ms"] / rows[0]["median_ms"],
         "check_ratio": args.check_ratio,
         "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
@@ -258,6 +296,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def report(result: dict[str, Any]) -> None:
+    if result["skipped_depths"]:
+        past = ", ".join(f"{depth:,}" for depth in result["skipped_depths"])
+        instead = result["clamped_depth"]
+        print(
+            f"note: the listing has {result['listing_rows']:,} rows, so depth {past} is at or past its end: skipped"
+            + (f"; timed the last full page, at depth {instead:,}, instead" if instead is not None else "")
+        )
     print(table(result["depths"]))
     w = result["walk"]
     if w["pages"]:
@@ -271,8 +316,13 @@ def report(result: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    settings = load_settings()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--list-url", default="http://127.0.0.1:5001", help="list API base URL")
+    parser.add_argument(
+        "--list-url",
+        default=settings.list_api_url,
+        help=f"list API base URL (default {settings.list_api_url}: {setting_origin('LIST_API_URL')})",
+    )
     parser.add_argument(
         "--depths", type=parse_depths, default=parse_depths("0,10k,100k,1M"), help="default 0,10k,100k,1M"
     )

@@ -111,8 +111,7 @@ def python_env(extra: dict[str, str]) -> dict[str, str]:
 
 def gunicorn(name: str, factory: str, port: int, env: dict[str, str], log_dir: Path, workers: int = 1) -> Service:
     """A gunicorn-served app, the way the Procfile and compose run it."""
-    argv = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", str(workers)]
-    argv += ["--access-logfile", "-", factory]  # gunicorn's default format: what each request was answered
+    argv = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", str(workers), factory]
     return Service(name, argv, env, log_dir)
 
 

@@ -94,6 +94,10 @@ def custom_stack(
     settings = {
         "SQLALCHEMY_DATABASE_URI": database_url,
         "REDIS_URL": redis_url,
+        # As scripts/run.sh: every service knows the stack's ports (the live page gets URLs from them).
+        "INGESTION_API_PORT": str(ingest_port),
+        "LIST_API_PORT": str(list_port),
+        "WS_PORT": str(ws_port),
         "LIST_API_URL": f"http://127.0.0.1:{list_port}",
         "SECRET_KEY": "e2e-secret",
         **(env or {}),

