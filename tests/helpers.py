@@ -19,12 +19,23 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from embedded_redis import server_command  # noqa: E402
 
+_HANDED_OUT: set[int] = set()
+
 
 def free_port() -> int:
-    """Return a TCP port that was free a moment ago (bind to port 0)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """Return a TCP port that was free a moment ago (bind to port 0), never one already handed out.
+
+    The kernel may give the same ephemeral port to two binds in a row once the
+    first is closed: two services of one stack would then get one port, the
+    second failing to bind while health checks reach the first.
+    """
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def wait_until(
