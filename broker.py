@@ -70,10 +70,9 @@ if ARGV[6] == '1' then
     end
     return finish('reused')
   end
-  redis.call('SET', KEYS[6], ARGV[8] .. ':' .. ARGV[9], 'EX', tonumber(ARGV[7]))
 end
 local tasks = tonumber(ARGV[4])
-redis.call('LPUSH', KEYS[2], unpack(ARGV, 10, 9 + tasks))
+for i = 10, 9 + tasks do redis.call('LPUSH', KEYS[2], ARGV[i]) end
 local live = 1
 local first = 10 + tasks
 for i = 0, tonumber(ARGV[5]) - 1 do
@@ -83,6 +82,8 @@ for i = 0, tonumber(ARGV[5]) - 1 do
   local added = redis.pcall('XADD', KEYS[5], 'MAXLEN', '~', ARGV[3], '*', 'id', ARGV[at], 'frame', ARGV[at + 2])
   if type(added) == 'table' and added.err then live = 0 end
 end
+-- The key last: a script that failed half-way (a wrongly typed key) must not leave it answering repeats.
+if ARGV[6] == '1' then redis.call('SET', KEYS[6], ARGV[8] .. ':' .. ARGV[9], 'EX', tonumber(ARGV[7])) end
 return finish('ok:' .. live)
 """
 # How long a fence (and the outcome it holds) is kept: far longer than a write can wait in Redis.
@@ -158,6 +159,16 @@ class Pending:
         pipe.lpush(self.queue, *task_messages(records, self.queue, self.message_max_bytes))
         self.add(pipe, records)
         pipe.execute()
+
+
+def _never_connected(exc: redis.RedisError) -> bool:
+    """Tell whether ``exc`` is a failure to open a connection: then no command reached Redis.
+
+    redis-py raises the same classes for failed connects and for failures on an
+    open connection, and says which in the message ("Error 111 connecting to",
+    "Timeout connecting to server").
+    """
+    return isinstance(exc, redis.ConnectionError | redis.TimeoutError) and "connecting" in str(exc).lower()
 
 
 def connect(url: str, timeout: float, read_timeout: float | None = None) -> redis.Redis:
@@ -434,19 +445,24 @@ class Broker:
         keys = [fence, self.queue, self.pending.zset, self.pending.records, self.stream]
         keys.append(idempotency.key if idempotency else f"{self.queue}:no-idempotency")
         started = time.monotonic()
+        outcome: str | bytes | None
         try:
             # A write of several task messages takes Redis long enough that a short read timeout
             # would mostly end in settling; it waits on a client with a longer one.
             script = self._bulk_write_script if len(messages) > 1 else self._write_script
             outcome = script(keys=keys, args=args)
+        except redis.ResponseError:
+            raise  # Redis ran the script and it failed (a misconfigured key): an answer, not a lost one
         except redis.RedisError as exc:
+            if _never_connected(exc):
+                raise  # nothing was sent: no outcome to find out
             outcome = self.settle(fence, started)
             log.warning("lost the answer to a write of %d record(s) (%s); settled: %s", len(records), exc, outcome)
             if outcome is None:
                 raise exc from None
         outcome = outcome.decode() if isinstance(outcome, bytes) else outcome
-        if outcome == "aborted":
-            raise redis.ConnectionError("the write was abandoned before Redis ran it")
+        if not outcome.startswith(("ok:", "repeat:", "reused")):  # "aborted", or a script that never finished
+            raise redis.ConnectionError(f"the write did not run to its end ({outcome})")
         return outcome
 
     def new_fence(self) -> str:
@@ -467,11 +483,10 @@ class Broker:
                 if self.probe_client.set(fence, "aborted", nx=True, ex=FENCE_SECONDS):
                     return None
                 return self.probe_client.get(fence)
-            except redis.TimeoutError:
-                if time.monotonic() >= started + self.busy_seconds:
-                    raise
-            except redis.RedisError:
-                if time.monotonic() >= started + self.settle_seconds:
+            except redis.RedisError as exc:
+                # Busy (it answers late): keep asking. Unreachable: give up soon; the outcome is then unknown.
+                patience = self.settle_seconds if _never_connected(exc) else self.busy_seconds
+                if time.monotonic() >= started + patience:
                     raise
             time.sleep(0.02)
 

@@ -1,7 +1,7 @@
 """Gunicorn settings for both HTTP APIs; gunicorn loads this file from the working directory.
 
 The Procfile and docker-compose.yml give only what differs per service (bind
-address, worker count, access log); everything here applies to both APIs, and
+address, worker count); everything here applies to both APIs, and
 to the tests, which start gunicorn from the same directory.
 
 * **No thread or process for a silent or stalled client.** Both APIs run

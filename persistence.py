@@ -131,8 +131,16 @@ class Persister:
                 self._wait_for_database(error, len(part))
                 parts.appendleft(part)
             elif len(part) == 1:
-                self._dead_letter(part[0], error, outcome)
-                progressed = True
+                # Once more at once: a deadlock or a connection lost with the database still up passes now;
+                # a record the database rejects fails again, and only then is dead-lettered.
+                if (error := self._save(part, outcome)) is None:
+                    progressed = True
+                elif not self._up():
+                    self._wait_for_database(error, 1)
+                    parts.appendleft(part)
+                else:
+                    self._dead_letter(part[0], error, outcome)
+                    progressed = True
             else:
                 parts.extendleft(reversed(_halves(part)))
 
@@ -160,8 +168,8 @@ class Persister:
             error,
             extra={"message_id": record.get("id"), "error": error},
         )
-        self.dead_letter(record, error)
-        outcome.dead_lettered += 1
+        if self.dead_letter(record, error) is not False:  # False: already dead-lettered (a redelivery)
+            outcome.dead_lettered += 1
 
     def _up(self) -> bool:
         try:
