@@ -34,7 +34,7 @@ from messages import InvalidMessage, make_record, parse_batch, parse_message, ut
 from metrics import GaugeCollector, init_metrics
 from openapi import init_openapi
 from ratelimit import RateLimit, Verdict, client_for_address, client_for_token
-from web import ApiError, error_response, init_web, json_response, unauthorized
+from web import ApiError, init_web, json_response, unauthorized
 
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 _READ_CHUNK = 65536
@@ -264,4 +264,4 @@ def healthz() -> Response:
     """Report whether Redis answers."""
     if current_app.extensions["broker"].ping():
         return json_response({"status": "ok"})
-    return error_response(503, "redis_unavailable", "Redis does not answer.", {"Retry-After": "1"})
+    raise ApiError(503, "redis_unavailable", "Redis does not answer.", {"Retry-After": "1"})

@@ -33,7 +33,7 @@ from logs import configure_logging
 from messages import is_message_id
 from metrics import init_metrics
 from openapi import init_openapi
-from web import error_response, init_web, json_response, protect
+from web import ApiError, error_response, init_web, json_response, protect
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -70,8 +70,8 @@ def database_unavailable(exc: sa.exc.SQLAlchemyError) -> Response:
     return error_response(503, "database_unavailable", message, {"Retry-After": "5"})
 
 
-def _bad_request(code: str, message: str) -> Response:
-    return error_response(400, code, message)
+def _bad_request(code: str, message: str) -> ApiError:
+    return ApiError(400, code, message)
 
 
 def list_view() -> Response:
@@ -79,20 +79,20 @@ def list_view() -> Response:
     args = request.args
     unknown = set(args) - {"limit", "cursor", "order"}
     if unknown:
-        return _bad_request("unknown_parameter", f"Unknown query parameter(s): {', '.join(sorted(unknown))}.")
+        raise _bad_request("unknown_parameter", f"Unknown query parameter(s): {', '.join(sorted(unknown))}.")
     raw_limit = args.get("limit", str(DEFAULT_LIMIT))
     if not _LIMIT.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= MAX_LIMIT:
-        return _bad_request("bad_limit", f"limit must be an integer from 1 to {MAX_LIMIT}.")
+        raise _bad_request("bad_limit", f"limit must be an integer from 1 to {MAX_LIMIT}.")
     limit = int(raw_limit)
     order = args.get("order", "asc")
     if order not in ("asc", "desc"):
-        return _bad_request("bad_order", "order must be 'asc' or 'desc'.")
+        raise _bad_request("bad_order", "order must be 'asc' or 'desc'.")
     codec: CursorCodec = current_app.extensions["cursor"]
     cursor = args.get("cursor")
     try:
         after = codec.decode(cursor) if cursor is not None else None
     except InvalidCursor:
-        return _bad_request("bad_cursor", "The cursor is not one this API issued; start again without it.")
+        raise _bad_request("bad_cursor", "The cursor is not one this API issued; start again without it.") from None
     rows, has_more = db.list_messages(after, limit, descending=order == "desc")
     next_cursor = codec.encode(rows[-1].seq) if rows else cursor
     headers = {}
@@ -108,7 +108,7 @@ def message_view(message_id: str) -> Response:
     """Return one message by id."""
     row = db.get_message(message_id) if is_message_id(message_id) else None
     if row is None:
-        return error_response(404, "not_found", f"No stored message has id {message_id!r}.")
+        raise ApiError(404, "not_found", f"No stored message has id {message_id!r}.")
     return json_response(db.message_json(row))
 
 
@@ -117,7 +117,7 @@ def healthz() -> Response:
     try:
         db.db.session.execute(sa.text("SELECT 1"))
     except sa.exc.SQLAlchemyError:
-        return error_response(503, "database_unavailable", "The database does not answer.", {"Retry-After": "5"})
+        raise ApiError(503, "database_unavailable", "The database does not answer.", {"Retry-After": "5"}) from None
     return json_response({"status": "ok"})
 
 
