@@ -97,17 +97,20 @@ def test_isolating_poison_sleeps_only_before_it_starts() -> None:
     assert sorted(dead) == sorted(batch[i]["id"] for i in poison)
 
 
-def test_isolation_past_its_budget_defers_the_rest_and_each_record_is_handled_once() -> None:
-    """Each write takes 10 ms of a 1 s budget: every call makes progress, then hands back what is left."""
-    store, dead, now = Store(), [], [0.0]
+def clocked_persister(store: Store, dead: list[str], now: list[float], **options: object) -> Persister:
+    """A persister on ``store`` whose every write takes 10 ms of the fake clock ``now``; dead letters go to ``dead``."""
 
     def slow_save(chunk: Sequence[dict]) -> int:
         now[0] += 0.01
         return store.save(chunk)
 
-    persister = Persister(
-        slow_save, store.up, lambda r, e: dead.append(r["id"]), budget=1.0, sleep=store.sleep, clock=lambda: now[0]
-    )
+    return Persister(slow_save, store.up, lambda r, e: dead.append(r["id"]), clock=lambda: now[0], **options)
+
+
+def test_isolation_past_its_budget_defers_the_rest_and_each_record_is_handled_once() -> None:
+    """Each write takes 10 ms of a 1 s budget: every call makes progress, then hands back what is left."""
+    store, dead, now = Store(), [], [0.0]
+    persister = clocked_persister(store, dead, now, budget=1.0, sleep=store.sleep)
     poison = set(random.Random(3).sample(range(1000), 300))
     batch = records(1000, poison=poison)
     todo, calls = batch, 0
@@ -127,14 +130,7 @@ def test_isolation_past_its_budget_defers_the_rest_and_each_record_is_handled_on
 def test_what_a_call_defers_is_exactly_what_it_left_unhandled() -> None:
     """Out of time in the first of three chunks: its untried parts and the two other chunks come back, nothing else."""
     store, dead, now = Store(), [], [0.0]
-
-    def slow_save(chunk: Sequence[dict]) -> int:
-        now[0] += 0.01
-        return store.save(chunk)
-
-    persister = Persister(
-        slow_save, store.up, lambda r, e: dead.append(r["id"]), chunk_size=100, budget=0.1, clock=lambda: now[0]
-    )
+    persister = clocked_persister(store, dead, now, chunk_size=100, budget=0.1)
     batch = records(300, poison=range(0, 100, 7))
     outcome = persister.persist(batch)
     deferred = [r["id"] for r in outcome.deferred]
