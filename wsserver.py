@@ -48,6 +48,7 @@ import redis.asyncio as aioredis
 import uvloop
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 from websockets.asyncio.server import ServerConnection, broadcast, serve
@@ -60,7 +61,6 @@ from auth import bearer, token_ok
 from config import Settings, load_settings
 from live_window import Backlog, Window
 from logs import configure_logging
-from metrics import render
 
 log = logging.getLogger("wsserver")
 READY = orjson.dumps({"type": "ready"})
@@ -275,8 +275,9 @@ async def process_request(
     if url.path == "/healthz":
         return await _health(client, connection)
     if url.path == "/metrics":
-        body, content_type = render(hub_registry, request.headers.get("Accept"))
-        response = connection.respond(HTTPStatus.OK, body.decode())
+        # prometheus-client's own choice of format (OpenMetrics when asked); metrics.py is not imported: it is Flask's.
+        encode, content_type = choose_encoder(request.headers.get("Accept") or "")
+        response = connection.respond(HTTPStatus.OK, encode(hub_registry).decode())
         del response.headers["Content-Type"]
         response.headers["Content-Type"] = content_type
         return response

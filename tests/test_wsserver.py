@@ -6,6 +6,8 @@ import asyncio
 import multiprocessing
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +22,7 @@ from websockets.exceptions import ConnectionClosed
 
 import broker
 from messages import make_record, utc_now
-from tests.helpers import Service, free_port, python_env, wait_http_ok
+from tests.helpers import ROOT, Service, free_port, python_env, wait_http_ok
 
 pytestmark = pytest.mark.e2e
 
@@ -313,3 +315,10 @@ def test_compression_can_be_enabled(start_ws, publisher) -> None:
             assert await receive_ids(plain, 20) == ids
 
     asyncio.run(scenario())
+
+
+def test_the_websocket_server_imports_no_flask_or_sqlalchemy() -> None:
+    """The house rule: the fan-out process stays small (STYLE.md); it loads neither framework."""
+    code = "import sys, wsserver; print(sorted(m for m in ('flask', 'sqlalchemy') if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert loaded.stdout.strip() == "[]"
