@@ -25,4 +25,4 @@ EXPOSE 5000 5001 8765
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "scripts/healthcheck.py", "http://127.0.0.1:5001/healthz"]
 
-CMD ["gunicorn", "--bind", "0.0.0.0:5001", "--access-logfile", "-", "list_api:create_app()"]
+CMD ["gunicorn", "--bind", "0.0.0.0:5001", "list_api:create_app()"]

@@ -112,15 +112,20 @@ def init_metrics(app: Flask, name: str, gauges: Iterable[GaugeCollector] = ()) -
     app.add_url_rule("/metrics", endpoint="metrics", view_func=metrics_view, methods=["GET"])
 
 
-def health_and_metrics_app(registry: CollectorRegistry, healthy: Callable[[], bool]) -> WsgiApp:
-    """A WSGI app answering ``/healthz`` from ``healthy()`` and ``/metrics`` from ``registry``."""
+def health_and_metrics_app(registry: CollectorRegistry, problem: Callable[[], tuple[str, str] | None]) -> WsgiApp:
+    """A WSGI app answering ``/metrics`` from ``registry`` and ``/healthz`` from ``problem()``.
+
+    ``problem()`` returns None when healthy, else ``(error code, message)`` for a 503.
+    """
     metrics_app = make_wsgi_app(registry)
 
     def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
         if environ.get("PATH_INFO") == "/healthz":
-            ok = healthy()
-            body = {"status": "ok"} if ok else {"error": "redis_unavailable", "message": "Redis does not answer."}
-            start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "application/json")])
+            found = problem()
+            body = {"status": "ok"} if found is None else {"error": found[0], "message": found[1]}
+            start_response(
+                "200 OK" if found is None else "503 Service Unavailable", [("Content-Type", "application/json")]
+            )
             return [orjson.dumps(body)]
         return metrics_app(environ, start_response)
 

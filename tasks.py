@@ -7,8 +7,8 @@ Run it with ``celery -A tasks worker -Q persist`` (the queue name comes from
 ``PERSIST_FLUSH_SECONDS``, ``PERSIST_ATTEMPTS``, ``DEAD_LETTER_KEY``,
 ``RETENTION_DAYS``, ``RETENTION_INTERVAL_SECONDS``, ``RETENTION_BATCH_SIZE``,
 ``WORKER_METRICS_PORT``, ``BIND_HOST`` and ``PROMETHEUS_MULTIPROC_DIR`` through
-``config.py``. The metrics port also answers ``GET /healthz`` (200 while Redis
-does, else 503).
+``config.py``. The metrics port also answers ``GET /healthz``: 200 while the
+consumer runs and Redis answers, else 503 (starting, shutting down, no Redis).
 
 Every task message carries a list of plain-JSON records (one for a single
 POST, up to 1,000 for a batch POST). The task is a celery-batches ``Batches``
@@ -61,7 +61,7 @@ import time
 import redis
 import sqlalchemy as sa
 from celery import Celery
-from celery.signals import setup_logging, worker_init, worker_process_init, worker_ready
+from celery.signals import setup_logging, worker_init, worker_process_init, worker_ready, worker_shutting_down
 from celery_batches import Batches, SimpleRequest
 from flask import Flask
 from prometheus_client import Counter, Histogram
@@ -136,6 +136,21 @@ def _configure_logging(**_kwargs: object) -> None:
     configure_logging("worker", settings.log_format, settings.log_level)
 
 
+# Set once the consumer is running, cleared at shutdown: /healthz is a readiness check (compose's
+# health check and a load balancer use it), not only "the process is alive".
+_consuming = threading.Event()
+
+
+@worker_ready.connect
+def _mark_consuming(**_kwargs: object) -> None:
+    _consuming.set()
+
+
+@worker_shutting_down.connect
+def _mark_stopping(**_kwargs: object) -> None:
+    _consuming.clear()
+
+
 @worker_init.connect
 def _serve_metrics(**_kwargs: object) -> None:
     """Serve the pool's metrics (aggregated over processes) and ``/healthz`` from the main process."""
@@ -145,13 +160,16 @@ def _serve_metrics(**_kwargs: object) -> None:
         log.warning("WORKER_METRICS_PORT is set but PROMETHEUS_MULTIPROC_DIR is not: pool metrics will be missing")
     client = broker.connect(settings.redis_url, timeout=1.0)
 
-    def redis_answers() -> bool:
+    def problem() -> tuple[str, str] | None:
+        if not _consuming.is_set():
+            return "not_consuming", "The worker is starting or shutting down: it takes no tasks."
         try:
-            return bool(client.ping())
+            client.ping()
         except (redis.RedisError, OSError):
-            return False
+            return "redis_unavailable", "Redis does not answer."
+        return None
 
-    app = health_and_metrics_app(service_registry(), redis_answers)
+    app = health_and_metrics_app(service_registry(), problem)
     try:
         serve_in_thread(app, settings.bind_host, settings.worker_metrics_port)
     except OSError:

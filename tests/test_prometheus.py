@@ -193,7 +193,8 @@ def test_a_real_prometheus_scrapes_every_service_cleanly(targets: Targets, tmp_p
 def test_worker_metrics_bind_bind_host_and_healthz_follows_redis(
     sqlite_url: str, tmp_path: Path, log_dir: Path
 ) -> None:
-    """The worker's port listens on BIND_HOST only, and its /healthz is 200 while Redis answers, 503 after."""
+    """The worker's port listens on BIND_HOST only; /healthz is 503 until the consumer runs, then 200 while Redis
+    answers, 503 after (a readiness check: compose's health check uses it)."""
     redis_server = RedisServer(tmp_path / "redis").start()
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
@@ -208,8 +209,16 @@ def test_worker_metrics_bind_bind_host_and_healthz_follows_redis(
         }
     )
     worker = celery_worker("worker-bind", env, log_dir).start()
+    answers: list[dict] = []
+
+    def consuming() -> bool:
+        answers.append(requests.get(f"http://127.0.0.2:{port}/healthz", timeout=5).json())
+        return answers[-1] == {"status": "ok"}
+
     try:
-        wait_http_ok(f"http://127.0.0.2:{port}/healthz")
+        # The port opens at worker_init; the consumer starts after mingle's second of listening for neighbours.
+        wait_until(consuming, timeout=30, what="the worker's /healthz to say it consumes")
+        assert answers[0]["error"] == "not_consuming", answers[:3]
         healthy = requests.get(f"http://127.0.0.2:{port}/healthz", timeout=5)
         assert healthy.json() == {"status": "ok"} and healthy.headers["Content-Type"] == "application/json"
         with pytest.raises(requests.ConnectionError):

@@ -1,0 +1,324 @@
+"""The compose stack run for real: ``docker-compose.yml`` as it is, on a private Docker engine.
+
+``scripts/docker_engine.py`` starts a dockerd of our own (images cached in
+``~/.cache/messages-compose`` between runs) and, since no registry is
+reachable here, builds stand-ins for the upstream base images from Debian
+packages. Then, through nginx's published ports only: ``docker-compose up -d
+--build``, every health check passing, messages posted, listed and received
+on the websocket (``scripts/end_to_end.py``); the stack scaled out and
+exercised again; a worker container killed under load and the Redis container
+restarted under load, each counted (0 lost, 0 duplicated); ``down -v``. The
+engine is stopped afterwards and the host's firewall and ``ip_forward`` are
+checked to be as they were.
+
+Needs root (dockerd) and Debian's packages, which it installs when missing;
+skipped locally without root, a failure in CI. Run alone with
+``pytest -m compose -s`` to see the timings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.helpers import ROOT, free_port, python_env, wait_until
+from tests.test_faults import Load, settle, tally
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import docker_engine
+
+pytestmark = [pytest.mark.compose]
+
+PROJECT = "messagestest"
+# A killed worker's tasks come back after the visibility timeout: short, so the test is quick.
+VISIBILITY_TIMEOUT = 8
+SCALE = {"worker": 3, "ingestion_api": 2, "wsserver": 2}
+
+
+def timing(what: str, seconds: float) -> None:
+    print(f"\nCOMPOSE {what}: {seconds:.1f} s", flush=True)
+
+
+@dataclass
+class Compose:
+    """``docker-compose -p messagestest`` against the private engine, with the variables the stack needs."""
+
+    env: dict[str, str]
+    http_port: int
+    ingest_url: str
+    list_url: str
+    ws_url: str
+
+    def __call__(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            ["docker-compose", "-p", PROJECT, *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check:
+            assert result.returncode == 0, f"docker-compose {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
+        return result
+
+    def docker(self, *args: str) -> str:
+        result = subprocess.run(["docker", *args], env=self.env, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, f"docker {' '.join(args)}: {result.stderr}"
+        return result.stdout
+
+    def containers(self, service: str | None = None, everything: bool = False) -> list[str]:
+        """Names of the project's containers (running ones unless ``everything``), optionally of one service."""
+        filters = ["--filter", f"label=com.docker.compose.project={PROJECT}"]
+        if service:
+            filters += ["--filter", f"label=com.docker.compose.service={service}"]
+        listing = self.docker("ps", *(["-a"] if everything else []), *filters, "--format", "{{.Names}}")
+        return sorted(listing.split())
+
+    def health(self) -> dict[str, str]:
+        """Each container's state: its health status, else its run state (and exit code once exited)."""
+        names = self.containers(everything=True)
+        if not names:
+            return {}
+        lines = self.docker("inspect", "--format", "{{json .State}}", *names).splitlines()
+        states = [json.loads(line) for line in lines if line.strip()]
+        return {
+            name: (state.get("Health") or {}).get("Status") or f"{state['Status']}:{state['ExitCode']}"
+            for name, state in zip(names, states, strict=True)
+        }
+
+    def wait_healthy(self, timeout: float = 240) -> None:
+        """Every long-running container healthy, the one-shot migrate exited 0."""
+
+        def settled() -> bool:
+            states = self.health()
+            return bool(states) and all(
+                status == "healthy" or ("_migrate_" in name and status == "exited:0") for name, status in states.items()
+            )
+
+        try:
+            wait_until(settled, timeout=timeout, interval=1, what="every container healthy")
+        except AssertionError as exc:
+            raise AssertionError(
+                f"{exc}: {self.health()}\n{self('logs', '--tail', '30', check=False).stdout}"
+            ) from None
+
+    def listed(self) -> list[dict]:
+        """Walk the whole listing through nginx with cursors, the way a client does."""
+        messages, cursor = [], None
+        while True:
+            params = {"limit": 1000, **({"cursor": cursor} if cursor else {})}
+            page = requests.get(f"{self.list_url}/messages", params=params, timeout=10).json()
+            messages += page["data"]
+            cursor = page["next_cursor"]
+            if not page["has_more"]:
+                return messages
+
+    def end_to_end(self, count: int, base: str | None = None) -> str:
+        """Run scripts/end_to_end.py through the published ports (or one origin ``base``); return its report."""
+        urls = [base, base, base.replace("http", "ws", 1)] if base else [self.ingest_url, self.list_url, self.ws_url]
+        result = subprocess.run(
+            [
+                sys.executable, "scripts/end_to_end.py", "--count", str(count), "--timeout", "60",
+                "--ingest-url", urls[0], "--list-url", urls[1], "--ws-url", urls[2],
+            ],
+            cwd=ROOT, env=python_env({}), capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+        assert result.returncode == 0, f"end_to_end.py failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        return result.stdout
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[docker_engine.PrivateDockerd]:
+    """A private dockerd with the stand-in images; afterwards the host must be as it was."""
+    if os.geteuid() != 0:
+        pytest.skip("starting dockerd needs root (CI runs as root)")
+    docker_engine.ensure_tools()
+    before = _host()
+    with docker_engine.PrivateDockerd() as private:
+        started = time.monotonic()
+        timings = docker_engine.build_standins(private.env)
+        timing("stand-in images (" + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + ")",
+               time.monotonic() - started)  # fmt: skip
+        yield private
+    after = _host()
+    assert after == before, "the host's firewall or forwarding was left changed by dockerd"
+    wait_until(lambda: not _engine_processes(), timeout=15, what="dockerd, containerd and the shims to end")
+
+
+def _engine_processes() -> list[str]:
+    """Live dockerd, containerd and shim processes (an exited one waiting to be reaped does not count)."""
+    table = subprocess.run(["ps", "-eo", "stat=,args="], capture_output=True, text=True, check=True).stdout
+    return [
+        line
+        for line in table.splitlines()
+        if not line.startswith("Z") and any(name in line for name in ("dockerd", "containerd"))
+    ]
+
+
+def _host() -> dict[str, object]:
+    """The host state dockerd changes: firewall rules and chains, forwarding, the docker0 bridge."""
+    saved = subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout
+    # A table that is present but empty equals one never used: drop ACCEPT policies and comments.
+    rules = sorted(
+        re.sub(r" \[\d+:\d+\]$", "", line)
+        for line in saved.splitlines()
+        if line.startswith(("-", ":")) and not re.fullmatch(r":[A-Z]+ ACCEPT \[\d+:\d+\]", line)
+    )
+    return {
+        "iptables": rules,
+        "ip_forward": Path("/proc/sys/net/ipv4/ip_forward").read_text().strip(),
+        "docker0": str(subprocess.run(["ip", "link", "show", "docker0"], capture_output=True).returncode == 0),
+    }
+
+
+@pytest.fixture(scope="module")
+def compose(engine: docker_engine.PrivateDockerd) -> Iterator[Compose]:
+    """The project's compose stack, up and healthy; ``down -v`` afterwards leaves nothing of it."""
+    http_port, ingest_port, list_port, ws_port = (free_port() for _ in range(4))
+    env = {
+        **engine.env,
+        "SECRET_KEY": "compose-test-secret-key",
+        "MYSQL_PASSWORD": "compose-test-password",
+        "MYSQL_ROOT_PASSWORD": "compose-test-root-password",
+        "HTTP_PORT": str(http_port),
+        "INGESTION_API_HOST_PORT": str(ingest_port),
+        "LIST_API_HOST_PORT": str(list_port),
+        "WS_HOST_PORT": str(ws_port),
+        "INGESTION_API_URL": f"http://127.0.0.1:{ingest_port}",
+        "LIST_API_URL": f"http://127.0.0.1:{list_port}",
+        "WS_URL": f"ws://127.0.0.1:{ws_port}",
+        "CELERY_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT),
+        # The load below comes from one address: keep the per-client limit out of the count.
+        "RATE_LIMIT": "100000/second",
+    }
+    stack = Compose(env, http_port, env["INGESTION_API_URL"], env["LIST_API_URL"], env["WS_URL"])
+    stack("down", "-v", "--remove-orphans", check=False)  # what an interrupted earlier run left
+    try:
+        started = time.monotonic()
+        stack("build")
+        timing("docker-compose build (the app image)", time.monotonic() - started)
+        started = time.monotonic()
+        stack("up", "-d")
+        stack.wait_healthy()
+        timing("docker-compose up -d until every container is healthy", time.monotonic() - started)
+        yield stack
+    finally:
+        started = time.monotonic()
+        stack("down", "-v", "--remove-orphans", check=False)
+        timing("docker-compose down -v", time.monotonic() - started)
+    assert stack.containers(everything=True) == []
+    label = f"label=com.docker.compose.project={PROJECT}"
+    assert stack.docker("network", "ls", "-q", "--filter", label).split() == []
+    assert stack.docker("volume", "ls", "-q", "--filter", label).split() == []
+
+
+def test_messages_are_posted_listed_and_received_live_through_nginx(compose: Compose) -> None:
+    report = compose.end_to_end(100)
+    assert "missing=0 dup=0" in report and "websocket: received=100 missing=0" in report, report
+    # The single origin on HTTP_PORT routes /dummy, /messages and websocket upgrades the same way.
+    report = compose.end_to_end(20, base=f"http://127.0.0.1:{compose.http_port}")
+    assert "websocket: received=20 missing=0" in report, report
+
+
+def test_a_full_batch_passes_nginx_and_a_larger_one_gets_the_apps_json_413(compose: Compose) -> None:
+    limit = int(compose("exec", "-T", "ingestion_api", "printenv", "MAX_BATCH_BYTES").stdout)
+    count = int(compose("exec", "-T", "ingestion_api", "printenv", "MAX_BATCH_MESSAGES").stdout)
+    filler = "x" * (limit // count - 100)
+    batch = [{"n": n, "filler": filler} for n in range(count)]
+    answer = requests.post(f"{compose.ingest_url}/dummy/batch", json=batch, timeout=60)
+    assert answer.status_code == 202, answer.text[:500]
+    ids = set(answer.json()["ids"])
+    assert len(ids) == count
+    wait_until(lambda: ids <= {m["id"] for m in compose.listed()}, timeout=60, what="the full batch to be stored")
+    too_large = requests.post(f"{compose.ingest_url}/dummy/batch", json=[*batch, {"filler": filler * 20}], timeout=60)
+    assert too_large.status_code == 413 and too_large.json()["error"] == "too_large", too_large.text[:300]
+
+
+def test_services_run_as_the_unprivileged_user_and_redis_as_configured(compose: Compose) -> None:
+    for service in ("ingestion_api", "list_api", "worker", "wsserver"):
+        assert compose("exec", "-T", service, "id", "-u").stdout.strip() != "0", service
+    expected = {"appendonly": "yes", "appendfsync": "everysec", "maxmemory-policy": "noeviction"}
+    for name, value in expected.items():
+        assert compose("exec", "-T", "redis", "redis-cli", "CONFIG", "GET", name).stdout.split() == [name, value]
+
+
+def test_compose_refuses_to_start_without_each_secret(compose: Compose) -> None:
+    for secret in ("SECRET_KEY", "MYSQL_PASSWORD", "MYSQL_ROOT_PASSWORD"):
+        env = {name: value for name, value in compose.env.items() if name != secret}
+        result = subprocess.run(
+            ["docker-compose", "-p", PROJECT, "config", "-q"], cwd=ROOT, env=env, capture_output=True, text=True
+        )
+        assert result.returncode != 0 and f"set {secret}" in result.stderr, (secret, result.stderr)
+
+
+def test_the_page_and_its_settings_are_served_through_nginx(compose: Compose) -> None:
+    page = requests.get(f"{compose.list_url}/", timeout=10)
+    assert page.status_code == 200 and "text/html" in page.headers["Content-Type"]
+    # The page learns where to post and connect from the stack's settings, not from a rebuilt file.
+    assert compose.ingest_url in page.text and compose.ws_url in page.text
+    # /metrics is for Prometheus on the compose network only.
+    assert requests.get(f"{compose.ingest_url}/metrics", timeout=10).status_code == 404
+
+
+def test_scaled_out_stack_spreads_the_work_over_every_replica(compose: Compose) -> None:
+    scale = [arg for service, count in SCALE.items() for arg in ("--scale", f"{service}={count}")]
+    started = time.monotonic()
+    compose("up", "-d", *scale)
+    compose.wait_healthy()
+    timing("scale out until healthy", time.monotonic() - started)
+    for service, count in SCALE.items():
+        assert len(compose.containers(service)) == count, service
+    # nginx re-resolves the service names every 10 s (deploy/nginx.conf); a new replica's first
+    # health check is 10 s after it starts, so by now nginx sends it requests.
+    report = compose.end_to_end(300)
+    assert "missing=0 dup=0" in report and "websocket: received=300 missing=0" in report, report
+    # Every replica of the ingestion API answered some requests and every worker stored some rows.
+    for service, needle in (("ingestion_api", '"POST /dummy'), ("worker", "stored ")):
+        for container in compose.containers(service):
+            logs = subprocess.run(
+                ["docker", "logs", container], env=compose.env, capture_output=True, text=True, timeout=60
+            )
+            assert needle in logs.stdout + logs.stderr, f"{container} did no work"
+
+
+def count_under_fault(compose: Compose, name: str, fault) -> None:
+    """Post under load, inject ``fault`` in the middle, then count acknowledged against stored."""
+    already = {message["id"] for message in compose.listed()}
+    load = Load(compose.ingest_url, clients=4, batch_every=5, batch_size=10)
+    with load.running():
+        wait_until(lambda: load.count() > 300, timeout=30, what="load to get going")
+        fault()
+        faulted = time.monotonic()
+        at_fault = load.count()
+        wait_until(lambda: load.count() > at_fault + 300, timeout=60, what="load to go on after the fault")
+    # A killed worker's tasks come back after the visibility timeout; then every id must be listed.
+    listed = settle(compose, load.accepted, timeout=VISIBILITY_TIMEOUT + 60)  # type: ignore[arg-type]
+    stored = [message_id for message_id in listed if message_id not in already]
+    result = tally(name, load.accepted, stored)
+    settled = time.monotonic() - faulted
+    print(f"COMPOSE {name}: answers {dict(load.statuses)}; listing settled {settled:.1f} s after the fault")
+    result.assert_exactly_once()
+
+
+def test_worker_container_killed_under_load_loses_and_duplicates_nothing(compose: Compose) -> None:
+    victim = compose.containers("worker")[0]
+    count_under_fault(compose, "worker container killed", lambda: compose.docker("kill", victim))
+    # `docker kill` is a manual stop, so the restart policy leaves it down: compose brings it back.
+    compose("up", "-d", *(arg for service, n in SCALE.items() for arg in ("--scale", f"{service}={n}")))
+    compose.wait_healthy()
+
+
+def test_redis_container_restarted_under_load_loses_and_duplicates_nothing(compose: Compose) -> None:
+    count_under_fault(compose, "redis container restarted", lambda: compose("restart", "redis"))
+    compose.wait_healthy()
