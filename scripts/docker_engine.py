@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import hashlib
+import lzma
 import os
 import re
 import shutil
@@ -30,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -139,6 +142,37 @@ def build_standins(env: dict[str, str], root: Path = ROOT) -> dict[str, float]:
             )
         timings[image] = time.monotonic() - started
     return timings
+
+
+def compose_v2_config(cache: Path = CACHE) -> Path:
+    """A ``DOCKER_CONFIG`` folder whose ``cli-plugins`` hold compose v2, so ``docker compose`` works too.
+
+    Bookworm has only v1 (``docker-compose`` 1.29); trixie packages v2, a static Go binary. Its
+    ``.deb`` is fetched from the mirror (checked against the SHA-256 the signed index gives) and
+    only the plugin is taken out, leaving the host's packages alone.
+    """
+    config = cache / "docker-config"
+    plugin = config / "cli-plugins" / "docker-compose"
+    if plugin.exists():
+        return config
+    architecture = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True, check=True)
+    index_url = f"{DEBIAN_MIRROR}/dists/trixie/main/binary-{architecture.stdout.strip()}/Packages.xz"
+    with urllib.request.urlopen(index_url, timeout=120) as response:  # noqa: S310 - the configured mirror
+        index = lzma.decompress(response.read()).decode()
+    stanza = next(part for part in index.split("\n\n") if part.startswith("Package: docker-compose\n"))
+    fields = dict(line.split(": ", 1) for line in stanza.splitlines() if ": " in line and not line.startswith(" "))
+    log(f"fetching compose v2 ({fields['Version']}) from {DEBIAN_MIRROR}")
+    with urllib.request.urlopen(f"{DEBIAN_MIRROR}/{fields['Filename']}", timeout=300) as response:  # noqa: S310
+        package = response.read()
+    if hashlib.sha256(package).hexdigest() != fields["SHA256"]:
+        raise RuntimeError(f"{fields['Filename']} does not match the index's SHA-256")
+    with tempfile.TemporaryDirectory() as tmp:
+        deb = Path(tmp) / "compose.deb"
+        deb.write_bytes(package)
+        subprocess.run(["dpkg-deb", "-x", str(deb), tmp], check=True)
+        plugin.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(Path(tmp) / "usr/libexec/docker/cli-plugins/docker-compose", plugin)
+    return config
 
 
 def _read(path: str) -> str:

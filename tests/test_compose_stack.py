@@ -37,7 +37,8 @@ from tests.test_faults import Load, settle, tally
 sys.path.insert(0, str(ROOT / "scripts"))
 import docker_engine
 
-pytestmark = [pytest.mark.compose]
+# A cold first run builds the stand-in images and the app image (about 3 minutes here) in set-up.
+pytestmark = [pytest.mark.compose, pytest.mark.timeout(900)]
 
 PROJECT = "messagestest"
 # A killed worker's tasks come back after the visibility timeout: short, so the test is quick.
@@ -51,17 +52,42 @@ def timing(what: str, seconds: float) -> None:
 
 @dataclass
 class Compose:
-    """``docker-compose -p messagestest`` against the private engine, with the variables the stack needs."""
+    """One compose project on the private engine, with the variables the stack needs.
+
+    ``program`` is ``docker-compose`` (v1, the design's command) or ``docker compose`` (v2).
+    """
 
     env: dict[str, str]
     http_port: int
     ingest_url: str
     list_url: str
     ws_url: str
+    project: str = PROJECT
+    program: tuple[str, ...] = ("docker-compose",)
+
+    @classmethod
+    def on(cls, engine: docker_engine.PrivateDockerd, **overrides: str) -> Compose:
+        """A project published on free host ports, the public URLs set to match."""
+        http_port, ingest_port, list_port, ws_port = (free_port() for _ in range(4))
+        env = {
+            **engine.env,
+            "SECRET_KEY": "compose-test-secret-key",
+            "MYSQL_PASSWORD": "compose-test-password",
+            "MYSQL_ROOT_PASSWORD": "compose-test-root-password",
+            "HTTP_PORT": str(http_port),
+            "INGESTION_API_HOST_PORT": str(ingest_port),
+            "LIST_API_HOST_PORT": str(list_port),
+            "WS_HOST_PORT": str(ws_port),
+            "INGESTION_API_URL": f"http://127.0.0.1:{ingest_port}",
+            "LIST_API_URL": f"http://127.0.0.1:{list_port}",
+            "WS_URL": f"ws://127.0.0.1:{ws_port}",
+            **overrides,
+        }
+        return cls(env, http_port, env["INGESTION_API_URL"], env["LIST_API_URL"], env["WS_URL"])
 
     def __call__(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
         result = subprocess.run(
-            ["docker-compose", "-p", PROJECT, *args],
+            [*self.program, "-p", self.project, *args],
             cwd=ROOT,
             env=self.env,
             capture_output=True,
@@ -69,7 +95,8 @@ class Compose:
             timeout=timeout,
         )
         if check:
-            assert result.returncode == 0, f"docker-compose {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
+            command = " ".join([*self.program, *args])
+            assert result.returncode == 0, f"{command}:\n{result.stdout}\n{result.stderr}"
         return result
 
     def docker(self, *args: str) -> str:
@@ -79,7 +106,7 @@ class Compose:
 
     def containers(self, service: str | None = None, everything: bool = False) -> list[str]:
         """Names of the project's containers (running ones unless ``everything``), optionally of one service."""
-        filters = ["--filter", f"label=com.docker.compose.project={PROJECT}"]
+        filters = ["--filter", f"label=com.docker.compose.project={self.project}"]
         if service:
             filters += ["--filter", f"label=com.docker.compose.service={service}"]
         listing = self.docker("ps", *(["-a"] if everything else []), *filters, "--format", "{{.Names}}")
@@ -185,24 +212,12 @@ def _host() -> dict[str, object]:
 @pytest.fixture(scope="module")
 def compose(engine: docker_engine.PrivateDockerd) -> Iterator[Compose]:
     """The project's compose stack, up and healthy; ``down -v`` afterwards leaves nothing of it."""
-    http_port, ingest_port, list_port, ws_port = (free_port() for _ in range(4))
-    env = {
-        **engine.env,
-        "SECRET_KEY": "compose-test-secret-key",
-        "MYSQL_PASSWORD": "compose-test-password",
-        "MYSQL_ROOT_PASSWORD": "compose-test-root-password",
-        "HTTP_PORT": str(http_port),
-        "INGESTION_API_HOST_PORT": str(ingest_port),
-        "LIST_API_HOST_PORT": str(list_port),
-        "WS_HOST_PORT": str(ws_port),
-        "INGESTION_API_URL": f"http://127.0.0.1:{ingest_port}",
-        "LIST_API_URL": f"http://127.0.0.1:{list_port}",
-        "WS_URL": f"ws://127.0.0.1:{ws_port}",
-        "CELERY_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT),
+    stack = Compose.on(
+        engine,
+        CELERY_VISIBILITY_TIMEOUT=str(VISIBILITY_TIMEOUT),
         # The load below comes from one address: keep the per-client limit out of the count.
-        "RATE_LIMIT": "100000/second",
-    }
-    stack = Compose(env, http_port, env["INGESTION_API_URL"], env["LIST_API_URL"], env["WS_URL"])
+        RATE_LIMIT="100000/second",
+    )
     stack("down", "-v", "--remove-orphans", check=False)  # what an interrupted earlier run left
     try:
         started = time.monotonic()
@@ -217,10 +232,32 @@ def compose(engine: docker_engine.PrivateDockerd) -> Iterator[Compose]:
         started = time.monotonic()
         stack("down", "-v", "--remove-orphans", check=False)
         timing("docker-compose down -v", time.monotonic() - started)
+    assert_nothing_left(stack)
+
+
+def assert_nothing_left(stack: Compose) -> None:
     assert stack.containers(everything=True) == []
-    label = f"label=com.docker.compose.project={PROJECT}"
+    label = f"label=com.docker.compose.project={stack.project}"
     assert stack.docker("network", "ls", "-q", "--filter", label).split() == []
     assert stack.docker("volume", "ls", "-q", "--filter", label).split() == []
+
+
+# First, before the module's v1 stack exists: one stack at a time on these two cores.
+def test_compose_v2_runs_the_same_file(engine: docker_engine.PrivateDockerd) -> None:
+    """``docker compose`` (v2, Debian trixie's) builds, starts and serves the same file, then removes it."""
+    stack = Compose.on(engine, DOCKER_CONFIG=str(docker_engine.compose_v2_config()))
+    stack.project, stack.program = f"{PROJECT}v2", ("docker", "compose")
+    assert "version 2." in stack("version").stdout
+    stack("down", "-v", "--remove-orphans", check=False)
+    try:
+        started = time.monotonic()
+        stack("up", "-d", "--build", "--wait")
+        timing("docker compose (v2) up -d --build --wait", time.monotonic() - started)
+        report = stack.end_to_end(50)
+        assert "missing=0 dup=0" in report and "websocket: received=50 missing=0" in report, report
+    finally:
+        stack("down", "-v", "--remove-orphans", check=False)
+    assert_nothing_left(stack)
 
 
 def test_messages_are_posted_listed_and_received_live_through_nginx(compose: Compose) -> None:
@@ -257,7 +294,7 @@ def test_compose_refuses_to_start_without_each_secret(compose: Compose) -> None:
     for secret in ("SECRET_KEY", "MYSQL_PASSWORD", "MYSQL_ROOT_PASSWORD"):
         env = {name: value for name, value in compose.env.items() if name != secret}
         result = subprocess.run(
-            ["docker-compose", "-p", PROJECT, "config", "-q"], cwd=ROOT, env=env, capture_output=True, text=True
+            [*compose.program, "-p", PROJECT, "config", "-q"], cwd=ROOT, env=env, capture_output=True, text=True
         )
         assert result.returncode != 0 and f"set {secret}" in result.stderr, (secret, result.stderr)
 
