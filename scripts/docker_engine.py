@@ -198,11 +198,13 @@ class PrivateDockerd:
         self.process: subprocess.Popen | None = None
         self._lock: int | None = None
         self._saved: dict[str, str] = {}
+        self.host_before: dict[str, object] = {}  # host_state() once the lock is held, before dockerd starts
 
     def __enter__(self) -> PrivateDockerd:
         self.cache.mkdir(parents=True, exist_ok=True)
         self._lock = os.open(self.cache / "lock", os.O_CREAT | os.O_RDWR)
         fcntl.flock(self._lock, fcntl.LOCK_EX)
+        self.host_before = host_state()
         try:
             self._save_host()
             self._start()
@@ -305,6 +307,24 @@ def with_default_tables(saved: str) -> str:
         if table not in present
     ]
     return "\n".join([saved.rstrip("\n"), *extra]).lstrip("\n") + "\n"
+
+
+def host_state() -> dict[str, object]:
+    """What dockerd changes on the host, comparable before and after: rules and chains, forwarding, docker0.
+
+    A table present but empty equals one never used (ACCEPT policies and counters are left out).
+    """
+    saved = subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout
+    rules = sorted(
+        re.sub(r" \[\d+:\d+\]$", "", line)
+        for line in saved.splitlines()
+        if line.startswith(("-", ":")) and not re.fullmatch(r":[A-Z]+ ACCEPT \[\d+:\d+\]", line)
+    )
+    return {
+        "iptables": rules,
+        "ip_forward": _read("/proc/sys/net/ipv4/ip_forward").strip(),
+        "docker0": _link_exists("docker0"),
+    }
 
 
 @contextlib.contextmanager

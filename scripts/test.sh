@@ -6,4 +6,7 @@ cd "$(dirname "$0")/.."
 . scripts/venv.sh requirements-dev.txt
 ruff check .
 ruff format --check .
-exec python -m pytest "$@"
+# Two pytest-xdist workers, each taking whole test files (a file's tests keep their order and
+# fixtures): most tests wait on processes and containers more than they compute.
+# Pass -n 0 to run in one process (e.g. with -s to see the figures the tests print).
+exec python -m pytest -n 2 --dist loadfile "$@"

@@ -345,7 +345,7 @@ def test_redis_crash_with_appendfsync_everysec_is_measured(tmp_path: Path, sqlit
 
 
 def test_database_outage_loses_and_duplicates_nothing(mysql_url: str, redis_url: str, log_dir: Path) -> None:
-    """Cut the worker's MariaDB connections for 30 s while posting; the backlog drains once it returns."""
+    """Cut the worker's MariaDB connections for 15 s (3 visibility timeouts) while posting; the backlog drains."""
     clear_database(mysql_url)
     server = make_url(mysql_url)
     proxy = TcpProxy(server.host or "127.0.0.1", server.port or 3306).start()
@@ -365,15 +365,15 @@ def test_database_outage_loses_and_duplicates_nothing(mysql_url: str, redis_url:
                 proxy.cut()
                 time.sleep(2)  # a commit already on its way may still land
                 stored_at_cut, accepted_at_cut = stored_count(stack), load.count()
-                time.sleep(28)
+                time.sleep(13)
                 stored_during, accepted_during = stored_count(stack), load.count() - accepted_at_cut
                 proxy.restore()
                 restored_at = time.monotonic()
                 time.sleep(3)
             assert stored_during == stored_at_cut, "the cut should stop the worker's writes"
-            assert accepted_during > 500, "the API should keep accepting while the database is down"
+            assert accepted_during > 250, "the API should keep accepting while the database is down"
             stored = settle(stack, load.accepted, timeout=SETTLE_SECONDS)
-            result = tally("database cut for 30 s", load.accepted, stored, redis_url)
+            result = tally("database cut for 15 s", load.accepted, stored, redis_url)
             print(
                 f"accepted during the cut: {accepted_during}; "
                 f"settled {time.monotonic() - restored_at:.0f}s after the restore; statuses {dict(load.statuses)}"

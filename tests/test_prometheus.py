@@ -253,17 +253,6 @@ def test_shipped_scrape_config_targets_every_replica_of_every_service_directly()
     assert SERVICES["prometheus"]["volumes"][0].startswith("./deploy/prometheus.yml:/etc/prometheus/prometheus.yml")
 
 
-def test_nginx_does_not_publish_metrics_on_any_port() -> None:
-    from tests.test_compose import ROOT, directives, parse_nginx
-
-    http = directives(parse_nginx((ROOT / "deploy" / "nginx.conf").read_text()), "http")[0][1]
-    servers = directives(http, "server")
-    assert len(servers) == 4
-    for _, server in servers:
-        blocked = [body for args, body in directives(server, "location") if args == ["=", "/metrics"]]
-        assert blocked and directives(blocked[0], "return")[0][0] == ["404"], directives(server, "listen")
-
-
 def test_grafana_dashboard_queries_only_families_the_services_export() -> None:
     from tests.test_compose import ROOT
 
