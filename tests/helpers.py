@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,18 +23,34 @@ from embedded_redis import server_command  # noqa: E402
 _HANDED_OUT: set[int] = set()
 
 
+def _claim_across_workers(port: int) -> bool:
+    """Under pytest-xdist, claim ``port`` for this run's workers alone (a file created exclusively)."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if not run:
+        return True
+    claims = Path(tempfile.gettempdir()) / f"test-ports-{run}"
+    claims.mkdir(exist_ok=True)
+    try:
+        (claims / str(port)).touch(exist_ok=False)
+    except FileExistsError:
+        return False
+    return True
+
+
 def free_port() -> int:
     """Return a TCP port that was free a moment ago (bind to port 0), never one already handed out.
 
     The kernel may give the same ephemeral port to two binds in a row once the
     first is closed: two services of one stack would then get one port, the
-    second failing to bind while health checks reach the first.
+    second failing to bind while health checks reach the first. The same holds
+    between the two workers of ``scripts/test.sh``, which claim ports in a
+    folder they share.
     """
     while True:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-        if port not in _HANDED_OUT:
+        if port not in _HANDED_OUT and _claim_across_workers(port):
             _HANDED_OUT.add(port)
             return port
 
@@ -126,10 +143,11 @@ def gunicorn(name: str, factory: str, port: int, env: dict[str, str], log_dir: P
     return Service(name, argv, env, log_dir)
 
 
-def celery_worker(name: str, env: dict[str, str], log_dir: Path, concurrency: int = 2) -> Service:
-    """A real Celery worker on the persistence queue."""
+def celery_worker(name: str, env: dict[str, str], log_dir: Path, concurrency: int = 2, mingle: bool = False) -> Service:
+    """A real Celery worker on the persistence queue (without mingle's second at start-up, unless asked)."""
     argv = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", env.get("PERSIST_QUEUE", "persist")]
-    argv += ["--concurrency", str(concurrency), "--loglevel", "INFO", "--without-gossip", "--without-mingle"]
+    argv += ["--concurrency", str(concurrency), "--loglevel", "INFO", "--without-gossip"]
+    argv += [] if mingle else ["--without-mingle"]
     argv += ["--hostname", f"{name}@%h"]
     return Service(name, argv, env, log_dir)
 

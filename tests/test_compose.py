@@ -14,6 +14,7 @@ and the two scripts the containers run (``wait_for_db.py``,
 from __future__ import annotations
 
 import http.server
+import json
 import re
 import shlex
 import socket
@@ -237,6 +238,20 @@ def test_dockerfile_installs_pinned_runtime_requirements_only() -> None:
     assert "requirements-dev" not in text
     requirements = [line for line in (ROOT / "requirements.txt").read_text().splitlines() if line and line[0] != "#"]
     assert all(re.fullmatch(r"[\w.\-\[\],]+==[\w.]+", line) for line in requirements), "pin every requirement"
+
+
+def test_dockerfile_default_command_runs_unprivileged_and_its_health_check_probes_it() -> None:
+    """Compose gives every service its own command and health check, so the run never shows these two:
+    they are what a plain ``docker run`` of the image gets."""
+    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
+    instructions = [line.strip().split(None, 1) for line in text.splitlines() if line.strip()[:1].isupper()]
+    kinds = [kind for kind, _ in instructions]
+    arguments = dict(instructions)
+    assert arguments["USER"] not in ("root", "0") and kinds.index("USER") < kinds.index("CMD")
+    command = json.loads(arguments["CMD"])
+    assert entry_point(command) in {entry_point(args) for args in procfile().values()}
+    port = option(command, "--bind").rsplit(":", 1)[1]
+    assert f"http://127.0.0.1:{port}/healthz" in arguments["HEALTHCHECK"], "the health check probes another port"
 
 
 def test_dockerignore_keeps_secrets_and_clutter_out_but_the_code_in() -> None:

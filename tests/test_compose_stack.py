@@ -1,7 +1,7 @@
 """The compose stack run for real: ``docker-compose.yml`` as it is, on a private Docker engine.
 
 ``scripts/docker_engine.py`` starts a dockerd of our own (images cached in
-``~/.cache/messages-compose`` between runs) and, since no registry is
+``/var/lib/messages-compose`` between runs) and, since no registry is
 reachable here, builds stand-ins for the upstream base images from Debian
 packages. Then, through nginx's published ports only: ``docker-compose up -d
 --build``, every health check passing, messages posted, listed and received
@@ -18,6 +18,7 @@ skipped locally without root, a failure in CI. Run alone with
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -30,18 +31,22 @@ import pytest
 import requests
 
 from tests.helpers import ROOT, free_port, python_env, wait_until
-from tests.test_faults import Load, settle, tally
+from tests.test_faults import QUICK_REDELIVERY, Load, settle, tally
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import docker_engine
 
-# A cold first run builds the stand-in images and the app image (about 3 minutes here) in set-up.
+# A cold first run builds the stand-in images and the app image (about 2 minutes here) in set-up.
 pytestmark = [pytest.mark.compose, pytest.mark.timeout(900)]
 
 PROJECT = "messagestest"
-# A killed worker's tasks come back after the visibility timeout: short, so the test is quick.
-VISIBILITY_TIMEOUT = 5
+# A killed worker's tasks come back after the visibility timeout: short, as in the other fault tests.
+VISIBILITY_TIMEOUT = int(QUICK_REDELIVERY["CELERY_VISIBILITY_TIMEOUT"])
 SCALE = {"worker": 3, "ingestion_api": 2, "wsserver": 2}
+SCALE_ARGS = [arg for service, count in SCALE.items() for arg in ("--scale", f"{service}={count}")]
+# Only these of the caller's environment reach compose: a developer's API_TOKENS, MYSQL_USER or
+# WEB_WORKERS must not change what the test runs (nor a .env file: --env-file points at an empty one).
+PASSED_THROUGH = ("PATH", "HOME", "LANG", "TMPDIR")
 
 
 def timing(what: str, seconds: float) -> None:
@@ -67,8 +72,12 @@ class Compose:
     def on(cls, engine: docker_engine.PrivateDockerd, **overrides: str) -> Compose:
         """A project published on free host ports, the public URLs set to match."""
         http_port, ingest_port, list_port, ws_port = (free_port() for _ in range(4))
+        empty = engine.runtime / "empty.env"
+        empty.touch()
         env = {
-            **engine.env,
+            **{name: os.environ[name] for name in PASSED_THROUGH if name in os.environ},
+            "DOCKER_HOST": engine.env["DOCKER_HOST"],
+            "COMPOSE_ENV_FILE": str(empty),
             "SECRET_KEY": "compose-test-secret-key",
             "MYSQL_PASSWORD": "compose-test-password",
             "MYSQL_ROOT_PASSWORD": "compose-test-root-password",
@@ -85,7 +94,7 @@ class Compose:
 
     def __call__(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
         result = subprocess.run(
-            [*self.program, "-p", self.project, *args],
+            [*self.program, "--env-file", self.env["COMPOSE_ENV_FILE"], "-p", self.project, *args],
             cwd=ROOT,
             env=self.env,
             capture_output=True,
@@ -110,16 +119,21 @@ class Compose:
         listing = self.docker("ps", *(["-a"] if everything else []), *filters, "--format", "{{.Names}}")
         return sorted(listing.split())
 
-    def health(self) -> dict[str, str]:
-        """Each container's state: its health status, else its run state (and exit code once exited)."""
+    def health(self) -> dict[str, tuple[str, str]]:
+        """Each container's service and state: its health status, else its run state and exit code."""
         names = self.containers(everything=True)
         if not names:
             return {}
-        lines = self.docker("inspect", "--format", "{{json .State}}", *names).splitlines()
-        states = [json.loads(line) for line in lines if line.strip()]
+        template = '{"service": {{json (index .Config.Labels "com.docker.compose.service")}}, "state": {{json .State}}}'
+        lines = self.docker("inspect", "--format", template, *names).splitlines()
+        found = [json.loads(line) for line in lines if line.strip()]
         return {
-            name: (state.get("Health") or {}).get("Status") or f"{state['Status']}:{state['ExitCode']}"
-            for name, state in zip(names, states, strict=True)
+            name: (
+                item["service"],
+                (item["state"].get("Health") or {}).get("Status")
+                or f"{item['state']['Status']}:{item['state']['ExitCode']}",
+            )
+            for name, item in zip(names, found, strict=True)
         }
 
     def wait_healthy(self, timeout: float = 240) -> None:
@@ -128,7 +142,8 @@ class Compose:
         def settled() -> bool:
             states = self.health()
             return bool(states) and all(
-                status == "healthy" or ("_migrate_" in name and status == "exited:0") for name, status in states.items()
+                status == "healthy" or (service == "migrate" and status == "exited:0")
+                for service, status in states.values()
             )
 
         try:
@@ -168,14 +183,9 @@ def engine() -> Iterator[docker_engine.PrivateDockerd]:
     """A private dockerd with the stand-in images; afterwards the host must be as it was."""
     if os.geteuid() != 0:
         pytest.skip("starting dockerd needs root (CI runs as root)")
-    docker_engine.ensure_tools()
-    with docker_engine.PrivateDockerd() as private:
-        started = time.monotonic()
-        timings = docker_engine.build_standins(private.env)
-        timing("stand-in images (" + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + ")",
-               time.monotonic() - started)  # fmt: skip
+    with docker_engine.private_engine_with_standins() as private:  # logs each image's build time
         yield private
-    assert docker_engine.host_state() == private.host_before, "dockerd left the host's firewall or forwarding changed"
+    assert private.host_after == private.host_before, "dockerd left the host's firewall or forwarding changed"
     wait_until(lambda: not _engine_processes(private), timeout=15, what="dockerd, containerd and the shims to end")
 
 
@@ -194,15 +204,12 @@ def compose(engine: docker_engine.PrivateDockerd) -> Iterator[Compose]:
         # The load below comes from one address: keep the per-client limit out of the count.
         RATE_LIMIT="100000/second",
     )
-    stack("down", "-v", "--remove-orphans", check=False)  # what an interrupted earlier run left
+    assert stack("version", "--short").stdout.startswith("1."), "the design's docker-compose is v1"
     try:
         started = time.monotonic()
-        stack("build")
-        timing("docker-compose build (the app image)", time.monotonic() - started)
-        started = time.monotonic()
-        stack("up", "-d")
+        stack("up", "-d", "--build")
         stack.wait_healthy()
-        timing("docker-compose up -d until every container is healthy", time.monotonic() - started)
+        timing("docker-compose up -d --build until every container is healthy", time.monotonic() - started)
         yield stack
     finally:
         started = time.monotonic()
@@ -224,7 +231,6 @@ def test_compose_v2_runs_the_same_file(engine: docker_engine.PrivateDockerd) -> 
     stack = Compose.on(engine, DOCKER_CONFIG=str(docker_engine.compose_v2_config()))
     stack.project, stack.program = f"{PROJECT}v2", ("docker", "compose")
     assert "version 2." in stack("version").stdout
-    stack("down", "-v", "--remove-orphans", check=False)
     try:
         started = time.monotonic()
         stack("up", "-d", "--build", "--wait")
@@ -268,10 +274,8 @@ def test_services_run_as_the_unprivileged_user_and_redis_as_configured(compose: 
 
 def test_compose_refuses_to_start_without_each_secret(compose: Compose) -> None:
     for secret in ("SECRET_KEY", "MYSQL_PASSWORD", "MYSQL_ROOT_PASSWORD"):
-        env = {name: value for name, value in compose.env.items() if name != secret}
-        result = subprocess.run(
-            [*compose.program, "-p", PROJECT, "config", "-q"], cwd=ROOT, env=env, capture_output=True, text=True
-        )
+        without = dataclasses.replace(compose, env={k: v for k, v in compose.env.items() if k != secret})
+        result = without("config", "-q", check=False)
         assert result.returncode != 0 and f"set {secret}" in result.stderr, (secret, result.stderr)
 
 
@@ -287,9 +291,8 @@ def test_the_page_and_its_settings_are_served_through_nginx(compose: Compose) ->
 
 
 def test_scaled_out_stack_spreads_the_work_over_every_replica(compose: Compose) -> None:
-    scale = [arg for service, count in SCALE.items() for arg in ("--scale", f"{service}={count}")]
     started = time.monotonic()
-    compose("up", "-d", *scale)
+    compose("up", "-d", *SCALE_ARGS)
     compose.wait_healthy()
     timing("scale out until healthy", time.monotonic() - started)
     for service, count in SCALE.items():
@@ -330,7 +333,7 @@ def test_worker_container_killed_under_load_loses_and_duplicates_nothing(compose
     victim = compose.containers("worker")[0]
     count_under_fault(compose, "worker container killed", lambda: compose.docker("kill", victim))
     # `docker kill` is a manual stop, so the restart policy leaves it down: compose brings it back.
-    compose("up", "-d", *(arg for service, n in SCALE.items() for arg in ("--scale", f"{service}={n}")))
+    compose("up", "-d", *SCALE_ARGS)
     compose.wait_healthy()
 
 

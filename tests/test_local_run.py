@@ -27,7 +27,11 @@ from tests.helpers import ROOT, free_port, python_env, wait_http_ok, wait_until
 
 pytestmark = pytest.mark.e2e
 
-NOT_COPIED = (".git", ".venv", "var", "tests", "docs", "bench-results", "__pycache__", "*.pyc", ".ci")
+# Nor what another pytest worker may be writing meanwhile (.hypothesis, .pytest_cache).
+NOT_COPIED = (
+    ".git", ".venv", "var", "tests", "docs", "bench-results", "__pycache__", "*.pyc", ".ci", ".hypothesis",
+    ".pytest_cache", ".ruff_cache",
+)  # fmt: skip
 
 
 @dataclass

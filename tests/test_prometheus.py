@@ -83,7 +83,7 @@ def targets(sqlite_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     base = tmp_path_factory.mktemp("prometheus-stack")
     log_dir = base / "logs"
     log_dir.mkdir()
-    redis_server = RedisServer(base / "redis").start()  # its own: other tests flush the session's
+    redis_server = RedisServer(base / "redis")  # its own: other tests flush the session's (started below)
     env = python_env({"REDIS_URL": redis_server.url, "SQLALCHEMY_DATABASE_URI": sqlite_url, "BIND_HOST": "127.0.0.1"})
 
     def own_dir(service: str) -> dict[str, str]:
@@ -208,7 +208,7 @@ def test_worker_metrics_bind_bind_host_and_healthz_follows_redis(
             "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
         }
     )
-    worker = celery_worker("worker-bind", env, log_dir).start()
+    worker = celery_worker("worker-bind", env, log_dir, mingle=True).start()
     answers: list[dict] = []
 
     def consuming() -> bool:
@@ -218,7 +218,7 @@ def test_worker_metrics_bind_bind_host_and_healthz_follows_redis(
     try:
         # The port opens at worker_init; the consumer starts after mingle's second of listening for neighbours.
         wait_until(consuming, timeout=30, what="the worker's /healthz to say it consumes")
-        assert answers[0]["error"] == "not_consuming", answers[:3]
+        assert answers[0].get("error") == "not_consuming", answers[:3]
         healthy = requests.get(f"http://127.0.0.2:{port}/healthz", timeout=5)
         assert healthy.json() == {"status": "ok"} and healthy.headers["Content-Type"] == "application/json"
         with pytest.raises(requests.ConnectionError):
