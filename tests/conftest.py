@@ -21,7 +21,7 @@ from flask import Flask
 from sqlalchemy.engine import make_url
 
 import db as db_module
-from tests.helpers import ROOT, RedisServer
+from tests.helpers import ROOT, RedisServer, port_claims
 
 MYSQL_URL = os.environ.get("TEST_MYSQL_URL")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"  # Debian's package; never a downloaded browser
@@ -36,6 +36,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
         reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"skipped in CI, where nothing may be skipped: {reason}"
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """On pytest-xdist's controller, once every worker is done: remove the run's port claims."""
+    run = getattr(session.config.option, "testrunuid", None)
+    if run and not hasattr(session.config, "workerinput"):
+        shutil.rmtree(port_claims(run), ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -23,12 +23,17 @@ from embedded_redis import server_command  # noqa: E402
 _HANDED_OUT: set[int] = set()
 
 
+def port_claims(run: str) -> Path:
+    """The folder where the workers of pytest-xdist run ``run`` claim ports (removed when the run ends)."""
+    return Path(tempfile.gettempdir()) / f"test-ports-{run}"
+
+
 def _claim_across_workers(port: int) -> bool:
     """Under pytest-xdist, claim ``port`` for this run's workers alone (a file created exclusively)."""
     run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
     if not run:
         return True
-    claims = Path(tempfile.gettempdir()) / f"test-ports-{run}"
+    claims = port_claims(run)
     claims.mkdir(exist_ok=True)
     try:
         (claims / str(port)).touch(exist_ok=False)
