@@ -3,8 +3,10 @@
 ``scripts/docker_engine.py`` starts a dockerd of our own (images cached in
 ``/var/lib/messages-compose`` between runs) and, since no registry is
 reachable here, builds stand-ins for the upstream base images from Debian
-packages. Then, through nginx's published ports only: ``docker-compose up -d
---build``, every health check passing, messages posted, listed and received
+packages. First ``docker compose`` (v2) brings the file up and serves 50
+messages, and takes it down. Then, with ``docker-compose`` (v1, the design's
+command) and through nginx's published ports only: ``up -d --build``, every
+health check passing, messages posted, listed and received
 on the websocket (``scripts/end_to_end.py``); the stack scaled out and
 exercised again; a worker container killed under load and the Redis container
 restarted under load, each counted (0 lost, 0 duplicated); ``down -v``. The
@@ -13,7 +15,7 @@ checked to be as they were.
 
 Needs root (dockerd) and Debian's packages, which it installs when missing;
 skipped locally without root, a failure in CI. Run alone with
-``pytest -m compose -s`` to see the timings.
+``pytest -n 0 -m compose -s`` to see the timings.
 """
 
 from __future__ import annotations
