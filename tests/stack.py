@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import requests
 
@@ -42,15 +43,25 @@ class Stack:
         return response.json()["id"]
 
     def listed(self) -> list[dict]:
-        """Walk the whole listing with cursors, the way a client does."""
-        messages, cursor = [], None
-        while True:
-            params = {"limit": 1000, **({"cursor": cursor} if cursor else {})}
-            page = requests.get(f"{self.list_url}/messages", params=params, timeout=5).json()
-            messages += page["data"]
-            cursor = page["next_cursor"]
-            if not page["has_more"]:
-                return messages
+        return walk_listing(self.list_url)
+
+
+def walk_listing(list_url: str, timeout: float = 10) -> list[dict]:
+    """Every message ``GET /messages`` lists, walked with cursors the way a client does."""
+    messages, cursor = [], None
+    while True:
+        params = {"limit": 1000, **({"cursor": cursor} if cursor else {})}
+        page = requests.get(f"{list_url}/messages", params=params, timeout=timeout).json()
+        messages += page["data"]
+        cursor = page["next_cursor"]
+        if not page["has_more"]:
+            return messages
+
+
+class Listing(Protocol):
+    """Anything whose whole listing can be walked: a local stack, the compose stack."""
+
+    def listed(self) -> list[dict]: ...
 
 
 @contextlib.contextmanager

@@ -33,6 +33,7 @@ import pytest
 import requests
 
 from tests.helpers import ROOT, free_port, python_env, wait_until
+from tests.stack import walk_listing
 from tests.test_faults import QUICK_REDELIVERY, Load, settle, tally
 
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -156,15 +157,7 @@ class Compose:
             ) from None
 
     def listed(self) -> list[dict]:
-        """Walk the whole listing through nginx with cursors, the way a client does."""
-        messages, cursor = [], None
-        while True:
-            params = {"limit": 1000, **({"cursor": cursor} if cursor else {})}
-            page = requests.get(f"{self.list_url}/messages", params=params, timeout=10).json()
-            messages += page["data"]
-            cursor = page["next_cursor"]
-            if not page["has_more"]:
-                return messages
+        return walk_listing(self.list_url)  # through nginx
 
     def end_to_end(self, count: int, base: str | None = None) -> str:
         """Run scripts/end_to_end.py through the published ports (or one origin ``base``); return its report."""
@@ -323,7 +316,7 @@ def count_under_fault(compose: Compose, name: str, fault) -> None:
         at_fault = load.count()
         wait_until(lambda: load.count() > at_fault + 300, timeout=60, what="load to go on after the fault")
     # A killed worker's tasks come back after the visibility timeout; then every id must be listed.
-    listed = settle(compose, load.accepted, timeout=VISIBILITY_TIMEOUT + 60)  # type: ignore[arg-type]
+    listed = settle(compose, load.accepted, timeout=VISIBILITY_TIMEOUT + 60)
     stored = [message_id for message_id in listed if message_id not in already]
     result = tally(name, load.accepted, stored)
     settled = time.monotonic() - faulted

@@ -34,7 +34,7 @@ from sqlalchemy.engine import make_url
 
 from tests.conftest import clear_database
 from tests.helpers import ROOT, RedisServer, python_env, wait_until
-from tests.stack import Stack, custom_stack, running_stack, start_worker
+from tests.stack import Listing, Stack, custom_stack, running_stack, start_worker
 from tests.tcp_proxy import TcpProxy
 from tests.test_browser import assert_exactly, shown_ids
 from tests.test_persistence import POISON_TRIGGER
@@ -188,7 +188,7 @@ def tally(name: str, accepted: list[str], stored_ids: list[str], redis_url: str 
     return result
 
 
-def settle(stack: Stack, accepted: list[str], timeout: float, quiet: float = 3.0) -> list[str]:
+def settle(stack: Listing, accepted: list[str], timeout: float, quiet: float = 3.0) -> list[str]:
     """Wait until every accepted id is listed and the listing has stopped growing; return the listed ids.
 
     Returns what is listed when ``timeout`` runs out, so the caller can count
