@@ -61,7 +61,14 @@ import time
 import redis
 import sqlalchemy as sa
 from celery import Celery
-from celery.signals import setup_logging, worker_init, worker_process_init, worker_ready, worker_shutting_down
+from celery.signals import (
+    setup_logging,
+    worker_init,
+    worker_process_init,
+    worker_ready,
+    worker_shutdown,
+    worker_shutting_down,
+)
 from celery_batches import Batches, SimpleRequest
 from flask import Flask
 from prometheus_client import Counter, Histogram
@@ -146,9 +153,22 @@ def _mark_consuming(**_kwargs: object) -> None:
     _consuming.set()
 
 
+# Set at shutdown: the retention thread finishes its batch, logs its sweep and ends (joined below), so
+# its log line and its counter always agree.
+_stopping = threading.Event()
+_background: list[threading.Thread] = []
+
+
 @worker_shutting_down.connect
 def _mark_stopping(**_kwargs: object) -> None:
     _consuming.clear()
+    _stopping.set()
+
+
+@worker_shutdown.connect
+def _join_background(**_kwargs: object) -> None:
+    for thread in _background:
+        thread.join(timeout=RETENTION_LEASE_SECONDS / 4)
 
 
 @worker_init.connect
@@ -219,14 +239,15 @@ def _start_retention(**_kwargs: object) -> None:
 
     def loop() -> None:
         app = db.create_app()
-        while True:
-            time.sleep(settings.retention_interval_seconds)
+        while not _stopping.wait(settings.retention_interval_seconds):
             try:
                 remove_expired_messages(app, client)
             except Exception:
                 log.warning("removing expired messages failed", exc_info=True)
 
-    threading.Thread(target=loop, name="retention", daemon=True).start()
+    thread = threading.Thread(target=loop, name="retention", daemon=True)
+    _background.append(thread)
+    thread.start()
 
 
 def remove_expired_messages(app: Flask, client: redis.Redis) -> int:
@@ -253,7 +274,7 @@ def remove_expired_messages(app: Flask, client: redis.Redis) -> int:
                     count = db.remove_expired(cutoff, settings.retention_batch_size)
                     removed, batches = removed + count, batches + 1
                     EXPIRED_REMOVED.inc(count)
-                    if count < settings.retention_batch_size:
+                    if count < settings.retention_batch_size or _stopping.is_set():
                         break
                     lock.reacquire()
                     time.sleep(time.monotonic() - began)
