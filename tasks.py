@@ -98,6 +98,10 @@ DEAD_LETTERS = Counter("dead_letters_total", "Messages moved to the dead-letter 
 REQUEUED = Counter("requeued_lost_total", "Records re-queued by the reconciler after being lost in flight.")
 EXPIRED_REMOVED = Counter("expired_messages_removed_total", "Messages removed by retention (RETENTION_DAYS).")
 
+# kombu scans for a dead worker's messages every interval x throttle seconds (100 s by default); scan at
+# half the visibility timeout so they come back when the timeout says.
+UNACKED_RESTORE_INTERVAL = max(1, settings.celery_visibility_timeout // 2)
+
 celery_app = Celery("tasks", broker=settings.redis_url)
 celery_app.conf.update(
     task_default_queue=settings.persist_queue,
@@ -110,10 +114,14 @@ celery_app.conf.update(
     broker_connection_retry_on_startup=True,
     broker_transport_options={
         "visibility_timeout": settings.celery_visibility_timeout,
-        # kombu scans for a dead worker's messages every interval x throttle seconds (100 s by
-        # default); scan at half the visibility timeout so they come back when the timeout says.
-        "unacked_restore_interval": max(1, settings.celery_visibility_timeout // 2),
+        "unacked_restore_interval": UNACKED_RESTORE_INTERVAL,
         "unacked_restore_throttle": 1,
+        # One worker at a time scans, under a Redis lock that expires after this. A worker that
+        # loses Redis mid-scan (Redis restarted, the worker killed) cannot release it, and with
+        # kombu's default (300 s) no worker redelivered anything for five minutes; the pending
+        # reconciler waits for the unacknowledged set to empty, so it was held up as well. Two
+        # scans overlapping are harmless (each message is restored in a WATCH transaction).
+        "unacked_mutex_expire": UNACKED_RESTORE_INTERVAL,
     },
 )
 

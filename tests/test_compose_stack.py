@@ -34,7 +34,7 @@ import requests
 
 from tests.helpers import ROOT, free_port, python_env, wait_until
 from tests.stack import walk_listing
-from tests.test_faults import QUICK_REDELIVERY, Load, settle, tally
+from tests.test_faults import QUICK_REDELIVERY, WHERE_MESSAGES_WAIT, Load, ids_in, settle, tally
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import docker_engine
@@ -113,6 +113,17 @@ class Compose:
         result = subprocess.run(["docker", *args], env=self.env, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, f"docker {' '.join(args)}: {result.stderr}"
         return result.stdout
+
+    def redis(self, *commands: tuple[str, ...]) -> list[bytes]:
+        """Each command's answer from the stack's Redis (not published to the host), as ``redis-cli --raw`` gives it."""
+        container = self.containers("redis")[0]
+        return [
+            subprocess.run(
+                ["docker", "exec", container, "redis-cli", "--raw", *command],
+                env=self.env, capture_output=True, timeout=60, check=True,
+            ).stdout
+            for command in commands
+        ]  # fmt: skip
 
     def containers(self, service: str | None = None, everything: bool = False) -> list[str]:
         """Names of the project's containers (running ones unless ``everything``), optionally of one service."""
@@ -318,13 +329,18 @@ def count_under_fault(compose: Compose, name: str, fault) -> None:
     # A killed worker's tasks come back after the visibility timeout; then every id must be listed.
     listed = settle(compose, load.accepted, timeout=VISIBILITY_TIMEOUT + 60)
     stored = [message_id for message_id in listed if message_id not in already]
-    result = tally(name, load.accepted, stored)
+    result = tally(name, load.accepted, stored, in_redis=lambda: ids_in(compose.redis(*WHERE_MESSAGES_WAIT)))
     settled = time.monotonic() - faulted
     print(f"COMPOSE {name}: answers {dict(load.statuses)}; listing settled {settled:.1f} s after the fault")
+    if result.lost:  # what holds them up: queued, in flight, pending, and kombu's redelivery lock
+        counts = [("LLEN", "persist"), ("HLEN", "unacked"), ("ZCARD", "persist:pending"), ("PTTL", "unacked_mutex")]
+        print("COMPOSE Redis:", dict(zip((" ".join(c) for c in counts), compose.redis(*counts), strict=True)))
     result.assert_exactly_once()
 
 
 def test_worker_container_killed_under_load_loses_and_duplicates_nothing(compose: Compose) -> None:
+    compose("up", "-d", *SCALE_ARGS)  # scaled out already, unless this test runs alone: others must take over
+    compose.wait_healthy()
     victim = compose.containers("worker")[0]
     count_under_fault(compose, "worker container killed", lambda: compose.docker("kill", victim))
     # `docker kill` is a manual stop, so the restart policy leaves it down: compose brings it back.
