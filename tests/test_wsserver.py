@@ -128,11 +128,17 @@ def test_resume_replays_exactly_the_missed_messages_then_goes_live(start_ws, pub
     server = start_ws()
 
     async def scenario() -> None:
-        async with connect(server.url) as ws:
-            await receive_until_ready(ws)
-            first = await asyncio.to_thread(publish, publisher, 10)
-            assert await receive_ids(ws, 10) == first
-        missed = await asyncio.to_thread(publish, publisher, 15)
+        async with connect(server.url) as watcher:
+            await receive_until_ready(watcher)
+            async with connect(server.url) as ws:
+                await receive_until_ready(ws)
+                first = await asyncio.to_thread(publish, publisher, 10)
+                assert await receive_ids(ws, 10) == first
+            missed = await asyncio.to_thread(publish, publisher, 15)
+            # A frame reaches live clients only once the server keeps it for replay: when the watcher
+            # has every missed message, all of them can be replayed (on a busy machine the server's
+            # reader may otherwise still be on its way to the last one, which then comes live).
+            assert await receive_ids(watcher, 25) == first + missed
         async with connect(f"{server.url}?after={first[-1]}") as ws:
             replay = await receive_until_ready(ws)
             assert [f["id"] for f in replay] == missed
@@ -167,7 +173,11 @@ def test_unknown_or_expired_id_gets_a_reset_then_live(start_ws, publisher) -> No
     server = start_ws(LIVE_WINDOW="20")
 
     async def scenario() -> None:
-        old = await asyncio.to_thread(publish, publisher, 50)
+        async with connect(server.url) as watcher:
+            await receive_until_ready(watcher)
+            old = await asyncio.to_thread(publish, publisher, 50)
+            # Once a live client has all 50, the server's window has moved past the first 30.
+            assert await receive_ids(watcher, 50) == old
         for after in (old[0], "01a22649-0717-7cb0-a31f-94907ddc217f"):
             async with connect(f"{server.url}?after={after}") as ws:
                 frames = await receive_until_ready(ws)
