@@ -2,9 +2,10 @@
 
 Each service calls :func:`load_settings` once (in its app factory or
 ``main()``) and passes the resulting :class:`Settings` around; nothing else
-reads ``os.environ``. Every variable is listed in ``ENV_VARS`` with its
-default and meaning, and the README's configuration table mirrors it (a test
-keeps them in sync).
+reads ``os.environ``. Each setting is declared once, as a field of
+:class:`Settings` with its type, default, meaning and checks; ``ENV_VARS``
+and the configuration table (the docs', and ``python config.py``'s) derive
+from it.
 
 ``APP_ENV=production`` (the compose stack) turns on fail-fast checks: a
 setting marked required must be set explicitly, and secrets must not keep
@@ -18,8 +19,9 @@ import os
 import shlex
 import string
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any, get_type_hints
 
 PROJECT_DIR = Path(__file__).resolve().parent
 DEV_SECRET = "dev-only-insecure-secret"  # noqa: S105 (placeholder; production refuses it)
@@ -29,97 +31,150 @@ LOCAL_STACK_FILE = PROJECT_DIR / "var" / "local-stack.env"
 
 @dataclass(frozen=True)
 class Var:
-    """One environment variable: its default, whether production needs it, and what it does."""
+    """One environment variable: its default (as the variable would spell it), meaning and checks."""
 
     default: str
     help: str
     required_in_production: bool = False
+    choices: tuple[str, ...] = ()
 
 
-ENV_VARS: dict[str, Var] = {
-    "APP_ENV": Var("development", "`development` or `production` (production fails fast on missing settings)."),
-    "SQLALCHEMY_DATABASE_URI": Var(
+def setting(default: str, help: str, required_in_production: bool = False, choices: tuple[str, ...] = ()) -> Any:
+    """Declare a :class:`Settings` field: its variable's default, meaning and checks, in one place."""
+    return field(metadata={"var": Var(default, help, required_in_production, choices)})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting: its type, its variable's default and meaning, and whether production needs it.
+
+    This class is the only declaration. A field's variable is its name in
+    upper case; :data:`ENV_VARS`, the docs' table (``docs/_ext/envvars.py``)
+    and ``python config.py`` derive from it.
+    """
+
+    app_env: str = setting(
+        "development",
+        "`development` or `production` (production fails fast on missing settings).",
+        choices=("development", "production"),
+    )
+    sqlalchemy_database_uri: str = setting(
         f"sqlite:///{PROJECT_DIR / 'var' / 'messages.db'}",
         "Database URL (SQLite file locally, `mysql+pymysql://...` for MySQL/MariaDB).",
         required_in_production=True,
-    ),
-    "REDIS_URL": Var(
+    )
+    redis_url: str = setting(
         "redis://127.0.0.1:6379/0", "Redis for the task queue, the live stream and idempotency keys.", True
-    ),
-    "REDIS_TIMEOUT_SECONDS": Var("0.5", "Connect/read timeout on the request path; Redis down means 503 within ~1 s."),
-    "INGESTION_API_PORT": Var("5000", "Port of the ingestion API (`POST /dummy`)."),
-    "LIST_API_PORT": Var("5001", "Port of the list API (`GET /messages`, the live page at `/`)."),
-    "WS_PORT": Var("8765", "Port of the websocket server."),
-    "BIND_HOST": Var(
+    )
+    redis_timeout_seconds: float = setting(
+        "0.5", "Connect/read timeout on the request path; Redis down means 503 within ~1 s."
+    )
+    ingestion_api_port: int = setting("5000", "Port of the ingestion API (`POST /dummy`).")
+    list_api_port: int = setting("5001", "Port of the list API (`GET /messages`, the live page at `/`).")
+    ws_port: int = setting("8765", "Port of the websocket server.")
+    bind_host: str = setting(
         "127.0.0.1",
         "Address the services bind: the APIs, the websocket server, the worker's metrics (`0.0.0.0` in containers).",
-    ),
-    "LIST_API_URL": Var(
+    )
+    list_api_url: str = setting(
         "http://127.0.0.1:${LIST_API_PORT}",
         "Public base URL of the list API, used in `Location` and `Link` headers and by the live page.",
         True,
-    ),
-    "INGESTION_API_URL": Var(
+    )
+    ingestion_api_url: str = setting(
         "http://127.0.0.1:${INGESTION_API_PORT}",
         "Public base URL of the ingestion API; the live page posts there.",
         True,
-    ),
-    "WS_URL": Var(
+    )
+    ws_url: str = setting(
         "ws://127.0.0.1:${WS_PORT}", "Public URL of the websocket server; the live page connects there.", True
-    ),
-    "SECRET_KEY": Var(DEV_SECRET, "Signs pagination cursors (tamper-evident). Must be set in production.", True),
-    "MAX_MESSAGE_BYTES": Var("65536", "Largest message in bytes: a `POST /dummy` body, and any message stored (413)."),
-    "MAX_BATCH_MESSAGES": Var("1000", "Most messages in one `POST /dummy/batch`."),
-    "MAX_BATCH_BYTES": Var("8388608", "Largest accepted `POST /dummy/batch` body, in bytes (413 above)."),
-    "INGEST_GROUP_COMMIT": Var(
+    )
+    secret_key: str = setting(DEV_SECRET, "Signs pagination cursors (tamper-evident). Must be set in production.", True)
+    max_message_bytes: int = setting(
+        "65536", "Largest message in bytes: a `POST /dummy` body, and any message stored (413)."
+    )
+    max_batch_messages: int = setting("1000", "Most messages in one `POST /dummy/batch`.")
+    max_batch_bytes: int = setting("8388608", "Largest accepted `POST /dummy/batch` body, in bytes (413 above).")
+    ingest_group_commit: int = setting(
         "1", "1: concurrent requests of a process share one queue write (gunicorn's gevent or gthread workers)."
-    ),
-    "IDEMPOTENCY_TTL_SECONDS": Var("86400", "How long an `Idempotency-Key` is remembered."),
-    "PERSIST_QUEUE": Var("persist", "Celery queue (Redis list) holding persistence tasks."),
-    "CELERY_VISIBILITY_TIMEOUT": Var("120", "Seconds before an unacknowledged task of a dead worker is redelivered."),
-    "PERSIST_BATCH_SIZE": Var("1000", "Most messages the worker writes in one transaction."),
-    "PERSIST_MESSAGE_MAX_BYTES": Var(
+    )
+    idempotency_ttl_seconds: int = setting("86400", "How long an `Idempotency-Key` is remembered.")
+    persist_queue: str = setting("persist", "Celery queue (Redis list) holding persistence tasks.")
+    celery_visibility_timeout: int = setting(
+        "120", "Seconds before an unacknowledged task of a dead worker is redelivered."
+    )
+    persist_batch_size: int = setting("1000", "Most messages the worker writes in one transaction.")
+    persist_message_max_bytes: int = setting(
         "65536", "Most bytes of records in one task message; a larger write is split over several (atomically)."
-    ),
-    "WORKER_PREFETCH_BYTES": Var(
+    )
+    worker_prefetch_bytes: int = setting(
         "16777216", "Task-message bytes a worker pool process may hold prefetched (bounds worker memory)."
-    ),
-    "PERSIST_FLUSH_SECONDS": Var("0.05", "Longest a queued message waits for its batch to fill before it is written."),
-    "PERSIST_ATTEMPTS": Var("3", "Failed writes of a batch (database up) before its bad records are isolated."),
-    "PENDING_GRACE_SECONDS": Var("10", "A record unhandled this long, with nothing queued or in flight, is re-queued."),
-    "DEAD_LETTER_KEY": Var("dead_letters", "Redis list holding messages the database keeps rejecting."),
-    "RETENTION_DAYS": Var("0", "Messages persisted longer ago than this many days are removed (0: kept forever)."),
-    "RETENTION_INTERVAL_SECONDS": Var("60", "How often one worker instance looks for expired messages to remove."),
-    "RETENTION_BATCH_SIZE": Var("1000", "Most expired messages removed in one transaction."),
-    "WORKER_METRICS_PORT": Var("0", "Port of the worker's Prometheus `/metrics` endpoint (0: off)."),
-    "PROMETHEUS_MULTIPROC_DIR": Var(
+    )
+    persist_flush_seconds: float = setting(
+        "0.05", "Longest a queued message waits for its batch to fill before it is written."
+    )
+    persist_attempts: int = setting("3", "Failed writes of a batch (database up) before its bad records are isolated.")
+    pending_grace_seconds: float = setting(
+        "10", "A record unhandled this long, with nothing queued or in flight, is re-queued."
+    )
+    dead_letter_key: str = setting("dead_letters", "Redis list holding messages the database keeps rejecting.")
+    retention_days: float = setting(
+        "0", "Messages persisted longer ago than this many days are removed (0: kept forever)."
+    )
+    retention_interval_seconds: float = setting(
+        "60", "How often one worker instance looks for expired messages to remove."
+    )
+    retention_batch_size: int = setting("1000", "Most expired messages removed in one transaction.")
+    worker_metrics_port: int = setting("0", "Port of the worker's Prometheus `/metrics` endpoint (0: off).")
+    prometheus_multiproc_dir: str = setting(
         "", "Empty directory per service where prometheus-client aggregates the metrics of its processes."
-    ),
-    "LIVE_STREAM_KEY": Var("messages:live", "Redis Stream that carries messages to the websocket servers."),
-    "LIVE_WINDOW": Var("10000", "Approximate number of recent messages kept in the live stream for resume."),
-    "WS_MAX_BUFFER_BYTES": Var(
+    )
+    live_stream_key: str = setting("messages:live", "Redis Stream that carries messages to the websocket servers.")
+    live_window: int = setting("10000", "Approximate number of recent messages kept in the live stream for resume.")
+    ws_max_buffer_bytes: int = setting(
         "1048576", "Unsent bytes a websocket client may fall behind before the slow-client policy acts."
-    ),
-    "WS_SLOW_CLIENT_POLICY": Var(
+    )
+    ws_slow_client_policy: str = setting(
         "disconnect",
         "`disconnect`: a slow client gets a backlog at its own pace and is closed past the window; "
         "`drop`: it misses frames.",
-    ),
-    "WS_COMPRESSION": Var("off", "`off` or `deflate` (permessage-deflate costs ~40% of fan-out throughput)."),
-    "WS_MAX_CLIENT_FRAME_BYTES": Var("4096", "Largest frame a client may send; bigger closes the connection (1009)."),
-    "WS_PING_INTERVAL": Var("20", "Seconds between keepalive pings; a client that misses one is dropped."),
-    "WS_WINDOW_MAX_BYTES": Var("67108864", "Memory cap of a websocket server's replay window, in bytes."),
-    "API_TOKENS": Var("", "Comma-separated bearer tokens; when set, POST, listing and websockets need one."),
-    "RATE_LIMIT": Var(
+        choices=("disconnect", "drop"),
+    )
+    ws_compression: str = setting(
+        "off", "`off` or `deflate` (permessage-deflate costs ~40% of fan-out throughput).", choices=("off", "deflate")
+    )
+    ws_max_client_frame_bytes: int = setting(
+        "4096", "Largest frame a client may send; bigger closes the connection (1009)."
+    )
+    ws_ping_interval: float = setting("20", "Seconds between keepalive pings; a client that misses one is dropped.")
+    ws_window_max_bytes: int = setting("67108864", "Memory cap of a websocket server's replay window, in bytes.")
+    api_tokens: tuple[str, ...] = setting(
+        "", "Comma-separated bearer tokens; when set, POST, listing and websockets need one."
+    )
+    rate_limit: str = setting(
         "",
         "Messages one client (its token, else its address) may publish per period over both POST endpoints, "
         "e.g. `100/second`; a failed token check costs one (empty: off).",
-    ),
-    "PROXY_COUNT": Var("0", "Reverse proxies in front of the APIs whose X-Forwarded-For to trust (client address)."),
-    "LOG_FORMAT": Var("json", "`json` (one object per line, with message ids) or `text`."),
-    "LOG_LEVEL": Var("INFO", "Python logging level of every service."),
-    "CORS_ORIGINS": Var("*", "Origins allowed to POST to the ingestion API from a browser (comma-separated)."),
-}
+    )
+    proxy_count: int = setting(
+        "0", "Reverse proxies in front of the APIs whose X-Forwarded-For to trust (client address)."
+    )
+    log_format: str = setting(
+        "json", "`json` (one object per line, with message ids) or `text`.", choices=("json", "text")
+    )
+    log_level: str = setting("INFO", "Python logging level of every service.")
+    cors_origins: tuple[str, ...] = setting(
+        "*", "Origins allowed to POST to the ingestion API from a browser (comma-separated)."
+    )
+
+    @property
+    def is_production(self) -> bool:
+        return self.app_env == "production"
+
+
+# Every variable, in declaration order: derived from the fields of Settings.
+ENV_VARS: dict[str, Var] = {f.name.upper(): f.metadata["var"] for f in fields(Settings)}
+_TYPES: dict[str, Any] = get_type_hints(Settings)
 
 
 def _int(raw: str, name: str) -> int:
@@ -136,59 +191,17 @@ def _float(raw: str, name: str) -> float:
         raise ValueError(f"{name} must be a number, got {raw!r}") from None
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Typed view of ``ENV_VARS``; field names are the lower-cased variable names."""
-
-    app_env: str
-    sqlalchemy_database_uri: str
-    redis_url: str
-    redis_timeout_seconds: float
-    ingestion_api_port: int
-    list_api_port: int
-    ws_port: int
-    bind_host: str
-    list_api_url: str
-    ingestion_api_url: str
-    ws_url: str
-    secret_key: str
-    max_message_bytes: int
-    max_batch_messages: int
-    max_batch_bytes: int
-    ingest_group_commit: int
-    idempotency_ttl_seconds: int
-    persist_queue: str
-    celery_visibility_timeout: int
-    persist_batch_size: int
-    persist_message_max_bytes: int
-    worker_prefetch_bytes: int
-    persist_flush_seconds: float
-    persist_attempts: int
-    pending_grace_seconds: float
-    dead_letter_key: str
-    retention_days: float
-    retention_interval_seconds: float
-    retention_batch_size: int
-    worker_metrics_port: int
-    prometheus_multiproc_dir: str
-    live_stream_key: str
-    live_window: int
-    ws_max_buffer_bytes: int
-    ws_slow_client_policy: str
-    ws_compression: str
-    ws_max_client_frame_bytes: int
-    ws_ping_interval: float
-    ws_window_max_bytes: int
-    api_tokens: tuple[str, ...]
-    rate_limit: str
-    proxy_count: int
-    log_format: str
-    log_level: str
-    cors_origins: tuple[str, ...]
-
-    @property
-    def is_production(self) -> bool:
-        return self.app_env == "production"
+def _parse(raw: str, name: str, kind: Any) -> object:
+    """Turn variable ``name``'s text into its field's type (int, float, str or a comma-separated tuple)."""
+    if kind is int:
+        return _int(raw, name)
+    if kind is float:
+        return _float(raw, name)
+    if kind == tuple[str, ...]:
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    if kind is str:
+        return raw
+    raise TypeError(f"{name}: no parser for {kind!r}")
 
 
 def local_stack_env(path: Path = LOCAL_STACK_FILE) -> dict[str, str]:
@@ -247,31 +260,33 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
     raw = {name: env.get(name, var.default) for name, var in ENV_VARS.items()}
     # A default may name another setting (`${WS_PORT}`): the public URLs follow the ports unless set.
     raw = {name: text if name in env else string.Template(text).safe_substitute(raw) for name, text in raw.items()}
-    if raw["APP_ENV"] not in ("development", "production"):
-        raise ValueError(f"APP_ENV must be 'development' or 'production', got {raw['APP_ENV']!r}")
+    for name, var in ENV_VARS.items():
+        if var.choices and raw[name] not in var.choices:
+            raise ValueError(f"{name} must be one of {', '.join(var.choices)}, got {raw[name]!r}")
     if raw["APP_ENV"] == "production":
         missing = [n for n, v in ENV_VARS.items() if v.required_in_production and not env.get(n)]
         if missing:
             raise ValueError(f"required settings are unset: {', '.join(missing)}")
         if raw["SECRET_KEY"] == DEV_SECRET:
             raise ValueError("SECRET_KEY still has the development placeholder")
-    choices = {"WS_SLOW_CLIENT_POLICY": ("disconnect", "drop"), "WS_COMPRESSION": ("off", "deflate"),
-               "LOG_FORMAT": ("json", "text")}  # fmt: skip
-    for name, allowed in choices.items():
-        if raw[name] not in allowed:
-            raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {raw[name]!r}")
-    types = {f.name: f.type for f in fields(Settings)}
-    values: dict[str, object] = {}
-    for name, text in raw.items():
-        key = name.lower()
-        kind = types[key]
-        if kind == "int":
-            values[key] = _int(text, name)
-        elif kind == "float":
-            values[key] = _float(text, name)
-        elif kind == "tuple[str, ...]":
-            values[key] = tuple(part.strip() for part in text.split(",") if part.strip())
-        else:
-            values[key] = text
+    values: dict[str, object] = {name.lower(): _parse(text, name, _TYPES[name.lower()]) for name, text in raw.items()}
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
+
+
+def shown_default(var: Var) -> str:
+    """A variable's default as a reader should see it (this checkout's absolute path as ``<repo>``)."""
+    return var.default.replace(str(PROJECT_DIR), "<repo>")
+
+
+def markdown_table() -> str:
+    """Every variable as a Markdown table: name, default, required in production, meaning."""
+    rows = ["| variable | default | required in production | meaning |", "|---|---|---|---|"]
+    for name, var in ENV_VARS.items():
+        default = f"`{shown_default(var)}`" if var.default else "(empty)"
+        rows.append(f"| `{name}` | {default} | {'yes' if var.required_in_production else ''} | {var.help} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":  # `python config.py`: the settings table, as the docs show it
+    print(markdown_table())

@@ -31,7 +31,6 @@ to the tests, which start gunicorn from the same directory.
 from __future__ import annotations
 
 import json
-import os
 
 from gunicorn import util
 
@@ -42,7 +41,9 @@ worker_connections = 1000  # concurrent connections per worker process (greenlet
 keepalive = 2  # seconds an idle kept-alive connection stays open
 control_socket_disable = True  # its default ~/.gunicorn/gunicorn.ctl would be shared by both APIs
 
-if load_settings().log_format == "json":
+_settings = load_settings()
+
+if _settings.log_format == "json":
     # Merged over gunicorn's defaults: its error logger through our formatter; the root logger is
     # left to each app's own configure_logging.
     logconfig_dict = {
@@ -66,7 +67,7 @@ util.write_error = _json_error
 
 
 def child_exit(server, worker) -> None:
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if _settings.prometheus_multiproc_dir:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)

@@ -77,7 +77,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.add_url_rule("/dummy/batch", view_func=post_batch, methods=["POST"])
     app.add_url_rule("/healthz", view_func=healthz, methods=["GET"])
     queue = app.extensions["broker"]
-    init_metrics(app, "ingestion_api", [GaugeCollector("persist_queue_depth", "Task messages waiting.", queue.depth)])
+    depth = GaugeCollector("persist_queue_depth", "Task messages waiting.", queue.depth)
+    init_metrics(app, "ingestion_api", bool(settings.prometheus_multiproc_dir), [depth])
     app.after_request(_count_rejections)
     return app
 

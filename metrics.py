@@ -22,7 +22,6 @@ asks for it (Prometheus does).
 from __future__ import annotations
 
 import functools
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -50,7 +49,7 @@ def http_families() -> tuple[Counter, Histogram]:
     return requests, duration
 
 
-def service_registry(extra: Iterable[Collector] = ()) -> CollectorRegistry:
+def service_registry(multiprocess: bool, extra: Iterable[Collector] = ()) -> CollectorRegistry:
     """The registry a service's ``/metrics`` renders: its own families, ``process_*`` and ``extra``.
 
     In multiprocess mode the families come from every process's files (this
@@ -58,7 +57,7 @@ def service_registry(extra: Iterable[Collector] = ()) -> CollectorRegistry:
     default registry, which already holds the process collector.
     """
     registry = CollectorRegistry()
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if multiprocess:
         MultiProcessCollector(registry)
         ProcessCollector(registry=registry)
     else:
@@ -86,10 +85,10 @@ class GaugeCollector(Collector):
             yield GaugeMetricFamily(self.name, self.documentation, value=value)
 
 
-def init_metrics(app: Flask, name: str, gauges: Iterable[GaugeCollector] = ()) -> None:
-    """Count requests of ``app`` and serve ``GET /metrics``."""
+def init_metrics(app: Flask, name: str, multiprocess: bool, gauges: Iterable[GaugeCollector] = ()) -> None:
+    """Count requests of ``app`` and serve ``GET /metrics`` (``multiprocess``: aggregated over processes)."""
     requests, duration = http_families()
-    registry = service_registry(gauges)
+    registry = service_registry(multiprocess, gauges)
 
     @app.before_request
     def start_timer() -> None:

@@ -197,7 +197,7 @@ def _serve_metrics(**_kwargs: object) -> None:
             return "redis_unavailable", "Redis does not answer."
         return None
 
-    app = health_and_metrics_app(service_registry(), problem)
+    app = health_and_metrics_app(service_registry(bool(settings.prometheus_multiproc_dir)), problem)
     try:
         serve_in_thread(app, settings.bind_host, settings.worker_metrics_port)
     except OSError:

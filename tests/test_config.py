@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import fcntl
 import re
+import subprocess
+import sys
+from dataclasses import fields
 from pathlib import Path
+from typing import get_type_hints
 
 import pytest
 
-from config import DEV_SECRET, ENV_VARS, load_settings, local_stack_env, uses_local_stack
+from config import DEV_SECRET, ENV_VARS, Settings, load_settings, local_stack_env, uses_local_stack
 from tests.helpers import ROOT
 
 
@@ -47,10 +51,35 @@ def test_malformed_number_names_the_variable() -> None:
         load_settings({"MAX_MESSAGE_BYTES": "lots"})
 
 
-def test_readme_documents_every_variable() -> None:
-    readme = (ROOT / "README.md").read_text()
-    documented = set(re.findall(r"^\| `([A-Z_]+)` \|", readme, flags=re.MULTILINE))
-    assert documented == set(ENV_VARS)
+def test_the_settings_table_is_generated_from_the_fields_in_order() -> None:
+    """`python config.py` prints the table the docs render, straight from the fields: no copy to keep equal."""
+    printed = subprocess.run([sys.executable, "config.py"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    names = re.findall(r"^\| `([A-Z_]+)` \|", printed, flags=re.MULTILINE)
+    assert names == [field.name.upper() for field in fields(Settings)]
+    assert "| `SECRET_KEY` | `dev-only-insecure-secret` | yes | Signs pagination cursors" in printed
+    assert "| `API_TOKENS` | (empty) |  |" in printed
+    assert str(ROOT) not in printed, "the table shows this checkout's path"
+
+
+def test_every_setting_is_parsed_to_its_declared_type() -> None:
+    settings = load_settings({"API_TOKENS": "a, b,", "WS_PING_INTERVAL": "2.5"})
+    hints = get_type_hints(Settings)
+    for field in fields(Settings):
+        declared = tuple if hints[field.name] == tuple[str, ...] else hints[field.name]
+        assert type(getattr(settings, field.name)) is declared, field.name
+    assert settings.api_tokens == ("a", "b")
+    assert settings.ws_ping_interval == 2.5
+
+
+def test_each_setting_with_choices_refuses_others_naming_the_variable() -> None:
+    with_choices = {name: var for name, var in ENV_VARS.items() if var.choices}
+    assert {"APP_ENV", "LOG_FORMAT", "WS_COMPRESSION", "WS_SLOW_CLIENT_POLICY"} <= with_choices.keys()
+    for name, var in with_choices.items():
+        with pytest.raises(ValueError, match=f"{name} must be one of {', '.join(var.choices)}"):
+            load_settings({name: "nonsense"})
+        if name != "APP_ENV":  # production needs more than one variable; tested above
+            for choice in var.choices:
+                assert getattr(load_settings({name: choice}), name.lower()) == choice
 
 
 def test_local_stack_file_counts_only_while_its_stack_holds_the_lock(tmp_path: Path) -> None:

@@ -1,8 +1,9 @@
 """Sphinx extension: the ``env-vars`` directive renders ``config.ENV_VARS`` as a table.
 
 Use it in Markdown as ```` ```{env-vars} ``` ```` or in reST as
-``.. env-vars::``. The table is built from the dict at build time, so the
-documented variables, defaults and meanings are always the code's.
+``.. env-vars::``. The table is built from the fields of ``config.Settings``
+at build time, so the documented variables, defaults and meanings are always
+the code's (``python config.py`` prints the same table in a terminal).
 """
 
 from __future__ import annotations
@@ -44,11 +45,6 @@ def _literal(text: str) -> nodes.paragraph:
     return paragraph
 
 
-def display_default(default: str) -> str:
-    """The default as a reader should see it (the checkout's absolute path hidden)."""
-    return default.replace(str(config.PROJECT_DIR), "<repo>")
-
-
 class EnvVarsTable(SphinxDirective):
     """Render every variable of ``config.ENV_VARS``: name, default, required in production, meaning."""
 
@@ -66,7 +62,7 @@ class EnvVarsTable(SphinxDirective):
         body = nodes.tbody()
         for name, var in config.ENV_VARS.items():
             required = nodes.paragraph(text="yes" if var.required_in_production else "")
-            body += _row([_literal(name), _literal(display_default(var.default)), required, _inline(var.help)])
+            body += _row([_literal(name), _literal(config.shown_default(var)), required, _inline(var.help)])
         group += body
         table = nodes.table(classes=["env-vars", "colwidths-given"], width="100%")
         table += group
