@@ -21,9 +21,9 @@ to the tests, which start gunicorn from the same directory.
   Gunicorn has no hook for these pages, so its ``util.write_error`` is
   replaced; its call sites pass (socket, status, reason, message).
 * Gunicorn's own lines (start-up, worker boots and exits, errors) are JSON
-  like every other line (``logs.JsonFormatter``), unless ``LOG_FORMAT=text``.
+  like every other line (``relay.logs.JsonFormatter``), unless ``LOG_FORMAT=text``.
   There is no gunicorn access log: each app writes one JSON access line per
-  request itself (web.py), with its request id and message ids.
+  request itself (relay/web/base.py), with its request id and message ids.
 * With ``PROMETHEUS_MULTIPROC_DIR`` set, a worker that exits is marked dead
   so prometheus-client drops its live gauges.
 """
@@ -34,7 +34,7 @@ import json
 
 from gunicorn import util
 
-from config import load_settings
+from relay.settings import load_settings
 
 worker_class = "gevent"
 worker_connections = 1000  # concurrent connections per worker process (greenlets)
@@ -47,7 +47,7 @@ if _settings.log_format == "json":
     # Merged over gunicorn's defaults: its error logger through our formatter; the root logger is
     # left to each app's own configure_logging.
     logconfig_dict = {
-        "formatters": {"json": {"()": "logs.JsonFormatter", "service": "gunicorn"}},
+        "formatters": {"json": {"()": "relay.logs.JsonFormatter", "service": "gunicorn"}},
         "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
         "root": {"level": "INFO", "handlers": []},
         "loggers": {

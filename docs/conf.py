@@ -2,7 +2,7 @@
 
 Build it with ``sphinx-build -W -b html docs docs/_build/html`` (the tests
 do, with warnings as errors). Pages are reStructuredText or Markdown (MyST).
-The configuration table is generated from ``config.Settings`` at build time
+The configuration table is generated from ``relay.settings.Settings`` at build time
 by ``_ext/envvars.py``, so it cannot drift from the code.
 """
 

@@ -243,8 +243,8 @@ def bench_persist(args: argparse.Namespace) -> dict[str, object]:
     import redis
     import sqlalchemy as sa
 
-    import broker
-    from messages import make_record, utc_now
+    from relay import broker
+    from relay.records import make_record, utc_now
 
     client = redis.Redis.from_url(args.redis_url)
     engine = sa.create_engine(args.database_url)
@@ -384,7 +384,7 @@ def bench_fanout(args: argparse.Namespace) -> dict[str, object]:
     import psutil
     import redis
 
-    import broker
+    from relay import broker
 
     port = urlsplit(args.ws_url).port or 8765
     server = next(

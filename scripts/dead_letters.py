@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import redis
 
-import broker
-from config import load_settings, setting_origin
+from relay import broker
+from relay.settings import load_settings, setting_origin
 
 
 def main(argv: list[str] | None = None) -> int:

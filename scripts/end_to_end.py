@@ -28,7 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from config import load_settings, setting_origin
+from relay.settings import load_settings, setting_origin
 
 
 class StackDown(Exception):

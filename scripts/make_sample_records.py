@@ -4,14 +4,14 @@
                                           [--database-url mysql+pymysql://root@127.0.0.1:3306/test?charset=utf8mb4]
 
 Each chunk of ``--chunk`` records (made by ``messages.make_record``, as the
-ingestion API makes them) is stored by ``db.save_messages`` in one
+ingestion API makes them) is stored by ``storage.save_messages`` in one
 transaction, the worker's path: rows get the commit-ordered ``seq`` and are
 stored exactly once, so the listing and cursors behave as with real traffic.
 The rows are appended after whatever the table already holds. The database
 must be migrated first (``flask --app db db upgrade``).
 
 ``--database-url`` defaults to ``SQLALCHEMY_DATABASE_URI`` (read through
-``config.py``, so the local stack's SQLite file when unset). Shows a progress
+``relay/settings.py``, so the local stack's SQLite file when unset). Shows a progress
 bar on stderr and prints rows/s at the end.
 """
 
@@ -28,9 +28,9 @@ sys.path.insert(0, str(ROOT))
 import sqlalchemy as sa  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-import db  # noqa: E402
-from config import load_settings  # noqa: E402
-from messages import make_record, utc_now  # noqa: E402
+from relay import storage  # noqa: E402
+from relay.records import make_record, utc_now  # noqa: E402
+from relay.settings import load_settings  # noqa: E402
 
 WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel")
 
@@ -59,7 +59,7 @@ def schema_missing(url: str) -> bool:
 
 def load(url: str, count: int, chunk: int, progress: bool = True) -> dict[str, float]:
     """Store ``count`` sample records in transactions of ``chunk``; return counts and timings."""
-    app = db.create_app({"SQLALCHEMY_DATABASE_URI": url})
+    app = storage.create_app({"SQLALCHEMY_DATABASE_URI": url})
     stored = 0
     making = saving = 0.0
     started = time.perf_counter()
@@ -69,12 +69,12 @@ def load(url: str, count: int, chunk: int, progress: bool = True) -> dict[str, f
                 tick = time.perf_counter()
                 records = sample_records(start, min(chunk, count - start))
                 tock = time.perf_counter()
-                stored += db.save_messages(records)
+                stored += storage.save_messages(records)
                 making += tock - tick
                 saving += time.perf_counter() - tock
                 bar.update(len(records))
         finally:
-            db.db.engine.dispose()
+            storage.db.engine.dispose()
     return {"rows": stored, "seconds": time.perf_counter() - started, "making": making, "saving": saving}
 
 
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=1_000_000, help="records to load (default 1,000,000)")
     parser.add_argument("--chunk", type=int, default=5000, help="records per transaction (default 5,000)")
     parser.add_argument(
-        "--database-url", default=None, help="SQLAlchemy URL (default: SQLALCHEMY_DATABASE_URI, via config.py)"
+        "--database-url", default=None, help="SQLAlchemy URL (default: SQLALCHEMY_DATABASE_URI, via relay/settings.py)"
     )
     parser.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
     args = parser.parse_args(argv)

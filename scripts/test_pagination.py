@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from config import load_settings, setting_origin
+from relay.settings import load_settings, setting_origin
 
 
 class PaginationError(Exception):

@@ -14,11 +14,13 @@ if [ ! -x .venv/bin/python ]; then
   "$_py" -m venv .venv
 fi
 _stamp=".venv/.installed-$(basename "$_req")"
-_want="$(cat requirements*.txt | cksum)"  # cksum: POSIX, also on macOS (no sha256sum)
+_want="$(cat requirements*.txt pyproject.toml | cksum)"  # cksum: POSIX, also on macOS (no sha256sum)
 if [ "$(cat "$_stamp" 2>/dev/null)" != "$_want" ]; then
-  echo "Installing $_req into .venv..."
+  echo "Installing $_req and this project (pip install -e .) into .venv..."
   .venv/bin/python -m pip install --quiet --upgrade pip
   .venv/bin/python -m pip install --quiet -r "$_req"
+  # The relay package, editable: its code stays in this checkout (index.html, migrations/ beside it).
+  .venv/bin/python -m pip install --quiet --no-deps -e .
   echo "$_want" > "$_stamp"
 fi
 export PATH="$PWD/.venv/bin:$PATH"

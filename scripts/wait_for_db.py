@@ -8,7 +8,7 @@ microblog's ``boot.sh`` and the FastAPI template's pre-start script do::
 It retries ``SELECT 1`` with SQLAlchemy until it works (exit 0, or ``exec``
 the command after ``--``) or until ``--timeout`` seconds have passed (exit 1).
 Each attempt is bounded too, so a server that accepts TCP but never answers
-cannot hang it. Reads ``SQLALCHEMY_DATABASE_URI`` through ``config.py``
+cannot hang it. Reads ``SQLALCHEMY_DATABASE_URI`` through ``relay/settings.py``
 unless ``--url`` is given.
 """
 
@@ -24,7 +24,7 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from config import load_settings
+from relay.settings import load_settings
 
 
 def _connect_args(url: sa.URL, timeout: float) -> dict[str, float]:
@@ -70,7 +70,7 @@ def wait_for_database(url: str, timeout: float, interval: float = 1.0) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", help="database URL (default: SQLALCHEMY_DATABASE_URI via config.py)")
+    parser.add_argument("--url", help="database URL (default: SQLALCHEMY_DATABASE_URI via relay/settings.py)")
     parser.add_argument("--timeout", type=float, default=60.0, help="give up after this many seconds (default 60)")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between attempts (default 1)")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="command to exec once ready (after --)")

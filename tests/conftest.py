@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from flask import Flask
 from sqlalchemy.engine import make_url
 
-import db as db_module
+from relay import storage
 from tests.helpers import ROOT, RedisServer, port_claims
 
 MYSQL_URL = os.environ.get("TEST_MYSQL_URL")
@@ -63,10 +63,10 @@ def redis_url(redis_server: RedisServer) -> str:
 
 def migrate(url: str) -> None:
     """Run the committed migrations (``flask db upgrade``) against ``url``."""
-    app = db_module.create_app({"SQLALCHEMY_DATABASE_URI": url})
+    app = storage.create_app({"SQLALCHEMY_DATABASE_URI": url})
     with app.app_context():
         flask_migrate.upgrade(directory=str(ROOT / "migrations"))
-        db_module.db.engine.dispose()
+        storage.db.engine.dispose()
 
 
 @pytest.fixture(scope="session")
@@ -113,10 +113,10 @@ def database_url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def db_app(database_url: str) -> Iterator[Flask]:
     """The worker's database app on a clean database."""
-    app = db_module.create_app({"SQLALCHEMY_DATABASE_URI": database_url, "TESTING": True})
+    app = storage.create_app({"SQLALCHEMY_DATABASE_URI": database_url, "TESTING": True})
     yield app
     with app.app_context():
-        db_module.db.engine.dispose()
+        storage.db.engine.dispose()
 
 
 @pytest.fixture

@@ -10,10 +10,10 @@ import redis
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-import db
 import ingestion_api
 import list_api
-from auth import bearer, token_ok
+from relay import storage
+from relay.web.auth import bearer, token_ok
 from tests.test_wsserver import WsServer
 
 
@@ -56,7 +56,7 @@ def test_listing_requires_a_token_when_configured(database_url: str) -> None:
     assert client.get("/healthz").status_code == 200
     assert client.get("/").status_code == 200
     with app.app_context():
-        db.db.engine.dispose()
+        storage.db.engine.dispose()
 
 
 def test_open_when_no_tokens_are_configured(redis_url: str) -> None:
@@ -154,4 +154,4 @@ def test_security_headers_and_no_debug(redis_url: str, database_url: str) -> Non
         assert response.headers["X-Content-Type-Options"] == "nosniff"
         assert response.headers["X-Frame-Options"] == "DENY"
     with listing.app_context():
-        db.db.engine.dispose()
+        storage.db.engine.dispose()

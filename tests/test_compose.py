@@ -4,7 +4,7 @@
 points, health checks, start-up order, nginx routing, scaling, restarts,
 secrets). What is left here is what a run passes either way: that the
 Procfile and compose run the same things with the same flags, that compose
-sets every setting ``config.py`` reads (a missing one would silently take its
+sets every setting ``relay/settings.py`` reads (a missing one would silently take its
 default), that the image installs runtime requirements only and leaves
 secrets out, that the database login suits MySQL 8 (the run uses MariaDB),
 and the two scripts the containers run (``wait_for_db.py``,
@@ -32,7 +32,7 @@ import sqlalchemy as sa
 import yaml
 from sqlalchemy.engine import make_url
 
-from config import ENV_VARS
+from relay.settings import ENV_VARS
 from tests.helpers import ROOT, free_port, python_env
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -167,7 +167,7 @@ def test_shared_environment_sets_only_settings_config_reads() -> None:
 
 
 def test_shared_environment_sets_every_setting_explicitly() -> None:
-    """STYLE.md: the compose stack sets every value; a new setting in config.py must be added to x-env."""
+    """STYLE.md: the compose stack sets every value; a new setting in relay/settings.py must be added to x-env."""
     missing = [name for name in ENV_VARS if name not in ENV]
     assert not missing, f"add {missing} to x-env in docker-compose.yml"
     required = [name for name, var in ENV_VARS.items() if var.required_in_production]
@@ -258,6 +258,7 @@ def test_dockerignore_keeps_secrets_and_clutter_out_but_the_code_in() -> None:
     patterns = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if line and line[0] != "#"]
     assert {".git", ".venv", "var", ".env"} <= set(patterns)
     needed = [p.name for p in ROOT.glob("*.py")] + ["index.html", "requirements.txt", "migrations/env.py"]
+    needed += [str(p.relative_to(ROOT)) for p in (ROOT / "relay").rglob("*.py")]
     needed += ["scripts/wait_for_db.py", "scripts/healthcheck.py"]
     for path in needed:
         assert (ROOT / path).exists(), path

@@ -12,7 +12,7 @@ from typing import get_type_hints
 
 import pytest
 
-from config import DEV_SECRET, ENV_VARS, Settings, load_settings, local_stack_env, uses_local_stack
+from relay.settings import DEV_SECRET, ENV_VARS, Settings, load_settings, local_stack_env, uses_local_stack
 from tests.helpers import ROOT
 
 
@@ -52,8 +52,9 @@ def test_malformed_number_names_the_variable() -> None:
 
 
 def test_the_settings_table_is_generated_from_the_fields_in_order() -> None:
-    """`python config.py` prints the table the docs render, straight from the fields: no copy to keep equal."""
-    printed = subprocess.run([sys.executable, "config.py"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    """`python -m relay.settings` prints the table the docs render, straight from the fields: no copy to keep equal."""
+    command = [sys.executable, "-m", "relay.settings"]
+    printed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True).stdout
     names = re.findall(r"^\| `([A-Z_]+)` \|", printed, flags=re.MULTILINE)
     assert names == [field.name.upper() for field in fields(Settings)]
     assert "| `SECRET_KEY` | `dev-only-insecure-secret` | yes | Signs pagination cursors" in printed

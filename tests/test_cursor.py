@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cursor import CursorCodec, InvalidCursor
+from relay.listing.cursor import CursorCodec, InvalidCursor
 
 codec = CursorCodec("test-secret")
 

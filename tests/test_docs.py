@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from config import ENV_VARS
+from relay.settings import ENV_VARS
 from tests.helpers import ROOT
 
 DOCS = ROOT / "docs"

@@ -11,8 +11,8 @@ import pytest
 import redis
 import requests
 
-import broker
-from messages import make_record, utc_now
+from relay import broker
+from relay.records import make_record, utc_now
 from tests.helpers import wait_until
 from tests.stack import Stack, running_stack
 

@@ -37,12 +37,12 @@ from flask import Flask
 from hypothesis import HealthCheck, settings
 from werkzeug.test import run_wsgi_app
 
-import db
 import ingestion_api
 import list_api
-import openapi
-from cursor import CursorCodec
-from messages import make_record
+from relay import storage
+from relay.listing.cursor import CursorCodec
+from relay.records import make_record
+from relay.web import openapi
 from tests.conftest import clear_database
 
 MAX_EXAMPLES = int(os.environ.get("FUZZ_MAX_EXAMPLES", "100"))
@@ -185,11 +185,11 @@ def list_app(
     records = [make_record({"n": i, "text": "ünïcode \u0000"}, stamp + dt.timedelta(microseconds=i)) for i in range(12)]
     records[0]["id"] = EXAMPLE_ID  # so the examples phase reads a message that exists
     with app.app_context():
-        db.save_messages(records)
+        storage.save_messages(records)
     recorder = Recorder(app, headers)
     yield recorder
     with app.app_context():
-        db.db.engine.dispose()
+        storage.db.engine.dispose()
     record(recorder, totals, "list_api")
 
 

@@ -9,9 +9,9 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-import db
 from list_api import create_app
-from messages import make_record
+from relay import storage
+from relay.records import make_record
 
 
 @pytest.fixture
@@ -19,7 +19,7 @@ def app(database_url: str):
     app = create_app({"sqlalchemy_database_uri": database_url, "secret_key": "list-test"})
     yield app
     with app.app_context():
-        db.db.engine.dispose()
+        storage.db.engine.dispose()
 
 
 @pytest.fixture
@@ -30,7 +30,7 @@ def client(app: Flask) -> FlaskClient:
 def store(app: Flask, count: int, start: int = 0) -> list[str]:
     batch = [make_record({"n": start + i}, dt.datetime(2026, 11, 29, 8, 0, 0, i)) for i in range(count)]
     with app.app_context():
-        db.save_messages(batch)
+        storage.save_messages(batch)
     return [r["id"] for r in batch]
 
 
@@ -147,7 +147,7 @@ def test_link_comes_from_the_configured_url_not_the_request_headers(database_url
     link = app.test_client().get("/messages?limit=1", headers=forged).headers["Link"]
     assert link.startswith("<https://api.example/messages?") and "evil" not in link and "gopher" not in link
     with app.app_context():
-        db.db.engine.dispose()
+        storage.db.engine.dispose()
 
 
 def test_a_signed_cursor_beyond_the_largest_position_is_a_400(app: Flask, client: FlaskClient) -> None:

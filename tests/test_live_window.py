@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from live_window import Backlog, Window
+from relay.live.window import Backlog, Window
 
 
 def test_window_returns_frames_after_an_id_in_order() -> None:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from messages import (
+from relay.records import (
     InvalidMessage,
     format_time,
     is_message_id,

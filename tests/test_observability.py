@@ -12,10 +12,10 @@ import pytest
 import requests
 from websockets.asyncio.client import connect
 
-import db
 import ingestion_api
 import list_api
-from logs import JsonFormatter
+from relay import storage
+from relay.logs import JsonFormatter
 from tests.helpers import celery_worker, free_port, gunicorn, python_env, wait_http_ok, wait_until
 from tests.test_wsserver import WsServer
 
@@ -53,7 +53,7 @@ def test_list_api_serves_metrics(database_url: str) -> None:
     text = client.get("/metrics").text
     assert metric(text, "http_requests_total", 'app="list_api",endpoint="list_view",status="200"') >= 1
     with app.app_context():
-        db.db.engine.dispose()
+        storage.db.engine.dispose()
 
 
 @pytest.mark.e2e

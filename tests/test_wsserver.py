@@ -20,8 +20,8 @@ import requests
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-import broker
-from messages import make_record, utc_now
+from relay import broker
+from relay.records import make_record, utc_now
 from tests.helpers import ROOT, Service, free_port, python_env, wait_http_ok
 
 pytestmark = pytest.mark.e2e

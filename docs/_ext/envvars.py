@@ -1,9 +1,9 @@
-"""Sphinx extension: the ``env-vars`` directive renders ``config.ENV_VARS`` as a table.
+"""Sphinx extension: the ``env-vars`` directive renders ``relay.settings.ENV_VARS`` as a table.
 
 Use it in Markdown as ```` ```{env-vars} ``` ```` or in reST as
-``.. env-vars::``. The table is built from the fields of ``config.Settings``
+``.. env-vars::``. The table is built from the fields of ``relay.settings.Settings``
 at build time, so the documented variables, defaults and meanings are always
-the code's (``python config.py`` prints the same table in a terminal).
+the code's (``python -m relay.settings`` prints the same table in a terminal).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from docutils import nodes
 from sphinx.application import Sphinx
 from sphinx.util.docutils import SphinxDirective
 
-import config
+from relay import settings as config
 
 _CODE = re.compile(r"`([^`]+)`")
 
@@ -46,7 +46,7 @@ def _literal(text: str) -> nodes.paragraph:
 
 
 class EnvVarsTable(SphinxDirective):
-    """Render every variable of ``config.ENV_VARS``: name, default, required in production, meaning."""
+    """Render every variable of ``relay.settings.ENV_VARS``: name, default, required in production, meaning."""
 
     has_content = False
 

@@ -42,7 +42,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from messages import format_time, live_frame, utc_now
+from relay.records import format_time, live_frame, utc_now
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Each line has ``ts`` (RFC 3339, UTC), ``level``, ``service``, ``logger``
 and ``message``, plus ``message_id`` (or ``message_ids``) when the log call
 passes it with ``extra=``, so one message can be followed from the API to the
 worker. The APIs add ``request_id`` to every line written while handling a
-request, and write one ``access`` line per request (web.py); gunicorn's own
+request, and write one ``access`` line per request (relay/web/base.py); gunicorn's own
 lines go through the same formatter (gunicorn.conf.py).
 ``LOG_FORMAT=text`` switches to plain lines for reading in a terminal.
 """
@@ -16,7 +16,7 @@ import logging
 
 import orjson
 
-# Fields a log call may pass with ``extra=``; web.py's access lines use the request ones.
+# Fields a log call may pass with ``extra=``; relay/web/base.py's access lines use the request ones.
 CONTEXT_KEYS = ("request_id", "method", "path", "status", "ms", "message_id", "message_ids", "count", "error")
 
 

@@ -17,8 +17,8 @@ from typing import Any
 
 from flask import Flask, Response
 
-from config import Settings, load_settings
-from web import json_response
+from relay.settings import Settings, load_settings
+from relay.web.base import json_response
 
 SERVICES = ("ingestion_api", "list_api")
 DEFAULT_LIMIT = 100  # list_api.DEFAULT_LIMIT and MAX_LIMIT (a test keeps them equal)

@@ -4,7 +4,7 @@ Each service calls :func:`load_settings` once (in its app factory or
 ``main()``) and passes the resulting :class:`Settings` around; nothing else
 reads ``os.environ``. Each setting is declared once, as a field of
 :class:`Settings` with its type, default, meaning and checks; ``ENV_VARS``
-and the configuration table (the docs', and ``python config.py``'s) derive
+and the configuration table (the docs', and ``python -m relay.settings``'s) derive
 from it.
 
 ``APP_ENV=production`` (the compose stack) turns on fail-fast checks: a
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
-PROJECT_DIR = Path(__file__).resolve().parent
+PROJECT_DIR = Path(__file__).resolve().parent.parent  # the checkout: index.html, migrations/, var/
 DEV_SECRET = "dev-only-insecure-secret"  # noqa: S105 (placeholder; production refuses it)
 # Written by scripts/run.sh (scripts/local_stack.py): the settings of the stack it runs from this checkout.
 LOCAL_STACK_FILE = PROJECT_DIR / "var" / "local-stack.env"
@@ -50,7 +50,7 @@ class Settings:
 
     This class is the only declaration. A field's variable is its name in
     upper case; :data:`ENV_VARS`, the docs' table (``docs/_ext/envvars.py``)
-    and ``python config.py`` derive from it.
+    and ``python -m relay.settings`` derive from it.
     """
 
     app_env: str = setting(
@@ -288,5 +288,5 @@ def markdown_table() -> str:
     return "\n".join(rows)
 
 
-if __name__ == "__main__":  # `python config.py`: the settings table, as the docs show it
+if __name__ == "__main__":  # `python -m relay.settings`: the settings table, as the docs show it
     print(markdown_table())

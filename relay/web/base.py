@@ -19,8 +19,8 @@ from flask import Flask, Response, g, has_request_context, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from auth import bearer, token_ok
-from config import Settings
+from relay.settings import Settings
+from relay.web.auth import bearer, token_ok
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("access")

@@ -1,0 +1,268 @@
+"""Ingestion API: accepts messages and queues them for persistence and live delivery.
+
+Run: ``gunicorn -b 0.0.0.0:5000 "ingestion_api:create_app()"``.
+Reads ``REDIS_URL``, ``REDIS_TIMEOUT_SECONDS``, ``LIST_API_URL``,
+``MAX_MESSAGE_BYTES``, ``MAX_BATCH_MESSAGES``, ``MAX_BATCH_BYTES``,
+``IDEMPOTENCY_TTL_SECONDS``, ``PERSIST_QUEUE``, ``LIVE_STREAM_KEY``,
+``LIVE_WINDOW``, ``API_TOKENS``, ``RATE_LIMIT``, ``PROXY_COUNT`` and
+``CORS_ORIGINS`` through ``relay/settings.py``.
+
+Endpoints: ``POST /dummy`` (one JSON object), ``POST /dummy/batch`` (an
+array of 1..1000 objects), ``GET /healthz``. A 202 means the message is in
+Redis (durable as Redis is configured); if Redis cannot be written the
+answer is 503 with ``Retry-After``, never a 202.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import redis
+from flask import Flask, Response, current_app, g, request
+from flask_cors import CORS
+from prometheus_client import Counter
+from werkzeug.exceptions import ClientDisconnected
+
+from relay import broker
+from relay.logs import configure_logging
+from relay.metrics import GaugeCollector, init_metrics
+from relay.records import InvalidMessage, make_record, parse_batch, parse_message, utc_now
+from relay.settings import Settings, load_settings
+from relay.web.auth import bearer, token_ok
+from relay.web.base import ApiError, init_web, json_response, unauthorized
+from relay.web.openapi import init_openapi
+from relay.web.ratelimit import RateLimit, Verdict, client_for_address, client_for_token
+
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+_READ_CHUNK = 65536
+PUBLISH_ENDPOINTS = frozenset({"post_message", "post_batch"})
+# The ingestion API's own metric families (relay/metrics.py explains why each service defines its own).
+ACCEPTED = Counter("messages_accepted_total", "Messages accepted (202) by the ingestion API.", ["endpoint"])
+REJECTED = Counter("messages_rejected_total", "Requests rejected with a 4xx, by error code.", ["error"])
+LIVE_PUBLISH_FAILURES = Counter("live_publish_failures_total", "Accepted messages whose live publish failed.")
+# How long a write of several task messages (a large batch) may wait for Redis' answer before it is settled.
+BULK_READ_SECONDS = 5.0
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Create the ingestion API; ``test_config`` overrides settings by field name."""
+    settings = load_settings(**dict(test_config or {}))
+    configure_logging("ingestion_api", settings.log_format, settings.log_level)
+    app = Flask(__name__, static_folder=None)
+    app.config["SETTINGS"] = settings
+    # No MAX_CONTENT_LENGTH: each view enforces its own limit while reading (see _read_body), and a
+    # chunked body must be read past the limit to know it is over it (Werkzeug stops at the limit).
+    app.extensions["broker"] = broker.Broker(
+        broker.connect(settings.redis_url, settings.redis_timeout_seconds),
+        queue=settings.persist_queue,
+        stream=settings.live_stream_key,
+        window=settings.live_window,
+        idempotency_ttl=settings.idempotency_ttl_seconds,
+        group_commit=bool(settings.ingest_group_commit),
+        message_max_bytes=settings.persist_message_max_bytes,
+        probe_client=broker.connect(settings.redis_url, settings.redis_timeout_seconds, read_timeout=1.0),
+        bulk_client=broker.connect(settings.redis_url, settings.redis_timeout_seconds, read_timeout=BULK_READ_SECONDS),
+    )
+    if settings.rate_limit:
+        app.extensions["rate_limit"] = RateLimit(
+            settings.rate_limit, settings.redis_url, settings.redis_timeout_seconds
+        )
+    init_web(app, settings)
+    init_openapi(app, "ingestion_api")
+    CORS(app, origins=list(settings.cors_origins), methods=["POST"], expose_headers=["Location"])
+    app.add_url_rule("/dummy", view_func=post_message, methods=["POST"])
+    app.add_url_rule("/dummy/batch", view_func=post_batch, methods=["POST"])
+    app.add_url_rule("/healthz", view_func=healthz, methods=["GET"])
+    queue = app.extensions["broker"]
+    depth = GaugeCollector("persist_queue_depth", "Task messages waiting.", queue.depth)
+    init_metrics(app, "ingestion_api", bool(settings.prometheus_multiproc_dir), [depth])
+    app.after_request(_count_rejections)
+    return app
+
+
+def _count_rejections(response: Response) -> Response:
+    if request.endpoint in PUBLISH_ENDPOINTS and 400 <= response.status_code < 500:
+        REJECTED.labels(str(response.status_code)).inc()
+    return response
+
+
+def _settings() -> Settings:
+    return current_app.config["SETTINGS"]
+
+
+def _rate_limit() -> RateLimit | None:
+    return current_app.extensions.get("rate_limit")
+
+
+def _limited(verdict: Verdict) -> ApiError:
+    message = f"Too many messages from this client (limit {_settings().rate_limit}); retry after Retry-After seconds."
+    return ApiError(
+        429, "too_many_requests", message, {"Retry-After": str(verdict.retry_after), **_limit_headers(verdict)}
+    )
+
+
+def _limit_headers(verdict: Verdict | None) -> dict[str, str]:
+    if verdict is None:
+        return {}
+    return {
+        "X-RateLimit-Limit": str(verdict.limit),
+        "X-RateLimit-Remaining": str(verdict.remaining),
+        "X-RateLimit-Reset": str(verdict.reset_at),
+    }
+
+
+def _client() -> str | None:
+    """Identify the publishing client, or raise 401 (429 once it keeps failing) for a bad token.
+
+    With ``API_TOKENS`` the client is its token, scoping rate limits and
+    Idempotency-Keys; without, it is its address for rate limits, and None
+    for idempotency (one anonymous tenant: a retry from a new address still matches).
+    """
+    tokens = _settings().api_tokens
+    if not tokens:
+        return None
+    token = bearer(request.headers.get("Authorization"))
+    if token is not None and token_ok(token, tokens):
+        return client_for_token(token)
+    limit = _rate_limit()
+    if limit is not None:
+        verdict = limit.charge(client_for_address(request.remote_addr))
+        if verdict is not None and not verdict.allowed:
+            raise _limited(verdict)
+    raise unauthorized()
+
+
+def _charge(client: str | None, cost: int) -> Verdict | None:
+    """Take ``cost`` messages from the client's budget, or raise 429 (413 if it can never fit)."""
+    limit = _rate_limit()
+    if limit is None:
+        return None
+    if cost > limit.amount:
+        raise ApiError(
+            413,
+            "batch_over_rate_limit",
+            f"This batch has {cost} messages; the rate limit allows {_settings().rate_limit}. Send smaller batches.",
+        )
+    verdict = limit.charge(client or client_for_address(request.remote_addr), cost)
+    if verdict is not None and not verdict.allowed:
+        raise _limited(verdict)
+    return verdict
+
+
+def _read_body(limit: int) -> bytes:
+    """Return the whole body, or raise the error for a wrong type, a size over ``limit`` or broken framing.
+
+    The body is read to its end (or one byte past ``limit``), whatever its
+    framing: a chunked body is over the limit only once more than ``limit``
+    bytes have arrived, and it is parsed only if it ended properly.
+    """
+    mimetype = request.mimetype
+    if mimetype != "application/json" and not (mimetype.startswith("application/") and mimetype.endswith("+json")):
+        raise ApiError(415, "unsupported_media_type", "Send the message with Content-Type: application/json.")
+    too_large = ApiError(413, "too_large", f"The body is larger than the {limit}-byte limit.")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    incomplete = ApiError(400, "incomplete_body", "The body ended before its declared length or final chunk.")
+    chunks, size = [], 0
+    try:
+        while size <= limit:
+            chunk = request.stream.read(min(_READ_CHUNK, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except (ClientDisconnected, OSError):
+        raise incomplete from None
+    except Exception:  # the server's own parse errors of a malformed chunked body (sizes, extensions, trailers)
+        raise ApiError(400, "malformed_body", "The body's chunked framing is malformed.") from None
+    if size > limit:
+        raise too_large
+    if request.content_length is not None and size < request.content_length:
+        # The client closed before sending what it declared (RFC 9112 section 8): never accept a fragment.
+        raise incomplete
+    return b"".join(chunks)
+
+
+def _idempotency(client: str | None, body: bytes) -> broker.Idempotency | None:
+    """The request's Idempotency-Key scoped to its client and endpoint, bound to its body."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not _IDEMPOTENCY_KEY.match(key):
+        raise ApiError(400, "bad_idempotency_key", "Idempotency-Key must be 1 to 255 printable ASCII characters.")
+    scope = f"idempotency:{client or 'anonymous'}:{request.endpoint}:{key}"
+    return broker.Idempotency(scope, hashlib.sha256(body).hexdigest())
+
+
+def _accept(
+    records: list[dict[str, str]], answer: dict[str, Any], location: str | None, client: str | None, body: bytes
+) -> Response:
+    """Queue ``records`` and answer 202, 200 for a repeat, or the error (nothing queued)."""
+    idempotency = _idempotency(client, body)
+    verdict = _charge(client, len(records))
+    ids = [r["id"] for r in records]
+    g.message_ids = ids  # on this request's log lines, the access line included (relay/web/base.py)
+    try:
+        result = current_app.extensions["broker"].enqueue(records, answer, idempotency)
+    except broker.IdempotencyKeyReused:
+        raise ApiError(
+            422,
+            "idempotency_key_reused",
+            "This Idempotency-Key was already used with a different body; use a new key for a new message.",
+        ) from None
+    except (redis.RedisError, broker.QueueBusy) as exc:
+        current_app.logger.warning("queue write failed (%s); answering 503", exc)
+        raise ApiError(
+            503, "queue_unavailable", "The message queue is unavailable; retry shortly.", {"Retry-After": "1"}
+        ) from None
+    if not result.repeated:
+        ACCEPTED.labels(request.endpoint).inc(len(records))
+    if not result.live_published:
+        LIVE_PUBLISH_FAILURES.inc(len(records))
+        current_app.logger.warning("live publish failed")
+    headers = {"Location": location} if location else {}
+    if result.repeated and "id" in result.answer:
+        headers["Location"] = f"{_settings().list_api_url}/messages/{result.answer['id']}"
+    headers.update(_limit_headers(verdict))
+    return json_response(result.answer, 200 if result.repeated else 202, headers)
+
+
+def _invalid(exc: InvalidMessage) -> ApiError:
+    return ApiError(413 if exc.code == "too_large" else 400, exc.code, exc.message)
+
+
+def post_message() -> Response:
+    """Accept one JSON object."""
+    client = _client()
+    body = _read_body(_settings().max_message_bytes)
+    try:
+        record = make_record(parse_message(body), utc_now(), _settings().max_message_bytes)
+    except InvalidMessage as exc:
+        raise _invalid(exc) from None
+    answer = {"id": record["id"], "received_at": record["received_at"]}
+    return _accept([record], answer, f"{_settings().list_api_url}/messages/{record['id']}", client, body)
+
+
+def post_batch() -> Response:
+    """Accept an array of objects, all or nothing."""
+    settings = _settings()
+    client = _client()
+    body = _read_body(settings.max_batch_bytes)
+    received_at = utc_now()
+    try:
+        payloads = parse_batch(body, settings.max_batch_messages)
+        records = [make_record(payload, received_at, settings.max_message_bytes) for payload in payloads]
+    except InvalidMessage as exc:
+        raise _invalid(exc) from None
+    answer = {"ids": [r["id"] for r in records], "received_at": records[0]["received_at"]}
+    return _accept(records, answer, None, client, body)
+
+
+def healthz() -> Response:
+    """Report whether Redis answers."""
+    if current_app.extensions["broker"].ping():
+        return json_response({"status": "ok"})
+    raise ApiError(503, "redis_unavailable", "Redis does not answer.", {"Retry-After": "1"})

@@ -1,0 +1,1 @@
+"""The list API process: keyset-paginated listing of every stored message, and the live page."""

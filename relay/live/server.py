@@ -1,0 +1,352 @@
+"""Websocket server: fans messages out from the Redis live stream to browsers.
+
+Run: ``python wsserver.py``. Reads ``REDIS_URL``, ``LIVE_STREAM_KEY``,
+``LIVE_WINDOW``, ``BIND_HOST``, ``WS_PORT`` and the other ``WS_*`` settings
+through ``relay/settings.py``. Several processes can run side by side: each reads
+the whole stream with its own single Redis connection (Redis never sees the
+browsers) and delivers every message to its own clients.
+
+Protocol. Connect to ``ws://host:8765/`` for the live stream, or to
+``/?after=<message id>`` to resume: the server first sends every message
+after that id still in its window, in stream order, then goes live with no
+gap and no duplicate at the seam. Text frames from the server:
+
+* a message: ``{"id", "received_at", "payload"}`` (as in the list API);
+* ``{"type": "ready"}``: any replay is done, what follows is live;
+* ``{"type": "reset", "reason": ..., "oldest": <id or null>}``: the ``after``
+  id is unknown or older than the window; backfill from the list API.
+
+Clients send nothing: a data frame closes the connection (1003), one larger
+than ``WS_MAX_CLIENT_FRAME_BYTES`` closes it (1009). A client that falls
+more than ``WS_MAX_BUFFER_BYTES`` behind is switched to a backlog sent at
+its own pace (frames shared with the window, so it costs references, not
+copies); if it falls further behind than the replay window it is
+disconnected (1013; it resumes or resets). With
+``WS_SLOW_CLIENT_POLICY=drop`` such a client instead misses frames until it
+drains (counted). Either way slow clients never hold back the others and
+memory stays bounded.
+``GET /healthz`` on the same port answers 200 when Redis does, and
+``GET /metrics`` serves Prometheus metrics. When
+``API_TOKENS`` is set, the handshake needs a token (``?token=`` or
+``Authorization: Bearer``); without one it is refused with 401.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import signal
+from collections.abc import Coroutine, Iterable
+from dataclasses import dataclass
+from http import HTTPStatus
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+import redis.asyncio as aioredis
+import uvloop
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+from redis.exceptions import RedisError
+from websockets.asyncio.server import ServerConnection, broadcast, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request, Response
+from websockets.protocol import State
+
+from relay.live.window import Backlog, Window
+from relay.logs import configure_logging
+from relay.settings import Settings, load_settings
+from relay.web.auth import bearer, token_ok
+
+log = logging.getLogger("wsserver")
+READY = orjson.dumps({"type": "ready"})
+READ_BATCH = 100  # stream entries per XREAD: bounds the burst written to a client at once
+
+
+@dataclass
+class Stats:
+    """Counters the server keeps (exported at ``/metrics``)."""
+
+    delivered: int = 0
+    dropped: int = 0
+    slow_disconnects: int = 0
+    replayed: int = 0
+
+
+class Hub:
+    """Who is connected, what each still needs, and the fan-out itself.
+
+    A client is either *live* (frames are written to it as they arrive, with
+    ``broadcast``, never awaiting it) or *catching up* (it has a backlog that
+    a task of its own sends with flow control, then it turns live again).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.window = Window(settings.live_window, settings.ws_window_max_bytes)
+        self.live: set[ServerConnection] = set()
+        self.catching_up: dict[ServerConnection, Backlog] = {}
+        self.stats = Stats()
+        self._tasks: set[asyncio.Task] = set()
+
+    def _spawn(self, coroutine: Coroutine) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _buffered(self, connection: ServerConnection) -> int:
+        transport = connection.transport
+        return transport.get_write_buffer_size() if transport is not None else 0
+
+    def deliver(self, entries: Iterable[tuple[str, bytes]]) -> None:
+        """Remember new frames and pass them to every client; never waits on a client."""
+        frames = []
+        for message_id, frame in entries:
+            self.window.append(message_id, frame)
+            frames.append(frame)
+        if not frames:
+            return
+        # A client still holding more than the limit from earlier writes is not keeping up.
+        behind = [c for c in self.live if self._buffered(c) > self.settings.ws_max_buffer_bytes]
+        if self.settings.ws_slow_client_policy == "drop":
+            targets = self.live.difference(behind)
+            self.stats.dropped += len(behind) * len(frames)
+        else:
+            for connection in behind:
+                self.live.discard(connection)
+                self._start_catch_up(connection, Backlog(), announce=False)
+            targets = self.live
+        for connection, backlog in list(self.catching_up.items()):
+            backlog.extend(frames)
+            if len(backlog.frames) > self.window.max_items or backlog.bytes > self.window.max_bytes:
+                self.evict(connection)
+        self._write(targets, frames)
+        self.stats.delivered += len(targets) * len(frames)
+
+    @staticmethod
+    def _write(targets: Iterable[ServerConnection], frames: list[bytes]) -> None:
+        """Write ``frames`` to every target without awaiting any of them.
+
+        Server frames are unmasked, so without compression they are the same
+        bytes for every client: serialize the batch once and hand each
+        client one joined write (one syscall per client per batch, where
+        ``broadcast`` re-encodes and writes per client per frame). Clients
+        that negotiated compression go through ``broadcast``.
+        """
+        compressed = []
+        wire = b"".join(Frame(Opcode.TEXT, frame).serialize(mask=False) for frame in frames)
+        for connection in targets:
+            if connection.protocol.extensions:
+                compressed.append(connection)
+            elif connection.protocol.state is State.OPEN and connection.transport is not None:
+                connection.transport.write(wire)
+        for frame in frames:
+            broadcast(compressed, frame, text=True)
+
+    def evict(self, connection: ServerConnection) -> None:
+        """Drop a client that fell further behind than the replay window, closing it (1013)."""
+        self.live.discard(connection)
+        self.catching_up.pop(connection, None)
+        self.stats.slow_disconnects += 1
+        log.warning("disconnecting slow client %s", connection.remote_address)
+        self._spawn(connection.close(1013, "client too slow"))
+
+    def join(self, connection: ServerConnection, after: str | None) -> None:
+        """Register a client; with ``after``, queue its replay (synchronously, so nothing slips between)."""
+        if after is not None:
+            backlog = self.window.after(after)
+            if backlog is not None:
+                self.stats.replayed += len(backlog)
+                self._start_catch_up(connection, Backlog(backlog), announce=True)
+                return
+            reset = {"type": "reset", "reason": "unknown_or_expired_id", "oldest": self.window.oldest}
+            broadcast([connection], orjson.dumps(reset), text=True)
+        broadcast([connection], READY, text=True)
+        self.live.add(connection)
+
+    def _start_catch_up(self, connection: ServerConnection, backlog: Backlog, announce: bool) -> None:
+        self.catching_up[connection] = backlog
+        self._spawn(self._catch_up(connection, backlog, announce))
+
+    async def _catch_up(self, connection: ServerConnection, backlog: Backlog, announce: bool) -> None:
+        """Send a backlog with flow control, then switch the client to live with no await between."""
+        try:
+            while backlog.frames:
+                await connection.send(backlog.popleft(), text=True)
+                if self.catching_up.get(connection) is not backlog:
+                    return
+        except ConnectionClosed:
+            return
+        del self.catching_up[connection]
+        if announce:
+            broadcast([connection], READY, text=True)
+        self.live.add(connection)
+
+    def leave(self, connection: ServerConnection) -> None:
+        self.live.discard(connection)
+        self.catching_up.pop(connection, None)
+
+
+class HubCollector(Collector):
+    """Exports the hub's counters and connection count when ``/metrics`` is scraped."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def collect(self) -> Iterable[Metric]:
+        stats = self.hub.stats
+        yield GaugeMetricFamily(
+            "ws_connections", "Connected websocket clients.", value=len(self.hub.live) + len(self.hub.catching_up)
+        )
+        yield GaugeMetricFamily("ws_catching_up", "Clients being sent a backlog.", value=len(self.hub.catching_up))
+        yield CounterMetricFamily("ws_frames_delivered", "Message frames written to clients.", value=stats.delivered)
+        yield CounterMetricFamily(
+            "ws_frames_dropped", "Frames skipped for slow clients (drop policy).", value=stats.dropped
+        )
+        yield CounterMetricFamily("ws_frames_replayed", "Frames replayed to resuming clients.", value=stats.replayed)
+        yield CounterMetricFamily(
+            "ws_slow_disconnects", "Clients closed for falling behind.", value=stats.slow_disconnects
+        )
+
+
+def _after_param(path: str) -> str | None:
+    values = parse_qs(urlsplit(path).query).get("after")
+    return values[0] if values else None
+
+
+async def handler(hub: Hub, connection: ServerConnection) -> None:
+    """Serve one browser: join (replaying if resuming), then wait until it leaves."""
+    hub.join(connection, _after_param(connection.request.path))
+    try:
+        async for _ in connection:
+            await connection.close(1003, "this server does not accept messages")
+    except ConnectionClosed:
+        pass
+    finally:
+        hub.leave(connection)
+
+
+def _valid(entries: Iterable[tuple[bytes, dict[bytes, bytes]]]) -> list[tuple[str, bytes]]:
+    """Turn stream entries into (message id, frame), skipping any that lack either field."""
+    valid = []
+    for entry_id, fields in entries:
+        if b"id" in fields and b"frame" in fields:
+            valid.append((fields[b"id"].decode(), fields[b"frame"]))
+        else:
+            log.warning("skipping malformed live stream entry %s", entry_id)
+    return valid
+
+
+async def relay(hub: Hub, client: aioredis.Redis, stream: str) -> None:
+    """The one Redis reader: prime the window, then pass every new stream entry to the hub."""
+    last: str | None = None
+    backoff = 0.1
+    while True:
+        try:
+            if last is None:
+                recent = await client.xrevrange(stream, count=hub.window.max_items)
+                hub.deliver(_valid(reversed(recent)))
+                last = recent[0][0].decode() if recent else "0-0"
+            response = await client.xread({stream: last}, count=READ_BATCH, block=1000)
+            backoff = 0.1
+        except (RedisError, OSError) as exc:
+            log.warning("reading the live stream failed (%s); retrying in %.1fs", exc, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+            continue
+        for _stream, entries in response or []:
+            last = entries[-1][0].decode()
+            hub.deliver(_valid(entries))
+
+
+async def process_request(
+    client: aioredis.Redis,
+    tokens: tuple[str, ...],
+    hub_registry: CollectorRegistry,
+    connection: ServerConnection,
+    request: Request,
+) -> Response | None:
+    """Answer ``/healthz`` and ``/metrics`` over plain HTTP, refuse handshakes without a valid token."""
+    url = urlsplit(request.path)
+    if url.path == "/healthz":
+        return await _health(client, connection)
+    if url.path == "/metrics":
+        # prometheus-client's own choice of format (OpenMetrics when asked); relay/metrics.py is Flask's, not used here.
+        encode, content_type = choose_encoder(request.headers.get("Accept") or "")
+        response = connection.respond(HTTPStatus.OK, encode(hub_registry).decode())
+        del response.headers["Content-Type"]
+        response.headers["Content-Type"] = content_type
+        return response
+    if tokens:
+        presented = bearer(request.headers.get("Authorization")) or parse_qs(url.query).get("token", [None])[0]
+        if not token_ok(presented, tokens):
+            body = {"error": "unauthorized", "message": "A valid token is required (?token= or Authorization)."}
+            return _json_response(connection, HTTPStatus.UNAUTHORIZED, body)
+    return None
+
+
+async def _health(client: aioredis.Redis, connection: ServerConnection) -> Response:
+    try:
+        ok = bool(await asyncio.wait_for(client.ping(), 1.0))
+    except (RedisError, OSError, TimeoutError):
+        ok = False
+    if ok:
+        return _json_response(connection, HTTPStatus.OK, {"status": "ok"})
+    body = {"error": "redis_unavailable", "message": "Redis does not answer."}
+    return _json_response(connection, HTTPStatus.SERVICE_UNAVAILABLE, body)
+
+
+def _json_response(connection: ServerConnection, status: HTTPStatus, body: dict) -> Response:
+    response = connection.respond(status, orjson.dumps(body).decode())
+    del response.headers["Content-Type"]
+    response.headers["Content-Type"] = "application/json"
+    return response
+
+
+async def run(settings: Settings, stop: asyncio.Future) -> None:
+    """Serve until ``stop`` resolves, then close every connection gracefully (1001)."""
+    client = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=5)
+    hub = Hub(settings)
+    hub_registry = CollectorRegistry()
+    hub_registry.register(HubCollector(hub))
+    ProcessCollector(registry=hub_registry)  # one process: process_* describes the whole server
+    reader = asyncio.create_task(relay(hub, client, settings.live_stream_key))
+    async with serve(
+        functools.partial(handler, hub),
+        settings.bind_host,
+        settings.ws_port,
+        process_request=functools.partial(process_request, client, settings.api_tokens, hub_registry),
+        compression="deflate" if settings.ws_compression == "deflate" else None,
+        max_size=settings.ws_max_client_frame_bytes,
+        ping_interval=settings.ws_ping_interval,
+        ping_timeout=settings.ws_ping_interval,
+        close_timeout=2,
+    ):
+        log.info("listening on ws://%s:%d/", settings.bind_host, settings.ws_port)
+        await stop
+    reader.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await reader
+    await client.aclose()
+
+
+def main() -> None:
+    settings = load_settings()
+    configure_logging("wsserver", settings.log_format, settings.log_level)
+
+    async def serve_until_signalled() -> None:
+        loop = asyncio.get_running_loop()
+        stop = loop.create_future()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+        await run(settings, stop)
+
+    uvloop.run(serve_until_signalled())  # libuv's event loop: less CPU per write than asyncio's
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,224 @@
+"""Database models, the migration entry point, and the two queries everything uses.
+
+Run migrations with ``flask --app db db upgrade`` (``create_app`` below is a
+minimal Flask app carrying only the database; the worker uses it too).
+Reads ``SQLALCHEMY_DATABASE_URI`` through ``relay/settings.py``.
+
+Ordering: every row gets ``seq``, a number taken from the single-row
+``message_sequence`` table *inside* the inserting transaction. Taking it
+row-locks the counter until commit, so transactions commit in ``seq`` order
+and a reader that has seen ``seq = n`` can never later find a row with a
+smaller ``seq`` appear. That is what makes following the listing with a
+cursor gapless, even with many workers (a worker-written timestamp or an
+auto-increment id does not give this: a row can commit late with an earlier
+key). The lock is held for one short transaction per *batch*, so it costs
+little at thousands of rows per transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from flask import Flask
+from flask_migrate import Migrate
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy.dialects import mysql
+
+from relay.records import format_time, parse_time, utc_now
+from relay.settings import PROJECT_DIR, load_settings
+
+db = SQLAlchemy()
+migrate = Migrate()
+
+_DATETIME = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+_PAYLOAD = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
+_MYSQL_TABLE = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
+
+
+class Message(db.Model):
+    """One persisted message. ``seq`` orders the listing; ``id`` is the API's UUIDv7."""
+
+    __tablename__ = "messages"
+    __table_args__ = _MYSQL_TABLE
+
+    seq = sa.Column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=False)
+    id = sa.Column(sa.String(36), nullable=False, unique=True)
+    received_at = sa.Column(_DATETIME, nullable=False)
+    persisted_at = sa.Column(_DATETIME, nullable=False)
+    payload = sa.Column(_PAYLOAD, nullable=False)
+
+
+class MessageSequence(db.Model):
+    """The single-row counter handing out ``Message.seq`` in commit order."""
+
+    __tablename__ = "message_sequence"
+    __table_args__ = _MYSQL_TABLE
+
+    id = sa.Column(sa.Integer, primary_key=True, autoincrement=False)
+    last_seq = sa.Column(sa.BigInteger, nullable=False)
+
+
+def _engine_options(uri: str) -> dict[str, Any]:
+    if uri.startswith("sqlite"):
+        return {"connect_args": {"timeout": 30}}
+    return {"pool_pre_ping": True, "pool_recycle": 280}
+
+
+def _tune_sqlite(engine: sa.Engine, immediate: bool) -> None:
+    """Use WAL, and make writers take the write lock at BEGIN (``immediate``).
+
+    Without BEGIN IMMEDIATE two SQLite writers can both start a deferred
+    transaction and one fails with "database is locked" instead of waiting.
+    This is SQLAlchemy's documented pysqlite transaction recipe.
+    """
+
+    @sa.event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        dbapi_connection.execute("PRAGMA journal_mode=WAL")
+        dbapi_connection.execute("PRAGMA busy_timeout=30000")
+
+    @sa.event.listens_for(engine, "begin")
+    def on_begin(connection: sa.Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def init_db(app: Flask, *, writer: bool = False) -> None:
+    """Attach the database and migrations to ``app``; ``writer`` marks the worker's app."""
+    uri = app.config["SQLALCHEMY_DATABASE_URI"]
+    app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", _engine_options(uri))
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(app.config.get("MIGRATIONS_DIR", "migrations")))
+    if uri.startswith("sqlite"):
+        with app.app_context():
+            _tune_sqlite(db.engine, immediate=writer)
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Create the minimal database app used by ``flask db`` and the Celery worker."""
+    settings = load_settings()
+    app = Flask(__name__)
+    app.config.update(
+        SQLALCHEMY_DATABASE_URI=settings.sqlalchemy_database_uri,
+        MIGRATIONS_DIR=PROJECT_DIR / "migrations",
+    )
+    if test_config:
+        app.config.update(test_config)
+    init_db(app, writer=True)
+    return app
+
+
+def save_messages(records: Sequence[Mapping[str, str]]) -> int:
+    """Store queue records exactly once, in one transaction; return how many were new.
+
+    Records whose id is already stored (a redelivered task) are skipped, so
+    calling this twice with the same records stores them once. The id check
+    runs after the sequence lock is taken, so concurrent workers holding the
+    same record cannot both insert it.
+    """
+    unique = list({r["id"]: r for r in reversed(records)}.values())[::-1]
+    if not unique:
+        return 0
+    session = db.session
+    try:
+        counter = MessageSequence.__table__
+        session.execute(counter.update().where(counter.c.id == 1).values(last_seq=counter.c.last_seq + len(unique)))
+        last = session.execute(sa.select(counter.c.last_seq).where(counter.c.id == 1)).scalar_one()
+        table = Message.__table__
+        ids = [r["id"] for r in unique]
+        stored = set(session.execute(sa.select(table.c.id).where(table.c.id.in_(ids))).scalars())
+        now = utc_now()
+        first = last - len(unique) + 1
+        rows = [
+            {
+                "seq": first + offset,
+                "id": r["id"],
+                "received_at": parse_time(r["received_at"]),
+                "persisted_at": now,
+                "payload": r["payload"],
+            }
+            for offset, r in enumerate(unique)
+            if r["id"] not in stored
+        ]
+        if rows:
+            session.execute(table.insert(), rows)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return len(rows)
+
+
+_COLUMNS = (Message.seq, Message.id, Message.received_at, Message.persisted_at, Message.payload)
+
+
+def list_messages(after: int | None, limit: int, descending: bool = False) -> tuple[list[sa.Row], bool]:
+    """Return up to ``limit`` rows strictly after ``after`` in ``seq`` order, and whether more exist.
+
+    ``descending`` walks from newest to oldest (``after`` is then an upper
+    bound). A single-column keyset on the primary key: no OFFSET, so a page
+    deep in the table costs the same as the first.
+    """
+    query = sa.select(*_COLUMNS)
+    if descending:
+        if after is not None:
+            query = query.where(Message.seq < after)
+        query = query.order_by(Message.seq.desc())
+    else:
+        if after is not None:
+            query = query.where(Message.seq > after)
+        query = query.order_by(Message.seq)
+    rows = list(db.session.execute(query.limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
+def get_message(message_id: str) -> sa.Row | None:
+    """Return one stored message by id, or None."""
+    return db.session.execute(sa.select(*_COLUMNS).where(Message.id == message_id)).first()
+
+
+def message_json(row: sa.Row) -> dict[str, Any]:
+    """Shape a row as the API's message object (payload embedded as stored JSON text)."""
+    return {
+        "id": row.id,
+        "received_at": format_time(row.received_at),
+        "persisted_at": format_time(row.persisted_at),
+        "payload": orjson.Fragment(row.payload),
+    }
+
+
+def remove_expired(cutoff: dt.datetime, limit: int) -> int:
+    """Delete up to ``limit`` of the oldest messages persisted before ``cutoff``; return how many.
+
+    Retention (``RETENTION_DAYS``) calls this in a loop. It always removes a
+    prefix of the ``seq`` order: it reads the ``limit`` oldest rows by primary
+    key and keeps those before the first one persisted at or after
+    ``cutoff``. ``persisted_at`` is taken under the counter lock, so it grows
+    with ``seq`` and the stop is where the old rows end; that needs no index
+    on the timestamp, and the table stays a contiguous tail of the listing
+    (a cursor into removed rows continues at the oldest row left).
+
+    The rows are deleted by primary-key equality: on InnoDB that takes record
+    locks only, no gap or next-key lock (a range ``seq <= n`` would lock the
+    next record, the end of the table when everything is old, and block
+    inserts). It never touches ``message_sequence``. One short transaction per
+    call; rows another process removed meanwhile are simply not counted.
+    """
+    table = Message.__table__
+    session = db.session
+    try:
+        head = session.execute(
+            sa.select(table.c.seq, table.c.persisted_at < cutoff).order_by(table.c.seq).limit(limit)
+        ).all()
+        expired = [seq for seq, old in itertools.takewhile(lambda row: row[1], head)]
+        removed = session.execute(table.delete().where(table.c.seq.in_(expired))).rowcount if expired else 0
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return removed

@@ -1,0 +1,1 @@
+"""HTTP plumbing shared by the two Flask APIs: one error shape, tokens, rate limits, OpenAPI documents."""

@@ -1,0 +1,1 @@
+"""The worker process: the Celery task that stores queued messages exactly once."""
