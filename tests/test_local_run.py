@@ -210,6 +210,6 @@ def test_tools_find_the_running_stack_and_a_second_run_touches_nothing(tmp_path:
 
         run.process.send_signal(signal.SIGINT)
         run.process.wait(30)
-        settings = "from config import load_settings; print(load_settings().redis_url)"
+        settings = "from relay.settings import load_settings; print(load_settings().redis_url)"
         after = run_in(run.root, sys.executable, "-c", settings)
         assert after.stdout.strip() == "redis://127.0.0.1:6379/0", "a stopped stack's settings were still used"
