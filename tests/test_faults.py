@@ -288,8 +288,9 @@ def test_a_worker_dying_with_the_redelivery_lock_holds_redelivery_up_only_briefl
     with custom_stack(sqlite_url, redis_url, log_dir, env=QUICK_REDELIVERY, with_worker=False) as stack:
         # The worker's own settings, read the way the worker reads them.
         script = (
-            "import json, tasks; print(json.dumps([tasks.celery_app.conf.broker_transport_options,"
-            " tasks.settings.celery_visibility_timeout, tasks.settings.pending_grace_seconds]))"
+            "import json; from relay.worker import tasks as t;"
+            " print(json.dumps([t.celery_app.conf.broker_transport_options,"
+            " t.settings.celery_visibility_timeout, t.settings.pending_grace_seconds]))"
         )
         env = python_env(stack.env)
         printed = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
