@@ -1,9 +1,10 @@
 # One image for every Python service; docker-compose.yml gives each its own command and health check.
 #   docker build -t messages .
-#   docker run --rm messages python wsserver.py      (or any Procfile command)
+#   docker run --rm messages python -m relay.serve wsserver      (any process of relay/serve.py)
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
+    BIND_HOST=0.0.0.0 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -25,4 +26,4 @@ EXPOSE 5000 5001 8765
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "scripts/healthcheck.py", "http://127.0.0.1:5001/healthz"]
 
-CMD ["gunicorn", "--bind", "0.0.0.0:5001", "list_api:create_app()"]
+CMD ["python", "-m", "relay.serve", "list_api"]

@@ -33,6 +33,18 @@ def describe(returncode: int) -> str:
     return f"exited with status {returncode}"
 
 
+def service_name(argv: list[str]) -> str:
+    """How the lines name the command: its program, or ``module arg`` for ``python -m module arg``.
+
+    The Procfile runs ``python -m relay.serve worker``: "relay.serve worker"
+    says more than "python".
+    """
+    program = os.path.basename(argv[0])
+    if program.startswith("python") and len(argv) > 2 and argv[1] == "-m":
+        return " ".join(argv[2:4])
+    return program
+
+
 def run(argv: list[str]) -> int:
     stopping = threading.Event()
     child: subprocess.Popen | None = None
@@ -44,7 +56,7 @@ def run(argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    name, delay = os.path.basename(argv[0]), FIRST_DELAY
+    name, delay = service_name(argv), FIRST_DELAY
     while True:
         started = time.monotonic()
         child = subprocess.Popen(argv)

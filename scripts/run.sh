@@ -16,7 +16,7 @@ export PERSIST_QUEUE="${PERSIST_QUEUE:-persist}"
 # On the SQLite default one instance of two processes measured faster.
 workers=2 concurrency=1
 [ -z "${SQLALCHEMY_DATABASE_URI:-}" ] && workers=1 concurrency=2
-export WEB_WORKERS="${WEB_WORKERS:-3}" WORKER_PROCESSES="${WORKER_PROCESSES:-$workers}"
+export WORKER_PROCESSES="${WORKER_PROCESSES:-$workers}"
 export WORKER_CONCURRENCY="${WORKER_CONCURRENCY:-$concurrency}"
 export PYTHONUNBUFFERED=1
 export WORKER_METRICS_PORT="${WORKER_METRICS_PORT:-9808}"
@@ -35,7 +35,7 @@ python scripts/local_stack.py 9
 rm -rf var/metrics && mkdir -p var/metrics/ingestion_api var/metrics/list_api var/metrics/worker
 
 echo "Applying migrations..."
-flask --app db db upgrade
+python -m relay.serve migrate  # flask --app db db upgrade
 
 cat <<MSG
 

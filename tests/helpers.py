@@ -142,19 +142,24 @@ def python_env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def gunicorn(name: str, factory: str, port: int, env: dict[str, str], log_dir: Path, workers: int = 1) -> Service:
-    """A gunicorn-served app, the way the Procfile and compose run it."""
-    argv = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", str(workers), factory]
-    return Service(name, argv, env, log_dir)
+def serve(name: str, process: str, env: dict[str, str], log_dir: Path, *args: str) -> Service:
+    """A service started as the Procfile and compose start it: ``python -m relay.serve PROCESS``."""
+    return Service(name, [sys.executable, "-m", "relay.serve", process, *args], env, log_dir)
+
+
+def gunicorn(name: str, process: str, port: int, env: dict[str, str], log_dir: Path, workers: int = 1) -> Service:
+    """An API (``ingestion_api`` or ``list_api``) under gunicorn on ``port``."""
+    port_setting = "INGESTION_API_PORT" if process == "ingestion_api" else "LIST_API_PORT"
+    settings = {"BIND_HOST": "127.0.0.1", port_setting: str(port), "WEB_WORKERS": str(workers)}
+    return serve(name, process, {**env, **settings}, log_dir)
 
 
 def celery_worker(name: str, env: dict[str, str], log_dir: Path, concurrency: int = 2, mingle: bool = False) -> Service:
     """A real Celery worker on the persistence queue (without mingle's second at start-up, unless asked)."""
-    argv = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", env.get("PERSIST_QUEUE", "persist")]
-    argv += ["--concurrency", str(concurrency), "--loglevel", "INFO", "--without-gossip"]
-    argv += [] if mingle else ["--without-mingle"]
-    argv += ["--hostname", f"{name}@%h"]
-    return Service(name, argv, env, log_dir)
+    settings = {"WORKER_CONCURRENCY": str(concurrency), "WORKER_HOSTNAME": f"{name}@%h"}
+    return serve(
+        name, "worker", {**env, **settings}, log_dir, "--without-gossip", *([] if mingle else ["--without-mingle"])
+    )
 
 
 def wait_http_ok(url: str, timeout: float = 30.0) -> None:

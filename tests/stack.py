@@ -10,12 +10,12 @@ from typing import Protocol
 
 import requests
 
-from tests.helpers import Service, celery_worker, free_port, gunicorn, python_env, wait_http_ok
+from tests.helpers import Service, celery_worker, free_port, gunicorn, python_env, serve, wait_http_ok
 
 
 def wsserver(env: dict[str, str], log_dir: Path, port: int) -> Service:
     """A wsserver process on ``port`` (started by the caller)."""
-    return Service(f"wsserver-{port}", ["python", "wsserver.py"], {**env, "WS_PORT": str(port)}, log_dir)
+    return serve(f"wsserver-{port}", "wsserver", {**env, "WS_PORT": str(port)}, log_dir)
 
 
 @dataclass
@@ -116,9 +116,9 @@ def custom_stack(
     stack = Stack(
         python_env(settings), log_dir, f"http://127.0.0.1:{ingest_port}", f"http://127.0.0.1:{list_port}", ws_port
     )
-    ingest = gunicorn("ingestion_api", "ingestion_api:create_app()", ingest_port, stack.env, log_dir, web_workers)
+    ingest = gunicorn("ingestion_api", "ingestion_api", ingest_port, stack.env, log_dir, web_workers)
     stack.services["ingestion_api"] = ingest.start()
-    listing = gunicorn("list_api", "list_api:create_app()", list_port, stack.env, log_dir, list_workers)
+    listing = gunicorn("list_api", "list_api", list_port, stack.env, log_dir, list_workers)
     stack.services["list_api"] = listing.start()
     try:
         if with_worker:

@@ -3,7 +3,8 @@
 ``tests/test_compose_stack.py`` runs ``docker-compose.yml`` for real (entry
 points, health checks, start-up order, nginx routing, scaling, restarts,
 secrets). What is left here is what a run passes either way: that the
-Procfile and compose run the same things with the same flags, that compose
+Procfile, compose and the Dockerfile start every service through
+``relay/serve.py`` (its command lines are written there only), that compose
 sets every setting ``relay/settings.py`` reads (a missing one would silently take its
 default), that the image installs runtime requirements only and leaves
 secrets out, that the database login suits MySQL 8 (the run uses MariaDB),
@@ -41,54 +42,20 @@ ENV: dict[str, Any] = COMPOSE["x-env"]
 APP_IMAGE = SERVICES["migrate"]["image"]
 # Services built from our image that keep running (migrate runs once).
 APPS = sorted(name for name, service in SERVICES.items() if service.get("image") == APP_IMAGE and name != "migrate")
-GUNICORN_APP = re.compile(r"(\w+):(\w+)\(\)")
 
 
 def argv(command: str | list[Any]) -> list[str]:
     return shlex.split(command) if isinstance(command, str) else [str(part) for part in command]
 
 
-def option(args: list[str], *names: str) -> str | None:
-    """The value of the first of ``names`` in ``args`` (``--name value`` or ``--name=value``)."""
+def option(args: list[str], name: str) -> str | None:
+    """The value of ``name`` in ``args`` (``--name value`` or ``--name=value``)."""
     for index, arg in enumerate(args):
-        for name in names:
-            if arg == name and index + 1 < len(args):
-                return args[index + 1]
-            if arg.startswith(f"{name}="):
-                return arg.split("=", 1)[1]
+        if arg == name and index + 1 < len(args):
+            return args[index + 1]
+        if arg.startswith(f"{name}="):
+            return arg.split("=", 1)[1]
     return None
-
-
-def entry_point(args: list[str]) -> tuple[str, ...]:
-    """Reduce a command line to what it runs, e.g. ``("gunicorn", "list_api:create_app()")``.
-
-    Options that only tune a process (ports, workers, log level) are left
-    out, so the Procfile and compose can differ in those and still agree here.
-    """
-    while args and re.fullmatch(r"\w+=\S*", args[0]):  # leading NAME=value assignments (Procfile)
-        args = args[1:]
-    if args[:2] == ["python", "scripts/keep_running.py"]:  # the Procfile's restart wrapper
-        args = args[2:]
-    program = Path(args[0]).name
-    if program == "gunicorn":
-        apps = [arg for arg in args[1:] if GUNICORN_APP.fullmatch(arg)]
-        assert len(apps) == 1, f"expected one 'module:factory()' in {args}"
-        return ("gunicorn", apps[0])
-    if program == "celery":
-        app = option(args, "-A", "--app")
-        rest = args[args.index(app) + 1 :] if app in args else args[1:]
-        subcommand = next(arg for arg in rest if not arg.startswith("-"))
-        return ("celery", str(app), subcommand)
-    if program == "flask":
-        app = option(args, "--app")
-        rest = args[args.index(app) + 1 :] if app in args else args[1:]
-        return ("flask", str(app), *rest)
-    if program.startswith("python"):
-        script = args[1]
-        if "--" in args:
-            return ("python", script, *entry_point(args[args.index("--") + 1 :]))
-        return ("python", script)
-    raise AssertionError(f"unknown program in {args}")
 
 
 def procfile() -> dict[str, list[str]]:
@@ -104,51 +71,37 @@ def compose_command(name: str) -> list[str]:
     return argv(SERVICES[name]["command"])
 
 
-# --- the local run and compose run the same things -----------------------------------------------
+SERVE = ["python", "-m", "relay.serve"]
 
 
-def test_procfile_and_compose_run_the_same_entry_points() -> None:
+def served(args: list[str]) -> str | None:
+    """The process ``args`` starts through ``python -m relay.serve`` (the one place for command lines), if any."""
+    while args and re.fullmatch(r"\w+=\S*", args[0]):  # leading NAME=value assignments (Procfile)
+        args = args[1:]
+    if args[:2] == ["python", "scripts/keep_running.py"]:  # the Procfile's restart wrapper
+        args = args[2:]
+    if args[:2] == ["python", "scripts/wait_for_db.py"] and "--" in args:  # compose's migrate waits first
+        args = args[args.index("--") + 1 :]
+    return args[3] if args[:3] == SERVE and len(args) == 4 else None
+
+
+# --- every launcher runs relay.serve: each command line is written once, in relay/serve.py ------
+
+
+def test_procfile_compose_and_dockerfile_start_every_service_through_relay_serve() -> None:
     local = procfile()
     shared = set(local) - {"redis"}  # locally the bundled redis-server; compose runs the redis image
-    assert shared, "the Procfile lists no services"
-    assert shared <= set(SERVICES), f"compose lacks {shared - set(SERVICES)}"
-    assert shared == set(APPS), f"compose runs {set(APPS) - shared} that the Procfile does not"
+    assert shared == set(APPS), f"the Procfile runs {sorted(shared)}, compose {APPS}"
     for name in shared:
-        assert entry_point(local[name]) == entry_point(compose_command(name)), name
-
-
-def run_sh_exports() -> dict[str, str]:
-    """Variables scripts/run.sh exports with a literal value (no expansion)."""
-    exports = {}
-    for line in (ROOT / "scripts" / "run.sh").read_text().splitlines():
-        if line.startswith("export "):
-            for word in shlex.split(line)[1:]:
-                name, _, value = word.partition("=")
-                if "$" not in value:
-                    exports[name] = value
-    return exports
-
-
-def test_compose_passes_every_option_the_procfile_passes() -> None:
-    """Same flags, and the same values wherever the local run fixes one (e.g. the access log format)."""
-    local, exports = procfile(), run_sh_exports()
-    for name in set(local) & set(APPS):
-        local_args, compose_args = local[name], compose_command(name)
-        for flag in (arg for arg in local_args if arg.startswith("-") and arg != "-"):
-            assert flag in compose_args, f"{name}: the Procfile passes {flag}, compose does not"
-            value = option(local_args, flag)
-            if value is not None and value.startswith("$"):
-                value = exports.get(value.strip("${}"))
-            if value is not None and "$" not in value and flag not in ("--bind", "-b"):
-                assert option(compose_args, flag) == value, f"{name}: {flag} differs from the local run"
-
-
-def test_migrations_are_applied_never_generated_and_as_the_local_run_applies_them() -> None:
-    command = compose_command("migrate")
-    assert entry_point(command) == ("python", "scripts/wait_for_db.py", "flask", "db", "db", "upgrade")
+        assert served(local[name]) == name, f"the Procfile starts {name} another way: {local[name]}"
+        assert served(compose_command(name)) == name, f"compose starts {name} another way"
+    assert served(compose_command("migrate")) == "migrate"
     run_sh = (ROOT / "scripts" / "run.sh").read_text()
-    local = [shlex.split(line) for line in run_sh.splitlines() if line.startswith("flask ")]
-    assert [entry_point(args) for args in local] == [entry_point(command)[2:]], "run.sh migrates differently"
+    assert [served(shlex.split(line, comments=True)) for line in run_sh.splitlines() if "relay.serve" in line] == [
+        "migrate"
+    ], "run.sh must migrate through relay.serve"
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert served(json.loads(dockerfile.split("\nCMD ", 1)[1].splitlines()[0])) == "list_api"
 
 
 # --- settings: a missing one would silently take its default ------------------------------------
@@ -248,10 +201,10 @@ def test_dockerfile_default_command_runs_unprivileged_and_its_health_check_probe
     kinds = [kind for kind, _ in instructions]
     arguments = dict(instructions)
     assert arguments["USER"] not in ("root", "0") and kinds.index("USER") < kinds.index("CMD")
-    command = json.loads(arguments["CMD"])
-    assert entry_point(command) in {entry_point(args) for args in procfile().values()}
-    port = option(command, "--bind").rsplit(":", 1)[1]
+    assert served(json.loads(arguments["CMD"])) == "list_api"
+    port = ENV_VARS["LIST_API_PORT"].default  # what relay.serve binds without compose's settings
     assert f"http://127.0.0.1:{port}/healthz" in arguments["HEALTHCHECK"], "the health check probes another port"
+    assert "BIND_HOST=0.0.0.0" in arguments["ENV"].split(), "a plain docker run must listen beyond the container"
 
 
 def test_dockerignore_keeps_secrets_and_clutter_out_but_the_code_in() -> None:

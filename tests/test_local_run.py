@@ -140,8 +140,8 @@ def test_killed_services_restart_and_ctrl_c_stops_everything(tmp_path: Path) -> 
         wait_http_ok(f"{run.list_url}/healthz", timeout=30)
         stored_and_listed(run, {"after": "kills"})
         log = run.log()
-        assert f"keep_running: celery (pid {worker.pid}) was killed by SIGKILL" in log
-        assert f"keep_running: gunicorn (pid {list_master.pid}) was killed by SIGKILL" in log
+        assert f"keep_running: relay.serve worker (pid {worker.pid}) was killed by SIGKILL" in log
+        assert f"keep_running: relay.serve list_api (pid {list_master.pid}) was killed by SIGKILL" in log
         assert run.process.poll() is None, "honcho stopped"
 
         running = processes_running_in(run.root)

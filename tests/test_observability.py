@@ -70,7 +70,7 @@ def test_gunicorn_workers_and_celery_pool_aggregate_metrics(
     port, metrics_port = free_port(), free_port()
     env = python_env({"REDIS_URL": redis_url, "SQLALCHEMY_DATABASE_URI": sqlite_url})
     api_env = {**env, "PROMETHEUS_MULTIPROC_DIR": str(api_dir)}
-    api = gunicorn("ingestion_api", "ingestion_api:create_app()", port, api_env, log_dir, workers=2).start()
+    api = gunicorn("ingestion_api", "ingestion_api", port, api_env, log_dir, workers=2).start()
     worker_env = {**env, "PROMETHEUS_MULTIPROC_DIR": str(worker_dir), "WORKER_METRICS_PORT": str(metrics_port)}
     worker = celery_worker("worker", worker_env, log_dir).start()
     try:

@@ -93,8 +93,8 @@ def targets(sqlite_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     ingest_port, list_port, ws_port, worker_port = free_port(), free_port(), free_port(), free_port()
     services: list[Service] = [
         redis_server,
-        gunicorn("ingestion_api", "ingestion_api:create_app()", ingest_port, own_dir("ingestion_api"), log_dir, 2),
-        gunicorn("list_api", "list_api:create_app()", list_port, own_dir("list_api"), log_dir, 2),
+        gunicorn("ingestion_api", "ingestion_api", ingest_port, own_dir("ingestion_api"), log_dir, 2),
+        gunicorn("list_api", "list_api", list_port, own_dir("list_api"), log_dir, 2),
         celery_worker("worker", {**own_dir("worker"), "WORKER_METRICS_PORT": str(worker_port)}, log_dir),
         wsserver(env, log_dir, ws_port),
     ]

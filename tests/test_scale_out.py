@@ -27,8 +27,8 @@ def test_every_message_stored_once_listed_without_gaps_and_delivered_by_both_wss
     env = python_env({"SQLALCHEMY_DATABASE_URI": mysql_url, "REDIS_URL": redis_url, "SECRET_KEY": "scale"})
     ingest_ports = [free_port(), free_port()]
     ws_ports = [free_port(), free_port()]
-    services = [gunicorn(f"ingest-{p}", "ingestion_api:create_app()", p, env, log_dir) for p in ingest_ports]
-    services.append(gunicorn("list_api", "list_api:create_app()", list_port, env, log_dir))
+    services = [gunicorn(f"ingest-{p}", "ingestion_api", p, env, log_dir) for p in ingest_ports]
+    services.append(gunicorn("list_api", "list_api", list_port, env, log_dir))
     services += [celery_worker(f"worker{i}", env, log_dir, concurrency=1) for i in range(3)]
     services += [wsserver(env, log_dir, p) for p in ws_ports]
     for service in services:

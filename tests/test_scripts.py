@@ -105,7 +105,7 @@ def serving_list_api(database_url: str, log_dir: Path, **settings: str) -> Itera
     """Run a real list API (gunicorn) on a free port; yield its base URL."""
     port = free_port()
     env = python_env({"SQLALCHEMY_DATABASE_URI": database_url, "SECRET_KEY": "pagination-secret", **settings})
-    service = gunicorn("list_api", "list_api:create_app()", port, env, log_dir).start()
+    service = gunicorn("list_api", "list_api", port, env, log_dir).start()
     try:
         wait_http_ok(f"http://127.0.0.1:{port}/healthz")
         yield f"http://127.0.0.1:{port}"

@@ -31,7 +31,7 @@ class WsServer(Service):
     def __init__(self, redis_url: str, log_dir: Path, **settings: str) -> None:
         self.port = free_port()
         env = python_env({"REDIS_URL": redis_url, "WS_PORT": str(self.port), **settings})
-        super().__init__(f"wsserver-{self.port}", ["python", "wsserver.py"], env, log_dir)
+        super().__init__(f"wsserver-{self.port}", [sys.executable, "-m", "relay.serve", "wsserver"], env, log_dir)
         self.url = f"ws://127.0.0.1:{self.port}/"
 
     def start(self) -> WsServer:
