@@ -1,8 +1,8 @@
 """Gunicorn settings for both HTTP APIs; gunicorn loads this file from the working directory.
 
-The Procfile and docker-compose.yml give only what differs per service (bind
-address, worker count); everything here applies to both APIs, and
-to the tests, which start gunicorn from the same directory.
+``relay/serve.py`` gives only what differs per service (bind address, worker
+count); everything here applies to both APIs, wherever they run (the
+Procfile, compose, the tests), since each starts gunicorn from this directory.
 
 * **No thread or process for a silent or stalled client.** Both APIs run
   gunicorn's gevent workers: each connection is a greenlet, so an idle

@@ -8,7 +8,8 @@ bind address and ports, ``WEB_WORKERS``, ``FORWARDED_ALLOW_IPS``,
 the process name are appended (the tests add ``--without-mingle``, say).
 
 The process replaces this one (``os.execv``), so signals, the pid and the exit
-status are the service's own. The commands are the design's entry points::
+status are the service's own; it runs in the checkout (``PROJECT_DIR``), where
+the entry modules and ``gunicorn.conf.py`` are. The commands are the design's entry points::
 
     ingestion_api  gunicorn "ingestion_api:create_app()"   (gunicorn.conf.py holds the rest)
     list_api       gunicorn "list_api:create_app()"
@@ -23,7 +24,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from relay.settings import Settings, load_settings
+from relay.settings import PROJECT_DIR, Settings, load_settings
 
 PROCESSES = ("ingestion_api", "list_api", "worker", "wsserver", "migrate")
 
@@ -59,6 +60,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ValueError as exc:  # one line, as the services themselves say it
         sys.exit(f"relay.serve: {exc}")
     line = command(args[0], settings) + args[1:]
+    os.chdir(PROJECT_DIR)  # the entry modules and gunicorn.conf.py are found there, wherever this was started
     os.execv(line[0], line)
 
 

@@ -161,7 +161,8 @@ class Settings:
     )
     web_workers: int = setting("3", "gunicorn worker processes per API (`python -m relay.serve`).")
     forwarded_allow_ips: str = setting(
-        "127.0.0.1", "Addresses gunicorn trusts for `X-Forwarded-*` headers (`*` behind the compose stack's nginx)."
+        "127.0.0.1,::1",
+        "Addresses gunicorn trusts for `X-Forwarded-*` headers (`*` behind the compose stack's nginx).",
     )
     worker_concurrency: int = setting("2", "Celery pool processes per worker instance (`python -m relay.serve`).")
     worker_hostname: str = setting("celery@%h", "Celery node name of a worker instance (`%h`: the host name).")

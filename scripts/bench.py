@@ -259,10 +259,14 @@ def bench_persist(args: argparse.Namespace) -> dict[str, object]:
         if len(pipe) >= 1000:
             pipe.execute()
     pipe.execute()
-    env = {**os.environ, "REDIS_URL": args.redis_url, "SQLALCHEMY_DATABASE_URI": args.database_url}
+    env = {
+        **os.environ, "REDIS_URL": args.redis_url, "SQLALCHEMY_DATABASE_URI": args.database_url,
+        "PERSIST_QUEUE": queue, "WORKER_CONCURRENCY": str(args.concurrency),
+    }  # fmt: skip
+    # The worker as every launcher starts it (relay/serve.py), with the benchmark's pool and quieter logs.
     worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", queue, "--concurrency", str(args.concurrency),
-         "--pool", args.pool, "--loglevel", "WARNING", "--without-gossip", "--without-mingle"],
+        [sys.executable, "-m", "relay.serve", "worker", "--pool", args.pool, "--loglevel", "WARNING",
+         "--without-gossip", "--without-mingle"],
         cwd=ROOT, env=env,
     )  # fmt: skip
     try:

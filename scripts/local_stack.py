@@ -7,7 +7,7 @@ on the already opened file descriptor (shared with run.sh, which then
 ``exec``s honcho, so the lock lasts exactly as long as the stack), checks
 that every port the stack will listen on is free, and only then writes the
 stack's settings into the file as ``NAME=value`` lines (shell-quoted:
-``set -a; . var/local-stack.env`` works too). ``config.load_settings`` reads
+``set -a; . var/local-stack.env`` works too). ``relay.settings.load_settings`` reads
 them for any variable the environment does not set, while the lock is held.
 Exits 1 with one line when another run.sh runs from this checkout or a port
 is taken; nothing is touched then.

@@ -3,7 +3,7 @@
     python scripts/make_sample_records.py [--count 1000000] [--chunk 5000]
                                           [--database-url mysql+pymysql://root@127.0.0.1:3306/test?charset=utf8mb4]
 
-Each chunk of ``--chunk`` records (made by ``messages.make_record``, as the
+Each chunk of ``--chunk`` records (made by ``relay.records.make_record``, as the
 ingestion API makes them) is stored by ``storage.save_messages`` in one
 transaction, the worker's path: rows get the commit-ordered ``seq`` and are
 stored exactly once, so the listing and cursors behave as with real traffic.

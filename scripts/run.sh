@@ -28,7 +28,7 @@ if [ -z "${REDIS_URL:-}" ]; then
 fi
 # One stack per checkout, refused before anything is touched: lock var/local-stack.env (fd 9 stays open
 # in honcho, so the lock lasts as long as the stack), check the ports, then record the stack's URLs
-# there for celery and the scripts (config.load_settings reads it while the lock is held).
+# there for celery and the scripts (relay.settings.load_settings reads it while the lock is held).
 exec 9<>var/local-stack.env
 python scripts/local_stack.py 9
 # prometheus-client's per-process files: one empty directory per service, fresh each run.
