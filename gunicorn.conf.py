@@ -67,7 +67,7 @@ util.write_error = _json_error
 
 
 def child_exit(server, worker) -> None:
-    if _settings.prometheus_multiproc_dir:
+    if _settings.metrics_multiprocess:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)

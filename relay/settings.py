@@ -178,6 +178,11 @@ class Settings:
     def is_production(self) -> bool:
         return self.app_env == "production"
 
+    @property
+    def metrics_multiprocess(self) -> bool:
+        """prometheus-client keeps per-process files (``PROMETHEUS_MULTIPROC_DIR`` set): aggregate them."""
+        return bool(self.prometheus_multiproc_dir)
+
 
 # Every variable, in declaration order: derived from the fields of Settings.
 ENV_VARS: dict[str, Var] = {f.name.upper(): f.metadata["var"] for f in fields(Settings)}

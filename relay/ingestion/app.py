@@ -78,7 +78,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.add_url_rule("/healthz", view_func=healthz, methods=["GET"])
     queue = app.extensions["broker"]
     depth = GaugeCollector("persist_queue_depth", "Task messages waiting.", queue.depth)
-    init_metrics(app, "ingestion_api", bool(settings.prometheus_multiproc_dir), [depth])
+    init_metrics(app, "ingestion_api", settings.metrics_multiprocess, [depth])
     app.after_request(_count_rejections)
     return app
 

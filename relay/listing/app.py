@@ -57,7 +57,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.add_url_rule("/healthz", view_func=healthz, methods=["GET"])
     app.add_url_rule("/", view_func=index, methods=["GET"])
     protect(app, settings.api_tokens, {"list_view", "message_view"})
-    init_metrics(app, "list_api", bool(settings.prometheus_multiproc_dir))
+    init_metrics(app, "list_api", settings.metrics_multiprocess)
     app.register_error_handler(sa.exc.SQLAlchemyError, database_unavailable)
     return app
 

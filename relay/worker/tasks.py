@@ -183,7 +183,7 @@ def _serve_metrics(**_kwargs: object) -> None:
     """Serve the pool's metrics (aggregated over processes) and ``/healthz`` from the main process."""
     if not settings.worker_metrics_port:
         return
-    if not settings.prometheus_multiproc_dir:
+    if not settings.metrics_multiprocess:
         log.warning("WORKER_METRICS_PORT is set but PROMETHEUS_MULTIPROC_DIR is not: pool metrics will be missing")
     client = broker.connect(settings.redis_url, timeout=1.0)
 
@@ -196,7 +196,7 @@ def _serve_metrics(**_kwargs: object) -> None:
             return "redis_unavailable", "Redis does not answer."
         return None
 
-    app = health_and_metrics_app(service_registry(bool(settings.prometheus_multiproc_dir)), problem)
+    app = health_and_metrics_app(service_registry(settings.metrics_multiprocess), problem)
     try:
         serve_in_thread(app, settings.bind_host, settings.worker_metrics_port)
     except OSError:
