@@ -165,3 +165,20 @@ def celery_worker(name: str, env: dict[str, str], log_dir: Path, concurrency: in
 def wait_http_ok(url: str, timeout: float = 30.0) -> None:
     """Wait until ``url`` answers 200."""
     wait_until(lambda: requests.get(url, timeout=1).status_code == 200, timeout, what=url)
+
+
+SERVICES = ("ingestion_api", "list_api")
+
+
+def openapi_document(service: str, **config: object) -> dict:
+    """The OpenAPI document an app of ``service`` serves, built with ``config`` (no server is contacted)."""
+    import ingestion_api
+    import list_api
+
+    if service == "ingestion_api":
+        app = ingestion_api.create_app({"redis_url": "redis://127.0.0.1:1/0", **config})
+    elif service == "list_api":
+        app = list_api.create_app({"sqlalchemy_database_uri": "sqlite://", **config})
+    else:
+        raise ValueError(f"unknown service {service!r}; expected one of {', '.join(SERVICES)}")
+    return app.test_client().get("/openapi.json").get_json()

@@ -8,8 +8,9 @@ twice: open, and guarded (``API_TOKENS`` and a low ``RATE_LIMIT``, the client
 sending its token). Every answer must be documented: no 5xx, every 4xx the
 JSON error shape, status, headers, content type and body as the document says.
 
-The documents are loaded with ``from_dict(openapi.spec(...))`` and each app is
-checked to serve exactly that at ``/openapi.json``: the lazy
+Each document is the one an app of that API serves at ``/openapi.json``
+(``tests.helpers.openapi_document``), loaded with ``from_dict``, and each
+fuzzed app is checked to serve exactly that: the lazy
 ``schemathesis.pytest.from_fixture`` way of fuzzing a fixture's app fails on
 pytest 9.2 (it sets ``request.node._nodeid``, which pytest 9.2 removed).
 
@@ -42,15 +43,15 @@ import list_api
 from relay import storage
 from relay.listing.cursor import CursorCodec
 from relay.records import make_record
-from relay.web import openapi
 from tests.conftest import clear_database
+from tests.helpers import openapi_document
 
 MAX_EXAMPLES = int(os.environ.get("FUZZ_MAX_EXAMPLES", "100"))
 SECRET = "fuzz-secret"
 TOKEN = "fuzz-token"
 EXAMPLE_ID = "019ace2e-7b1a-7c3e-9f10-2b4c6d8e0a12"  # the id in the document's examples
-INGESTION = openapi.spec("ingestion_api")
-LISTING = openapi.spec("list_api")
+INGESTION = openapi_document("ingestion_api")
+LISTING = openapi_document("list_api")
 CONFIG = schemathesis.Config.from_dict(
     {
         "generation": {"max-examples": MAX_EXAMPLES},

@@ -31,12 +31,13 @@ from relay.logs import configure_logging
 from relay.metrics import GaugeCollector, init_metrics
 from relay.records import InvalidMessage, make_record, parse_batch, parse_message, utc_now
 from relay.settings import Settings, load_settings
+from relay.web import openapi
 from relay.web.auth import bearer, token_ok
 from relay.web.base import ApiError, init_web, json_response, unauthorized
-from relay.web.openapi import init_openapi
+from relay.web.openapi import BEARER, RATE_LIMIT_HEADERS, error, json_content, operation, ref
 from relay.web.ratelimit import RateLimit, Verdict, client_for_address, client_for_token
 
-_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # also the header's schema in the document
 _READ_CHUNK = 65536
 PUBLISH_ENDPOINTS = frozenset({"post_message", "post_batch"})
 # The ingestion API's own metric families (relay/metrics.py explains why each service defines its own).
@@ -71,7 +72,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
             settings.rate_limit, settings.redis_url, settings.redis_timeout_seconds
         )
     init_web(app, settings)
-    init_openapi(app, "ingestion_api")
     CORS(app, origins=list(settings.cors_origins), methods=["POST"], expose_headers=["Location"])
     app.add_url_rule("/dummy", view_func=post_message, methods=["POST"])
     app.add_url_rule("/dummy/batch", view_func=post_batch, methods=["POST"])
@@ -80,7 +80,143 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     depth = GaugeCollector("persist_queue_depth", "Task messages waiting.", queue.depth)
     init_metrics(app, "ingestion_api", settings.metrics_multiprocess, [depth])
     app.after_request(_count_rejections)
+    openapi.init_openapi(
+        app,
+        "Message ingestion API",
+        "Publish JSON messages. A 202 means the message is on the Redis queue: it will be stored exactly "
+        "once and pushed to live clients. If Redis cannot take it the answer is 503 with `Retry-After`, "
+        "never a 202.",
+        components,
+        settings.ingestion_api_port,
+    )
     return app
+
+
+def components(settings: Settings) -> dict[str, Any]:
+    """The schemas, headers, parameters and responses the publishing operations refer to."""
+    return {
+        "headers": {
+            "Location": {
+                "description": "Where the message will be readable: `<LIST_API_URL>/messages/<id>`.",
+                "required": True,
+                "schema": {"type": "string", "format": "uri"},
+            }
+        },
+        "schemas": {
+            "Payload": {
+                "type": "object",
+                "description": "Any JSON object. Duplicate keys keep the last value; integers beyond 64 bits "
+                "become IEEE doubles; strings round-trip exactly. Nesting is limited to 254 levels.",
+                "examples": [{"hello": "world"}],
+            },
+            "Accepted": {
+                "type": "object",
+                "required": ["id", "received_at"],
+                "additionalProperties": False,
+                "properties": {"id": ref("schemas", "MessageId"), "received_at": ref("schemas", "Timestamp")},
+                "examples": [{"id": openapi.EXAMPLE_ID, "received_at": openapi.EXAMPLE_TIME}],
+            },
+            "BatchAccepted": {
+                "type": "object",
+                "required": ["ids", "received_at"],
+                "additionalProperties": False,
+                "properties": {
+                    "ids": {
+                        "type": "array",
+                        "items": ref("schemas", "MessageId"),
+                        "minItems": 1,
+                        "maxItems": settings.max_batch_messages,
+                        "description": "One id per message, in input order.",
+                    },
+                    "received_at": ref("schemas", "Timestamp"),
+                },
+                "examples": [{"ids": [openapi.EXAMPLE_ID], "received_at": openapi.EXAMPLE_TIME}],
+            },
+        },
+        "parameters": {
+            "IdempotencyKey": {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "description": "Any 1..255 printable ASCII characters chosen by the client. A repeat with the "
+                "same body within `IDEMPOTENCY_TTL_SECONDS` (24 h) answers 200 with the first answer and queues "
+                "nothing; the same key with another body is 422. Keys are scoped to the client's token.",
+                "schema": {"type": "string", "pattern": _IDEMPOTENCY_KEY.pattern},
+            }
+        },
+        "responses": {
+            "TooLarge": error(
+                f"The body is over `MAX_MESSAGE_BYTES` ({settings.max_message_bytes}) for a message, or "
+                f"`MAX_BATCH_BYTES` ({settings.max_batch_bytes}) for a batch, however it is framed: code "
+                "`too_large`. A batch with more messages than `RATE_LIMIT` allows per period: code "
+                "`batch_over_rate_limit`.",
+                "too_large",
+            ),
+            "UnsupportedMediaType": error(
+                "The body is not sent as `Content-Type: application/json` (or `application/*+json`). "
+                "Code `unsupported_media_type`.",
+                "unsupported_media_type",
+            ),
+            "TooManyRequests": error(
+                "Over this client's rate limit (`RATE_LIMIT`, counted in messages over both publishing "
+                "endpoints; a client is its token, else its address; failed token checks count too). "
+                "`Retry-After` is at least 1. Code `too_many_requests`.",
+                "too_many_requests",
+                ("Retry-After", *RATE_LIMIT_HEADERS),
+            ),
+        },
+    }
+
+
+# The 400 codes both publishing operations share (body reading, JSON parsing, the Idempotency-Key).
+_BODY_CODES = ("malformed_json", "invalid_utf8", "too_deep", "empty_body", "incomplete_body", "malformed_body")
+
+
+def _publish_operation(
+    operation_id: str, summary: str, description: str, body: dict[str, Any], answer: str, bad: tuple[str, ...]
+) -> dict[str, Any]:
+    """A publishing operation: its answers differ only in the body shape, the 400 codes and ``Location``."""
+    headers = {name: ref("headers", name) for name in RATE_LIMIT_HEADERS}
+    if answer == "Accepted":
+        headers["Location"] = ref("headers", "Location")
+    accepted = json_content(ref("schemas", answer))
+    return {
+        "operationId": operation_id,
+        "tags": ["messages"],
+        "summary": summary,
+        "description": description,
+        "security": BEARER,
+        "parameters": [ref("parameters", "IdempotencyKey")],
+        "requestBody": {"required": True, "content": body},
+        "responses": {
+            "200": {
+                "description": "A repeat of an `Idempotency-Key` seen in the last `IDEMPOTENCY_TTL_SECONDS`: "
+                "the first answer again; nothing new is queued.",
+                "headers": headers,
+                "content": accepted,
+            },
+            "202": {
+                "description": "Queued on Redis: it will be stored exactly once.",
+                "headers": headers,
+                "content": accepted,
+            },
+            "400": error(
+                "The request cannot be accepted as sent; nothing was queued. Codes: "
+                f"{openapi.codes((*_BODY_CODES, *bad, 'bad_idempotency_key'))}.",
+                "malformed_json",
+            ),
+            "401": ref("responses", "Unauthorized"),
+            "413": ref("responses", "TooLarge"),
+            "415": ref("responses", "UnsupportedMediaType"),
+            "422": error(
+                "The `Idempotency-Key` was already used by this client with a different body; nothing was "
+                "queued. Code `idempotency_key_reused`.",
+                "idempotency_key_reused",
+            ),
+            "429": ref("responses", "TooManyRequests"),
+            "503": openapi.unavailable("queue_unavailable", "The queue (Redis)"),
+        },
+    }
 
 
 def _count_rejections(response: Response) -> Response:
@@ -234,6 +370,16 @@ def _invalid(exc: InvalidMessage) -> ApiError:
     return ApiError(413 if exc.code == "too_large" else 400, exc.code, exc.message)
 
 
+@operation(
+    _publish_operation(
+        "postMessage",
+        "Publish one message",
+        "Accepts one JSON object, queues it for storage and live delivery, and answers at once.",
+        json_content(ref("schemas", "Payload"), {"hello": "world"}),
+        "Accepted",
+        ("not_an_object",),
+    )
+)
 def post_message() -> Response:
     """Accept one JSON object."""
     client = _client()
@@ -246,6 +392,25 @@ def post_message() -> Response:
     return _accept([record], answer, f"{_settings().list_api_url}/messages/{record['id']}", client, body)
 
 
+@operation(
+    lambda settings: _publish_operation(
+        "postBatch",
+        "Publish a batch of messages",
+        f"Accepts a JSON array of 1 to {settings.max_batch_messages} objects, all or nothing: one bad "
+        "element rejects the whole batch. The messages share one `received_at`.",
+        json_content(
+            {
+                "type": "array",
+                "items": ref("schemas", "Payload"),
+                "minItems": 1,
+                "maxItems": settings.max_batch_messages,
+            },
+            [{"n": 1}, {"n": 2}],
+        ),
+        "BatchAccepted",
+        ("not_an_array", "bad_batch_size", "not_an_object"),
+    )
+)
 def post_batch() -> Response:
     """Accept an array of objects, all or nothing."""
     settings = _settings()
@@ -261,6 +426,7 @@ def post_batch() -> Response:
     return _accept(records, answer, None, client, body)
 
 
+@operation(openapi.health_operation("Redis", openapi.unavailable("redis_unavailable", "Redis")))
 def healthz() -> Response:
     """Report whether Redis answers."""
     if current_app.extensions["broker"].ping():

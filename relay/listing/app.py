@@ -17,7 +17,6 @@ public URLs of this stack (``LIST_API_URL``, ``INGESTION_API_URL``, ``WS_URL``).
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode
@@ -32,12 +31,19 @@ from relay.logs import configure_logging
 from relay.metrics import init_metrics
 from relay.records import is_message_id
 from relay.settings import PROJECT_DIR, Settings, load_settings
+from relay.web import openapi
 from relay.web.base import ApiError, error_response, init_web, json_response, protect
-from relay.web.openapi import init_openapi
+from relay.web.openapi import BEARER, error, json_content, operation, ref
+from relay.web.query import Choice, Integer, Query, Text
 
-DEFAULT_LIMIT = 100
-MAX_LIMIT = 1000
-_LIMIT = re.compile(r"[0-9]{1,4}")  # ASCII digits only: str.isdigit() also accepts "²", which int() rejects
+LIMIT = Integer("limit", "Messages per page.", "bad_limit", minimum=1, maximum=1000, default=100)
+LIST_QUERY = Query(
+    LIMIT,
+    Choice(
+        "order", "`asc`: persistence order, oldest first. `desc`: newest first.", "bad_order", ("asc", "desc"), "asc"
+    ),
+    Text("cursor", "Opaque and signed: the `next_cursor` of an earlier page, never built by hand."),
+)
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
@@ -50,7 +56,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["cursor"] = CursorCodec(settings.secret_key)
     storage.init_db(app)
     init_web(app, settings)
-    init_openapi(app, "list_api")
     CORS(app, methods=["GET"], send_wildcard=True)
     app.add_url_rule("/messages", view_func=list_view, methods=["GET"])
     app.add_url_rule("/messages/<message_id>", view_func=message_view, methods=["GET"])
@@ -59,7 +64,62 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     protect(app, settings.api_tokens, {"list_view", "message_view"})
     init_metrics(app, "list_api", settings.metrics_multiprocess)
     app.register_error_handler(sa.exc.SQLAlchemyError, database_unavailable)
+    openapi.init_openapi(
+        app,
+        "Message list API",
+        "Read every stored message, in pages, and the live page.",
+        components,
+        settings.list_api_port,
+    )
     return app
+
+
+def components(settings: Settings) -> dict[str, Any]:
+    """The schemas, headers and responses this API's operations refer to (beyond the shared ones)."""
+    example = {
+        "id": openapi.EXAMPLE_ID,
+        "received_at": openapi.EXAMPLE_TIME,
+        "persisted_at": openapi.EXAMPLE_TIME[:-2] + "9Z",
+        "payload": {"hello": "world"},
+    }
+    timestamp = ref("schemas", "Timestamp")
+    return {
+        "headers": {
+            "Link": {
+                "description": 'The next page, `<url>; rel="next"`: only when `has_more` is true.',
+                "schema": {"type": "string", "pattern": '^<[^>]+>; rel="next"$'},
+            }
+        },
+        "schemas": {
+            "Message": {
+                "type": "object",
+                "required": ["id", "received_at", "persisted_at", "payload"],
+                "additionalProperties": False,
+                "properties": {
+                    "id": ref("schemas", "MessageId"),
+                    "received_at": timestamp,
+                    "persisted_at": timestamp,
+                    "payload": {"type": "object", "description": "The published object, exactly as stored."},
+                },
+                "examples": [example],
+            },
+            "Page": {
+                "type": "object",
+                "required": ["data", "has_more", "next_cursor"],
+                "additionalProperties": False,
+                "properties": {
+                    "data": {"type": "array", "items": ref("schemas", "Message"), "maxItems": LIMIT.maximum},
+                    "has_more": {"type": "boolean", "description": "Whether another page follows right now."},
+                    "next_cursor": {
+                        "type": ["string", "null"],
+                        "description": "Set on every non-empty page, the last one included: ask again with it "
+                        "later to get only what arrived since. Null only when nothing was ever returned.",
+                    },
+                },
+            },
+        },
+        "responses": {"DatabaseUnavailable": openapi.unavailable("database_unavailable", "The database")},
+    }
 
 
 def database_unavailable(exc: sa.exc.SQLAlchemyError) -> Response:
@@ -70,29 +130,40 @@ def database_unavailable(exc: sa.exc.SQLAlchemyError) -> Response:
     return error_response(503, "database_unavailable", message, {"Retry-After": "5"})
 
 
-def _bad_request(code: str, message: str) -> ApiError:
-    return ApiError(400, code, message)
+DATABASE_UNAVAILABLE = ref("responses", "DatabaseUnavailable")
+UNAUTHORIZED = ref("responses", "Unauthorized")
 
 
+@operation(
+    {
+        "operationId": "listMessages",
+        "tags": ["messages"],
+        "summary": "Page through every stored message",
+        "description": "Keyset pagination in persistence order. Following `next_cursor` never misses "
+        "a message, even with many workers committing at once. Any other query parameter is a 400.",
+        "security": BEARER,
+        "parameters": LIST_QUERY.openapi(),
+        "responses": {
+            "200": {
+                "description": "One page.",
+                "headers": {"Link": ref("headers", "Link")},
+                "content": json_content(ref("schemas", "Page")),
+            },
+            "400": error(f"A bad query. Codes: {openapi.codes([*LIST_QUERY.codes(), 'bad_cursor'])}.", "bad_limit"),
+            "401": UNAUTHORIZED,
+            "503": DATABASE_UNAVAILABLE,
+        },
+    }
+)
 def list_view() -> Response:
     """Return one page of messages."""
-    args = request.args
-    unknown = set(args) - {"limit", "cursor", "order"}
-    if unknown:
-        raise _bad_request("unknown_parameter", f"Unknown query parameter(s): {', '.join(sorted(unknown))}.")
-    raw_limit = args.get("limit", str(DEFAULT_LIMIT))
-    if not _LIMIT.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= MAX_LIMIT:
-        raise _bad_request("bad_limit", f"limit must be an integer from 1 to {MAX_LIMIT}.")
-    limit = int(raw_limit)
-    order = args.get("order", "asc")
-    if order not in ("asc", "desc"):
-        raise _bad_request("bad_order", "order must be 'asc' or 'desc'.")
+    query = LIST_QUERY.parse(request.args)
+    limit, order, cursor = query["limit"], query["order"], query["cursor"]
     codec: CursorCodec = current_app.extensions["cursor"]
-    cursor = args.get("cursor")
     try:
         after = codec.decode(cursor) if cursor is not None else None
     except InvalidCursor:
-        raise _bad_request("bad_cursor", "The cursor is not one this API issued; start again without it.") from None
+        raise ApiError(400, "bad_cursor", "The cursor is not one this API issued; start again without it.") from None
     rows, has_more = storage.list_messages(after, limit, descending=order == "desc")
     next_cursor = codec.encode(rows[-1].seq) if rows else cursor
     headers = {}
@@ -104,6 +175,24 @@ def list_view() -> Response:
     return json_response(body, headers=headers)
 
 
+@operation(
+    {
+        "operationId": "getMessage",
+        "tags": ["messages"],
+        "summary": "Read one stored message",
+        "security": BEARER,
+        "parameters": [{"name": "message_id", "in": "path", "required": True, "schema": ref("schemas", "MessageId")}],
+        "responses": {
+            "200": {"description": "The message.", "content": json_content(ref("schemas", "Message"))},
+            "401": UNAUTHORIZED,
+            "404": error(
+                "No stored message has this id (yet: a 202 is followed by storage within moments). Code `not_found`.",
+                "not_found",
+            ),
+            "503": DATABASE_UNAVAILABLE,
+        },
+    }
+)
 def message_view(message_id: str) -> Response:
     """Return one message by id."""
     row = storage.get_message(message_id) if is_message_id(message_id) else None
@@ -112,6 +201,7 @@ def message_view(message_id: str) -> Response:
     return json_response(storage.message_json(row))
 
 
+@operation(openapi.health_operation("the database", DATABASE_UNAVAILABLE))
 def healthz() -> Response:
     """Report whether the database answers."""
     try:
@@ -134,6 +224,15 @@ def page_config(settings: Settings) -> dict[str, str]:
     }
 
 
+@operation(
+    {
+        "operationId": "livePage",
+        "tags": ["operations"],
+        "summary": "The live page",
+        "description": "`index.html`: history from this API, then live messages over the websocket.",
+        "responses": {"200": {"description": "The page.", "content": {"text/html": {"schema": {"type": "string"}}}}},
+    }
+)
 def index() -> Response:
     """Serve the live page with this stack's public URLs in its config slot."""
     page = (PROJECT_DIR / "index.html").read_text(encoding="utf-8")

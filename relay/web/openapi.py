@@ -1,11 +1,16 @@
-"""OpenAPI 3.1 documents for the two HTTP APIs, served at ``GET /openapi.json``.
+"""OpenAPI 3.1 documents generated from the routes each app registers, served at ``GET /openapi.json``.
 
-:func:`spec` builds the document of ``"ingestion_api"`` or ``"list_api"`` as
-plain dicts. What both APIs share (the error shape, the health, OpenAPI and
-metrics endpoints, the optional bearer token, the 405 answer) is built once.
-Limits that come from settings (batch size, body sizes) are read from the
-app's settings, so the document an app serves is the one it enforces.
+The paths and methods come from the app's own URL map; each view states its
+operation (summary, answers, body) with :func:`operation` right above its
+code, and a view that parses a query does so with a :class:`~relay.web.query.Query`
+whose parameters are also the document's. Limits that come from settings
+(batch size, body sizes) are read from the app's settings, so the document
+an app serves is the one it enforces. :func:`init_openapi`, called last in
+each app factory, builds the document once and refuses to start an app with
+a route that has no operation.
 
+What both APIs share (the error shape, the health, OpenAPI and metrics
+operations, the optional bearer token, the 405 answer) is built here once.
 ``docs/api.md`` is the same reference for people; ``tests/test_openapi.py``
 validates both documents, checks real responses against them and checks
 that every operation is in the docs.
@@ -13,48 +18,116 @@ that every operation is in the docs.
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from flask import Flask, Response
+from flask import Flask
 
-from relay.settings import Settings, load_settings
+from relay.settings import Settings
 from relay.web.base import json_response
 
-SERVICES = ("ingestion_api", "list_api")
-DEFAULT_LIMIT = 100  # list_api.DEFAULT_LIMIT and MAX_LIMIT (a test keeps them equal)
-MAX_LIMIT = 1000
-
-_ID = "019ace2e-7b1a-7c3e-9f10-2b4c6d8e0a12"
-_TIME = "2026-11-29T07:40:21.123456Z"
+EXAMPLE_ID = "019ace2e-7b1a-7c3e-9f10-2b4c6d8e0a12"
+EXAMPLE_TIME = "2026-11-29T07:40:21.123456Z"
 _RFC3339_MICROS = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$"
 RATE_LIMIT_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
-_BEARER = [{"bearerAuth": []}, {}]  # a token when API_TOKENS is set, nothing otherwise
+BEARER = [{"bearerAuth": []}, {}]  # a token when API_TOKENS is set, nothing otherwise
+_OPERATION = "openapi_operation"  # the attribute operation() sets on a view function (ours)
+# Flask's "<converter:name>" path segments, written as OpenAPI's "{name}".
+_PATH_PARAMETER = re.compile(r"<(?:\w+:)?(\w+)>")
+
+Build = dict[str, Any] | Callable[[Settings], dict[str, Any]]
+View = TypeVar("View", bound=Callable[..., Any])
 
 
-def _ref(kind: str, name: str) -> dict[str, str]:
+def ref(kind: str, name: str) -> dict[str, str]:
+    """A ``$ref`` to ``#/components/<kind>/<name>``."""
     return {"$ref": f"#/components/{kind}/{name}"}
 
 
-def _json(schema: dict[str, Any], example: Any = None) -> dict[str, Any]:
+def json_content(schema: dict[str, Any], example: Any = None) -> dict[str, Any]:
+    """An ``application/json`` content object."""
     media: dict[str, Any] = {"schema": schema}
     if example is not None:
         media["example"] = example
     return {"application/json": media}
 
 
-def _error(description: str, code: str, headers: tuple[str, ...] = ()) -> dict[str, Any]:
+def error(description: str, code: str, headers: tuple[str, ...] = ()) -> dict[str, Any]:
     """A response with the JSON error body; ``code`` is the example's ``error``."""
     response: dict[str, Any] = {
         "description": description,
-        "content": _json(_ref("schemas", "Error"), {"error": code, "message": "A sentence saying what to change."}),
+        "content": json_content(
+            ref("schemas", "Error"), {"error": code, "message": "A sentence saying what to change."}
+        ),
     }
     if headers:
-        response["headers"] = {name: _ref("headers", name) for name in headers}
+        response["headers"] = {name: ref("headers", name) for name in headers}
     return response
 
 
-def _unavailable(code: str, what: str) -> dict[str, Any]:
-    return _error(f"{what} does not answer; retry after `Retry-After` seconds. Code `{code}`.", code, ("Retry-After",))
+def unavailable(code: str, what: str) -> dict[str, Any]:
+    """The 503 of a dependency that does not answer."""
+    return error(f"{what} does not answer; retry after `Retry-After` seconds. Code `{code}`.", code, ("Retry-After",))
+
+
+def codes(names: list[str] | tuple[str, ...]) -> str:
+    """Error codes as the descriptions list them: "`a`, `b`"."""
+    return ", ".join(f"`{name}`" for name in names)
+
+
+def operation(build: Build) -> Callable[[View], View]:
+    """Attach the OpenAPI operation of a view: a dict, or a function of the app's settings.
+
+    The document puts it under every path and method the view is routed at.
+    ``responses`` may leave out 405: every operation gets the shared one.
+    """
+
+    def attach(view: View) -> View:
+        setattr(view, _OPERATION, build)
+        return view
+
+    return attach
+
+
+def health_operation(what: str, when_down: dict[str, Any]) -> dict[str, Any]:
+    """The ``GET /healthz`` operation of an app whose dependency is ``what``."""
+    return {
+        "operationId": "healthz",
+        "tags": ["operations"],
+        "summary": f"Tell whether {what} answers",
+        "responses": {
+            "200": {"description": "Up.", "content": json_content(ref("schemas", "Health"), {"status": "ok"})},
+            "503": when_down,
+        },
+    }
+
+
+# Routes the shared layers register on both apps, by endpoint.
+SHARED_OPERATIONS: dict[str, dict[str, Any]] = {
+    "openapi_json": {
+        "operationId": "openapi",
+        "tags": ["operations"],
+        "summary": "This document",
+        "responses": {
+            "200": {
+                "description": "The OpenAPI 3.1 document of this API.",
+                "content": json_content({"type": "object", "required": ["openapi", "info", "paths"]}),
+            },
+        },
+    },
+    "metrics": {
+        "operationId": "metrics",
+        "tags": ["operations"],
+        "summary": "Prometheus metrics",
+        "responses": {
+            "200": {
+                "description": "Counters and gauges in the Prometheus text exposition format.",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            },
+        },
+    },
+}
 
 
 def _common_components() -> dict[str, Any]:
@@ -87,13 +160,13 @@ def _common_components() -> dict[str, Any]:
                 "format": "date-time",
                 "pattern": _RFC3339_MICROS,
                 "description": "RFC 3339, UTC, with microseconds.",
-                "examples": [_TIME],
+                "examples": [EXAMPLE_TIME],
             },
             "MessageId": {
                 "type": "string",
                 "format": "uuid",
                 "description": "UUIDv7 (RFC 9562), lower case: ids sort by receipt time.",
-                "examples": [_ID],
+                "examples": [EXAMPLE_ID],
             },
         },
         "headers": {
@@ -118,13 +191,13 @@ def _common_components() -> dict[str, Any]:
             },
         },
         "responses": {
-            "MethodNotAllowed": _error(
+            "MethodNotAllowed": error(
                 "The path exists but not with this method; `Allow` lists the ones it takes. Code "
                 "`method_not_allowed`. (Listed on every operation because it belongs to the path.)",
                 "method_not_allowed",
                 ("Allow",),
             ),
-            "Unauthorized": _error(
+            "Unauthorized": error(
                 "`API_TOKENS` is set and the request has no `Authorization: Bearer <token>` with one of them. "
                 "Code `unauthorized`.",
                 "unauthorized",
@@ -141,348 +214,34 @@ def _common_components() -> dict[str, Any]:
     }
 
 
-def _operations_paths(health_error: dict[str, Any], health_what: str) -> dict[str, Any]:
-    """``/healthz``, ``/openapi.json`` and ``/metrics``, the same on both APIs."""
-    not_allowed = _ref("responses", "MethodNotAllowed")
-    return {
-        "/healthz": {
-            "get": {
-                "operationId": "healthz",
-                "tags": ["operations"],
-                "summary": f"Tell whether {health_what} answers",
-                "responses": {
-                    "200": {"description": "Up.", "content": _json(_ref("schemas", "Health"), {"status": "ok"})},
-                    "405": not_allowed,
-                    "503": health_error,
-                },
-            }
-        },
-        "/openapi.json": {
-            "get": {
-                "operationId": "openapi",
-                "tags": ["operations"],
-                "summary": "This document",
-                "responses": {
-                    "200": {
-                        "description": "The OpenAPI 3.1 document of this API.",
-                        "content": _json({"type": "object", "required": ["openapi", "info", "paths"]}),
-                    },
-                    "405": not_allowed,
-                },
-            }
-        },
-        "/metrics": {
-            "get": {
-                "operationId": "metrics",
-                "tags": ["operations"],
-                "summary": "Prometheus metrics",
-                "responses": {
-                    "200": {
-                        "description": "Counters and gauges in the Prometheus text exposition format.",
-                        "content": {"text/plain": {"schema": {"type": "string"}}},
-                    },
-                    "405": not_allowed,
-                },
-            }
-        },
-    }
+def _operation_of(app: Flask, endpoint: str, settings: Settings) -> dict[str, Any]:
+    build = getattr(app.view_functions[endpoint], _OPERATION, None) or SHARED_OPERATIONS.get(endpoint)
+    if build is None:
+        raise LookupError(f"route endpoint {endpoint!r} has no OpenAPI operation: decorate its view with operation()")
+    built = build(settings) if callable(build) else build
+    responses = {**built["responses"], "405": ref("responses", "MethodNotAllowed")}
+    return {**built, "responses": dict(sorted(responses.items()))}
 
 
-def _post(
-    operation_id: str, summary: str, description: str, body: dict[str, Any], answer: str, codes: str
-) -> dict[str, Any]:
-    """A publishing operation: its answers differ only in the body shape and the 400 codes."""
-    accepted = _ref("schemas", answer)
-    return {
-        "operationId": operation_id,
-        "tags": ["messages"],
-        "summary": summary,
-        "description": description,
-        "security": _BEARER,
-        "parameters": [_ref("parameters", "IdempotencyKey")],
-        "requestBody": {"required": True, "content": body},
-        "responses": {
-            "200": {
-                "description": "A repeat of an `Idempotency-Key` seen in the last `IDEMPOTENCY_TTL_SECONDS`: "
-                "the first answer again; nothing new is queued.",
-                "content": _json(accepted),
-            },
-            "202": {"description": "Queued on Redis: it will be stored exactly once.", "content": _json(accepted)},
-            "400": _error(
-                f"The request cannot be accepted as sent; nothing was queued. Codes: {codes}.", "malformed_json"
-            ),
-            "401": _ref("responses", "Unauthorized"),
-            "405": _ref("responses", "MethodNotAllowed"),
-            "413": _ref("responses", "TooLarge"),
-            "415": _ref("responses", "UnsupportedMediaType"),
-            "422": _error(
-                "The `Idempotency-Key` was already used by this client with a different body; nothing was "
-                "queued. Code `idempotency_key_reused`.",
-                "idempotency_key_reused",
-            ),
-            "429": _ref("responses", "TooManyRequests"),
-            "503": _unavailable("queue_unavailable", "The queue (Redis)"),
-        },
-    }
+def _paths(app: Flask, settings: Settings) -> dict[str, Any]:
+    """Every route of ``app`` (without Flask's automatic HEAD and OPTIONS) with its view's operation."""
+    paths: dict[str, Any] = {}
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":  # only with a static folder, which neither app has
+            continue
+        item = paths.setdefault(_PATH_PARAMETER.sub(r"{\1}", rule.rule), {})
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            item[method.lower()] = _operation_of(app, rule.endpoint, settings)
+    return paths
 
 
-def _ingestion(settings: Settings) -> dict[str, Any]:
-    components = _common_components()
-    location = {
-        "description": "Where the message will be readable: `<LIST_API_URL>/messages/<id>`.",
-        "required": True,
-        "schema": {"type": "string", "format": "uri"},
-    }
-    components["headers"]["Location"] = location
-    components["schemas"].update(
-        {
-            "Payload": {
-                "type": "object",
-                "description": "Any JSON object. Duplicate keys keep the last value; integers beyond 64 bits "
-                "become IEEE doubles; strings round-trip exactly. Nesting is limited to 254 levels.",
-                "examples": [{"hello": "world"}],
-            },
-            "Accepted": {
-                "type": "object",
-                "required": ["id", "received_at"],
-                "additionalProperties": False,
-                "properties": {"id": _ref("schemas", "MessageId"), "received_at": _ref("schemas", "Timestamp")},
-                "examples": [{"id": _ID, "received_at": _TIME}],
-            },
-            "BatchAccepted": {
-                "type": "object",
-                "required": ["ids", "received_at"],
-                "additionalProperties": False,
-                "properties": {
-                    "ids": {
-                        "type": "array",
-                        "items": _ref("schemas", "MessageId"),
-                        "minItems": 1,
-                        "maxItems": settings.max_batch_messages,
-                        "description": "One id per message, in input order.",
-                    },
-                    "received_at": _ref("schemas", "Timestamp"),
-                },
-                "examples": [{"ids": [_ID], "received_at": _TIME}],
-            },
-        }
-    )
-    components["parameters"] = {
-        "IdempotencyKey": {
-            "name": "Idempotency-Key",
-            "in": "header",
-            "required": False,
-            "description": "Any 1..255 printable ASCII characters chosen by the client. A repeat with the same "
-            "body within `IDEMPOTENCY_TTL_SECONDS` (24 h) answers 200 with the first answer and queues nothing; "
-            "the same key with another body is 422. Keys are scoped to the client's token.",
-            "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x21-\\x7e]{1,255}$"},
-        }
-    }
-    components["responses"].update(
-        {
-            "TooLarge": _error(
-                f"The body is over `MAX_MESSAGE_BYTES` ({settings.max_message_bytes}) for a message, or "
-                f"`MAX_BATCH_BYTES` ({settings.max_batch_bytes}) for a batch, however it is framed: code "
-                "`too_large`. A batch with more messages than `RATE_LIMIT` allows per period: code "
-                "`batch_over_rate_limit`.",
-                "too_large",
-            ),
-            "UnsupportedMediaType": _error(
-                "The body is not sent as `Content-Type: application/json` (or `application/*+json`). "
-                "Code `unsupported_media_type`.",
-                "unsupported_media_type",
-            ),
-            "TooManyRequests": _error(
-                "Over this client's rate limit (`RATE_LIMIT`, counted in messages over both publishing "
-                "endpoints; a client is its token, else its address; failed token checks count too). "
-                "`Retry-After` is at least 1. Code `too_many_requests`.",
-                "too_many_requests",
-                ("Retry-After", *RATE_LIMIT_HEADERS),
-            ),
-        }
-    )
-    single = _post(
-        "postMessage",
-        "Publish one message",
-        "Accepts one JSON object, queues it for storage and live delivery, and answers at once.",
-        _json(_ref("schemas", "Payload"), {"hello": "world"}),
-        "Accepted",
-        "`malformed_json`, `invalid_utf8`, `too_deep`, `empty_body`, `incomplete_body`, `malformed_body`, "
-        "`not_an_object`, `bad_idempotency_key`",
-    )
-
-    batch = _post(
-        "postBatch",
-        "Publish a batch of messages",
-        f"Accepts a JSON array of 1 to {settings.max_batch_messages} objects, all or nothing: one bad "
-        "element rejects the whole batch. The messages share one `received_at`.",
-        _json(
-            {
-                "type": "array",
-                "items": _ref("schemas", "Payload"),
-                "minItems": 1,
-                "maxItems": settings.max_batch_messages,
-            },
-            [{"n": 1}, {"n": 2}],
-        ),
-        "BatchAccepted",
-        "`malformed_json`, `invalid_utf8`, `too_deep`, `empty_body`, `incomplete_body`, `malformed_body`, "
-        "`not_an_array`, "
-        "`bad_batch_size`, `not_an_object` (an element), `bad_idempotency_key`",
-    )
-    for status in ("200", "202"):
-        single["responses"][status]["headers"] = {"Location": _ref("headers", "Location")}
-    for operation in (single, batch):
-        for status in ("200", "202"):
-            headers = operation["responses"][status].setdefault("headers", {})
-            headers.update({name: _ref("headers", name) for name in RATE_LIMIT_HEADERS})
-    paths = {"/dummy": {"post": single}, "/dummy/batch": {"post": batch}}
-    paths.update(_operations_paths(_unavailable("redis_unavailable", "Redis"), "Redis"))
-    return _document(
-        "Message ingestion API",
-        "Publish JSON messages. A 202 means the message is on the Redis queue: it will be stored exactly "
-        "once and pushed to live clients. If Redis cannot take it the answer is 503 with `Retry-After`, "
-        "never a 202.",
-        paths,
-        components,
-        port=settings.ingestion_api_port,
-    )
-
-
-def _list(settings: Settings) -> dict[str, Any]:
-    components = _common_components()
-    components["headers"]["Link"] = {
-        "description": 'The next page, `<url>; rel="next"`: only when `has_more` is true.',
-        "schema": {"type": "string", "pattern": '^<[^>]+>; rel="next"$'},
-    }
-    components["schemas"].update(
-        {
-            "Message": {
-                "type": "object",
-                "required": ["id", "received_at", "persisted_at", "payload"],
-                "additionalProperties": False,
-                "properties": {
-                    "id": _ref("schemas", "MessageId"),
-                    "received_at": _ref("schemas", "Timestamp"),
-                    "persisted_at": _ref("schemas", "Timestamp"),
-                    "payload": {"type": "object", "description": "The published object, exactly as stored."},
-                },
-                "examples": [
-                    {"id": _ID, "received_at": _TIME, "persisted_at": _TIME[:-2] + "9Z", "payload": {"hello": "world"}}
-                ],
-            },
-            "Page": {
-                "type": "object",
-                "required": ["data", "has_more", "next_cursor"],
-                "additionalProperties": False,
-                "properties": {
-                    "data": {"type": "array", "items": _ref("schemas", "Message"), "maxItems": MAX_LIMIT},
-                    "has_more": {"type": "boolean", "description": "Whether another page follows right now."},
-                    "next_cursor": {
-                        "type": ["string", "null"],
-                        "description": "Set on every non-empty page, the last one included: ask again with it "
-                        "later to get only what arrived since. Null only when nothing was ever returned.",
-                    },
-                },
-            },
-        }
-    )
-    components["responses"]["DatabaseUnavailable"] = _unavailable("database_unavailable", "The database")
-    unavailable = _ref("responses", "DatabaseUnavailable")
-    not_allowed = _ref("responses", "MethodNotAllowed")
-    unauthorized = _ref("responses", "Unauthorized")
-    parameters = [
-        {
-            "name": "limit",
-            "in": "query",
-            "description": "Messages per page.",
-            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
-        },
-        {
-            "name": "order",
-            "in": "query",
-            "description": "`asc`: persistence order, oldest first. `desc`: newest first.",
-            "schema": {"type": "string", "enum": ["asc", "desc"], "default": "asc"},
-        },
-        {
-            "name": "cursor",
-            "in": "query",
-            "description": "Opaque and signed: the `next_cursor` of an earlier page, never built by hand.",
-            "schema": {"type": "string", "minLength": 1},
-        },
-    ]
-    page = {
-        "description": "One page.",
-        "headers": {"Link": _ref("headers", "Link")},
-        "content": _json(_ref("schemas", "Page")),
-    }
-    paths: dict[str, Any] = {
-        "/messages": {
-            "get": {
-                "operationId": "listMessages",
-                "tags": ["messages"],
-                "summary": "Page through every stored message",
-                "description": "Keyset pagination in persistence order. Following `next_cursor` never misses "
-                "a message, even with many workers committing at once. Any other query parameter is a 400.",
-                "security": _BEARER,
-                "parameters": parameters,
-                "responses": {
-                    "200": page,
-                    "400": _error(
-                        "A bad query. Codes: `bad_limit`, `bad_order`, `bad_cursor`, `unknown_parameter`.", "bad_limit"
-                    ),
-                    "401": unauthorized,
-                    "405": not_allowed,
-                    "503": unavailable,
-                },
-            }
-        },
-        "/messages/{id}": {
-            "get": {
-                "operationId": "getMessage",
-                "tags": ["messages"],
-                "summary": "Read one stored message",
-                "security": _BEARER,
-                "parameters": [{"name": "id", "in": "path", "required": True, "schema": _ref("schemas", "MessageId")}],
-                "responses": {
-                    "200": {"description": "The message.", "content": _json(_ref("schemas", "Message"))},
-                    "401": unauthorized,
-                    "404": _error(
-                        "No stored message has this id (yet: a 202 is followed by storage within moments). "
-                        "Code `not_found`.",
-                        "not_found",
-                    ),
-                    "405": not_allowed,
-                    "503": unavailable,
-                },
-            }
-        },
-        "/": {
-            "get": {
-                "operationId": "livePage",
-                "tags": ["operations"],
-                "summary": "The live page",
-                "description": "`index.html`: history from this API, then live messages over the websocket.",
-                "responses": {
-                    "200": {"description": "The page.", "content": {"text/html": {"schema": {"type": "string"}}}},
-                    "405": not_allowed,
-                },
-            }
-        },
-    }
-    paths.update(_operations_paths(unavailable, "the database"))
-    return _document(
-        "Message list API",
-        "Read every stored message, in pages, and the live page.",
-        paths,
-        components,
-        port=settings.list_api_port,
-    )
-
-
-def _document(
-    title: str, description: str, paths: dict[str, Any], components: dict[str, Any], port: int
-) -> dict[str, Any]:
+def document(app: Flask, title: str, description: str, components: Build, port: int) -> dict[str, Any]:
+    """Build the OpenAPI document of ``app`` from its routes, with its own ``components`` added."""
+    settings: Settings = app.config["SETTINGS"]
+    extra = components(settings) if callable(components) else components
+    merged = _common_components()
+    for kind, entries in extra.items():
+        merged.setdefault(kind, {}).update(entries)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -499,29 +258,17 @@ def _document(
             {"name": "messages", "description": "Publishing and reading messages."},
             {"name": "operations", "description": "Health, metrics, this document."},
         ],
-        "paths": paths,
-        "components": components,
+        "paths": _paths(app, settings),
+        "components": merged,
     }
 
 
-def spec(service: str, settings: Settings | None = None) -> dict[str, Any]:
-    """Return the OpenAPI document of ``service`` ("ingestion_api" or "list_api").
+def init_openapi(app: Flask, title: str, description: str, components: Build, port: int) -> None:
+    """Serve ``GET /openapi.json``: call last in the factory, once every route is registered.
 
-    Limits come from ``settings`` (the defaults when not given).
+    Raises ``LookupError`` if a route has no operation, so an undocumented
+    route cannot reach production.
     """
-    settings = settings or load_settings({})
-    if service == "ingestion_api":
-        return _ingestion(settings)
-    if service == "list_api":
-        return _list(settings)
-    raise ValueError(f"unknown service {service!r}; expected one of {', '.join(SERVICES)}")
-
-
-def init_openapi(app: Flask, service: str) -> None:
-    """Serve ``GET /openapi.json`` on ``app``, with the limits of the app's settings."""
-    document = spec(service, app.config.get("SETTINGS"))
-
-    def openapi_json() -> Response:
-        return json_response(document)
-
-    app.add_url_rule("/openapi.json", endpoint="openapi_json", view_func=openapi_json, methods=["GET"])
+    app.add_url_rule("/openapi.json", endpoint="openapi_json", view_func=lambda: json_response(built), methods=["GET"])
+    built = document(app, title, description, components, port)
+    app.extensions["openapi"] = built
