@@ -243,7 +243,7 @@ def bench_persist(args: argparse.Namespace) -> dict[str, object]:
     import redis
     import sqlalchemy as sa
 
-    from relay import broker
+    from relay.broker.contract import task_message
     from relay.records import make_record, utc_now
 
     client = redis.Redis.from_url(args.redis_url)
@@ -255,7 +255,7 @@ def bench_persist(args: argparse.Namespace) -> dict[str, object]:
     pipe = client.pipeline(transaction=False)
     for start in range(0, args.count, args.batch):
         records = [make_record({"bench": i}, now) for i in range(start, min(args.count, start + args.batch))]
-        pipe.lpush(queue, broker.task_message(records, queue))
+        pipe.lpush(queue, task_message(records, queue))
         if len(pipe) >= 1000:
             pipe.execute()
     pipe.execute()
@@ -388,7 +388,7 @@ def bench_fanout(args: argparse.Namespace) -> dict[str, object]:
     import psutil
     import redis
 
-    from relay import broker
+    from relay.broker.producer import Producer
 
     port = urlsplit(args.ws_url).port or 8765
     server = next(
@@ -401,7 +401,7 @@ def bench_fanout(args: argparse.Namespace) -> dict[str, object]:
         b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     )
-    pub = broker.Broker(redis.Redis.from_url(args.redis_url), "bench-fanout-unused", args.stream, 10_000, 60)
+    pub = Producer(redis.Redis.from_url(args.redis_url), "bench-fanout-unused", args.stream, 10_000, 60)
     rows = []
     for rate in [int(r) for r in args.rates.split(",")]:
         out: multiprocessing.Queue = multiprocessing.Queue()

@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import redis
 
-from relay import broker
+from relay.broker.connection import connect
+from relay.broker.dead_letters import DeadLetters
 from relay.settings import load_settings, setting_origin
 
 
@@ -46,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--id", action="append", dest="ids", help="message id (repeatable)")
     args = parser.parse_args(argv)
 
-    client = broker.connect(settings.redis_url, timeout=5.0)
-    dead_letters = broker.DeadLetters(client, settings.dead_letter_key, settings.persist_queue)
+    client = connect(settings.redis_url, timeout=5.0)
+    dead_letters = DeadLetters(client, settings.dead_letter_key, settings.persist_queue)
     try:
         return run(args, dead_letters, settings.dead_letter_key, settings.persist_queue)
     except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def run(args: argparse.Namespace, dead_letters: broker.DeadLetters, key: str, queue: str) -> int:
+def run(args: argparse.Namespace, dead_letters: DeadLetters, key: str, queue: str) -> int:
     """Carry out the command ``args`` names."""
     if args.command == "count":
         print(dead_letters.count())

@@ -11,7 +11,7 @@ import pytest
 import redis
 import requests
 
-from relay import broker
+from relay.broker.contract import task_message
 from relay.records import make_record, utc_now
 from tests.helpers import wait_until
 from tests.stack import Stack, running_stack
@@ -62,7 +62,7 @@ def test_a_redelivered_task_stores_nothing_twice(stack: Stack) -> None:
     """The same task message delivered three times (as after a worker crash) stores each record once."""
     records = [make_record({"dup": i}, utc_now()) for i in range(5)]
     client = redis.Redis.from_url(stack.env["REDIS_URL"])
-    message = broker.task_message(records, "persist")
+    message = task_message(records, "persist")
     for _ in range(3):
         client.lpush("persist", message)
     wait_until(lambda: client.llen("persist") == 0, what="queue drained")

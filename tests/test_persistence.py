@@ -14,7 +14,10 @@ import redis
 import sqlalchemy as sa
 from flask import Flask
 
-from relay import broker, storage
+from relay import storage
+from relay.broker.contract import KOMBU_UNACKED_KEY, task_message
+from relay.broker.dead_letters import DeadLetters
+from relay.broker.producer import Producer
 from relay.records import make_record
 from relay.worker.persistence import Persister
 from tests.helpers import ROOT, python_env
@@ -157,7 +160,7 @@ def test_an_outage_during_isolation_is_waited_out() -> None:
 
 def test_a_record_is_dead_lettered_once_however_often_it_is_rejected(redis_url: str) -> None:
     """A redelivered task message isolated again adds no second entry; after a replay it can come back."""
-    dead_letters = broker.DeadLetters(redis.Redis.from_url(redis_url), "dead_letters", "persist")
+    dead_letters = DeadLetters(redis.Redis.from_url(redis_url), "dead_letters", "persist")
     record = records(1)[0]
     added = [dead_letters.add(record, "poison rejected") for _ in range(2)]
     assert dead_letters.count() == 1 and added == [True, False]
@@ -186,7 +189,7 @@ def test_real_database_rejection_goes_to_the_dead_letter_list_and_replays(
     with engine.begin() as conn:
         conn.exec_driver_sql(POISON_TRIGGER[engine.dialect.name])
     client = redis.Redis.from_url(redis_url)
-    dead_letters = broker.DeadLetters(client, "dead_letters", "persist")
+    dead_letters = DeadLetters(client, "dead_letters", "persist")
     batch = records(50, poison=(10, 11, 40))
     try:
         with db_app.app_context():
@@ -216,7 +219,7 @@ def test_real_database_rejection_goes_to_the_dead_letter_list_and_replays(
     assert replay.returncode == 0, replay.stderr
     assert dead_letters.count() == 2
     [raw] = client.lrange("persist", 0, -1)
-    assert broker.task_message([batch[11]], "persist", batch[11]["id"]) == raw
+    assert task_message([batch[11]], "persist", batch[11]["id"]) == raw
     assert dead_letters.replay() == 2 and dead_letters.count() == 0 and client.llen("persist") == 3
 
 
@@ -229,16 +232,16 @@ def test_dead_letters_script_usage(argv: list[str]) -> None:
 def test_pending_records_lost_in_flight_are_requeued_once_nothing_is_in_flight(redis_url: str) -> None:
     """Records whose task message vanished (kombu's pop/bookkeeping gap) come back; handled ones don't."""
     client = redis.Redis.from_url(redis_url)
-    queue = broker.Broker(client, "persist", "messages:live", 100, 60)
+    queue = Producer(client, "persist", "messages:live", 100, 60)
     lost, handled = records(3), records(2)
     queue.write(lost)
     queue.write(handled)
     assert queue.pending.count() == 5
     queue.pending.done([r["id"] for r in handled])
     client.delete("persist")  # both task messages popped; the worker that held `lost` died before its bookkeeping
-    client.hset(broker.KOMBU_UNACKED_KEY, "tag", "in flight")
+    client.hset(KOMBU_UNACKED_KEY, "tag", "in flight")
     assert queue.pending.reconcile(grace=0) == 0, "nothing is re-queued while a message is in flight"
-    client.delete(broker.KOMBU_UNACKED_KEY, "persist:pending:reconciling")
+    client.delete(KOMBU_UNACKED_KEY, "persist:pending:reconciling")
     assert queue.pending.reconcile(grace=3600) == 0, "nor before the grace period"
     client.delete("persist:pending:reconciling")
     assert queue.pending.reconcile(grace=0) == 3

@@ -20,7 +20,9 @@ import pytest
 import redis
 import requests
 
-from relay import broker
+from relay.broker.connection import connect
+from relay.broker.group_commit import GroupCommit, QueueBusy
+from relay.broker.producer import Producer
 from relay.records import make_record, utc_now
 from tests.conftest import clear_database
 from tests.helpers import free_port
@@ -41,8 +43,8 @@ def queued_ids(client: redis.Redis) -> set[str]:
     return ids
 
 
-def make_broker(url: str, timeout: float = 5.0, **options: object) -> broker.Broker:
-    return broker.Broker(broker.connect(url, timeout), "persist", "messages:live", 1000, 60, **options)
+def make_broker(url: str, timeout: float = 5.0, **options: object) -> Producer:
+    return Producer(connect(url, timeout), "persist", "messages:live", 1000, 60, **options)
 
 
 def test_a_write_fenced_off_first_never_runs(redis_url: str) -> None:
@@ -83,13 +85,13 @@ def test_a_write_whose_answer_times_out_is_settled_not_guessed(redis_url: str) -
     """
     client = redis.Redis.from_url(redis_url)
     busy = client.register_script(BUSY)
-    queue = broker.Broker(
-        broker.connect(redis_url, timeout=5.0, read_timeout=0.2),
+    queue = Producer(
+        connect(redis_url, timeout=5.0, read_timeout=0.2),
         "persist",
         "messages:live",
         1000,
         60,
-        probe_client=broker.connect(redis_url, 5.0),
+        probe_client=connect(redis_url, 5.0),
     )
     outcomes = Counter()
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
@@ -130,13 +132,13 @@ def test_group_commit_withdraws_a_request_that_waited_too_long() -> None:
         release.wait(5)
         return True
 
-    group = broker.GroupCommit(slow_write, wait_seconds=0.3)
+    group = GroupCommit(slow_write, wait_seconds=0.3)
     first, second = records(1), records(1)
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         taken = pool.submit(group.submit, first)
         assert started.wait(5)
         waiting = pool.submit(group.submit, second)
-        with pytest.raises(broker.QueueBusy):
+        with pytest.raises(QueueBusy):
             waiting.result(5)
         release.set()
         assert taken.result(5) is True

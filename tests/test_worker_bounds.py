@@ -16,7 +16,9 @@ import redis
 import requests
 import sqlalchemy as sa
 
-from relay import broker
+from relay.broker.contract import KOMBU_UNACKED_KEY, task_messages
+from relay.broker.dead_letters import DeadLetters
+from relay.broker.pending import Pending
 from relay.records import make_record, utc_now
 from tests.conftest import clear_database
 from tests.helpers import celery_worker, python_env, wait_until
@@ -55,7 +57,7 @@ def test_isolating_poison_outlives_no_visibility_timeout_and_others_keep_flowing
     with engine.begin() as conn:
         conn.exec_driver_sql(POISON_TRIGGER[engine.dialect.name])
     client = redis.Redis.from_url(redis_url)
-    dead_letters = broker.DeadLetters(client, "dead_letters", "persist")
+    dead_letters = DeadLetters(client, "dead_letters", "persist")
     try:
         with custom_stack(database_url, redis_url, log_dir, env=QUICK_REDELIVERY) as stack:
             batch = [{"n": n, "kind": "poison" if is_poison(n) else "fine"} for n in range(1000)]
@@ -80,7 +82,7 @@ def test_isolating_poison_outlives_no_visibility_timeout_and_others_keep_flowing
             )
             handled_in = time.monotonic() - started
             wait_until(
-                lambda: client.llen("persist") == 0 and client.hlen(broker.KOMBU_UNACKED_KEY) == 0,
+                lambda: client.llen("persist") == 0 and client.hlen(KOMBU_UNACKED_KEY) == 0,
                 what="nothing queued or in flight",
             )
             entries = dead_letters.entries(limit=10_000)
@@ -119,7 +121,7 @@ def test_worker_memory_stays_bounded_while_the_database_is_locked(
     prefetch budget): the worker's main process stays under its bound, and once unlocked all is stored once."""
     clear_database(mysql_url)
     client = redis.Redis.from_url(redis_url)
-    pending = broker.Pending(client, "persist")
+    pending = Pending(client, "persist")
     max_bytes = int(PREFETCH["PERSIST_MESSAGE_MAX_BYTES"])
     env = python_env({"SQLALCHEMY_DATABASE_URI": mysql_url, "REDIS_URL": redis_url, **PREFETCH})
     worker = celery_worker("worker", env, log_dir, CONCURRENCY).start()
@@ -131,7 +133,7 @@ def test_worker_memory_stays_bounded_while_the_database_is_locked(
 
     def enqueue(records: list[dict[str, str]]) -> int:
         """Queue ``records`` as the ingestion API does: task messages of at most max_bytes, and pending."""
-        messages = broker.task_messages(records, "persist", max_bytes)
+        messages = task_messages(records, "persist", max_bytes)
         pipe = client.pipeline(transaction=True)
         pipe.lpush("persist", *messages)
         pending.add(pipe, records)

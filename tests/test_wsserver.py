@@ -20,7 +20,7 @@ import requests
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from relay import broker
+from relay.broker.producer import Producer
 from relay.records import make_record, utc_now
 from tests.helpers import ROOT, Service, free_port, python_env, wait_http_ok
 
@@ -55,17 +55,17 @@ def start_ws(redis_url: str, log_dir: Path) -> Iterator:
 
 
 @pytest.fixture
-def publisher(redis_url: str) -> broker.Broker:
-    return broker.Broker(redis.Redis.from_url(redis_url), "persist", "messages:live", 10_000, 60)
+def publisher(redis_url: str) -> Producer:
+    return Producer(redis.Redis.from_url(redis_url), "persist", "messages:live", 10_000, 60)
 
 
 def _enqueue_all(redis_url: str, records: list[dict[str, str]]) -> None:
-    pub = broker.Broker(redis.Redis.from_url(redis_url), "persist", "messages:live", 10_000, 60)
+    pub = Producer(redis.Redis.from_url(redis_url), "persist", "messages:live", 10_000, 60)
     for record in records:
         pub.enqueue([record], {})
 
 
-async def publish_from_another_process(pub: broker.Broker, count: int, size: int) -> list[str]:
+async def publish_from_another_process(pub: Producer, count: int, size: int) -> list[str]:
     """Publish from a separate process, so the test's own client is not starved of the GIL."""
     records = [make_record({"i": i, "pad": "x" * size}, utc_now()) for i in range(count)]
     url = pub.client.get_connection_kwargs()
@@ -78,7 +78,7 @@ async def publish_from_another_process(pub: broker.Broker, count: int, size: int
     return [r["id"] for r in records]
 
 
-def publish(pub: broker.Broker, count: int, size: int = 0) -> list[str]:
+def publish(pub: Producer, count: int, size: int = 0) -> list[str]:
     ids = []
     for i in range(count):
         record = make_record({"i": i, "pad": "x" * size}, utc_now())

@@ -26,7 +26,9 @@ from flask_cors import CORS
 from prometheus_client import Counter
 from werkzeug.exceptions import ClientDisconnected
 
-from relay import broker
+from relay.broker.connection import connect
+from relay.broker.group_commit import QueueBusy
+from relay.broker.producer import Idempotency, IdempotencyKeyReused, Producer
 from relay.logs import configure_logging
 from relay.metrics import GaugeCollector, init_metrics
 from relay.records import InvalidMessage, make_record, parse_batch, parse_message, utc_now
@@ -56,16 +58,16 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config["SETTINGS"] = settings
     # No MAX_CONTENT_LENGTH: each view enforces its own limit while reading (see _read_body), and a
     # chunked body must be read past the limit to know it is over it (Werkzeug stops at the limit).
-    app.extensions["broker"] = broker.Broker(
-        broker.connect(settings.redis_url, settings.redis_timeout_seconds),
+    app.extensions["broker"] = Producer(
+        connect(settings.redis_url, settings.redis_timeout_seconds),
         queue=settings.persist_queue,
         stream=settings.live_stream_key,
         window=settings.live_window,
         idempotency_ttl=settings.idempotency_ttl_seconds,
         group_commit=bool(settings.ingest_group_commit),
         message_max_bytes=settings.persist_message_max_bytes,
-        probe_client=broker.connect(settings.redis_url, settings.redis_timeout_seconds, read_timeout=1.0),
-        bulk_client=broker.connect(settings.redis_url, settings.redis_timeout_seconds, read_timeout=BULK_READ_SECONDS),
+        probe_client=connect(settings.redis_url, settings.redis_timeout_seconds, read_timeout=1.0),
+        bulk_client=connect(settings.redis_url, settings.redis_timeout_seconds, read_timeout=BULK_READ_SECONDS),
     )
     if settings.rate_limit:
         app.extensions["rate_limit"] = RateLimit(
@@ -322,7 +324,7 @@ def _read_body(limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _idempotency(client: str | None, body: bytes) -> broker.Idempotency | None:
+def _idempotency(client: str | None, body: bytes) -> Idempotency | None:
     """The request's Idempotency-Key scoped to its client and endpoint, bound to its body."""
     key = request.headers.get("Idempotency-Key")
     if key is None:
@@ -330,7 +332,7 @@ def _idempotency(client: str | None, body: bytes) -> broker.Idempotency | None:
     if not _IDEMPOTENCY_KEY.match(key):
         raise ApiError(400, "bad_idempotency_key", "Idempotency-Key must be 1 to 255 printable ASCII characters.")
     scope = f"idempotency:{client or 'anonymous'}:{request.endpoint}:{key}"
-    return broker.Idempotency(scope, hashlib.sha256(body).hexdigest())
+    return Idempotency(scope, hashlib.sha256(body).hexdigest())
 
 
 def _accept(
@@ -343,13 +345,13 @@ def _accept(
     g.message_ids = ids  # on this request's log lines, the access line included (relay/web/base.py)
     try:
         result = current_app.extensions["broker"].enqueue(records, answer, idempotency)
-    except broker.IdempotencyKeyReused:
+    except IdempotencyKeyReused:
         raise ApiError(
             422,
             "idempotency_key_reused",
             "This Idempotency-Key was already used with a different body; use a new key for a new message.",
         ) from None
-    except (redis.RedisError, broker.QueueBusy) as exc:
+    except (redis.RedisError, QueueBusy) as exc:
         current_app.logger.warning("queue write failed (%s); answering 503", exc)
         raise ApiError(
             503, "queue_unavailable", "The message queue is unavailable; retry shortly.", {"Retry-After": "1"}

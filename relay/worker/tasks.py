@@ -46,7 +46,7 @@ Reliability, and why:
   can be prefetched;
 * every queued record is also in a pending set until handled, and a
   reconciler re-queues any lost in kombu's gap between popping a message and
-  recording it as unacknowledged (``broker.Pending``).
+  recording it as unacknowledged (``relay.broker.pending``).
 """
 
 from __future__ import annotations
@@ -73,7 +73,11 @@ from celery_batches import Batches, SimpleRequest
 from flask import Flask
 from prometheus_client import Counter, Histogram
 
-from relay import broker, storage
+from relay import storage
+from relay.broker.connection import connect
+from relay.broker.contract import PERSIST_TASK
+from relay.broker.dead_letters import DeadLetters
+from relay.broker.pending import Pending
 from relay.logs import configure_logging
 from relay.metrics import health_and_metrics_app, serve_in_thread, service_registry
 from relay.records import utc_now
@@ -141,7 +145,7 @@ class ReconnectingBatches(Batches):
 
 
 _flask_app: Flask | None = None
-_persister: tuple[Persister, broker.Pending] | None = None
+_persister: tuple[Persister, Pending] | None = None
 
 
 @setup_logging.connect
@@ -185,7 +189,7 @@ def _serve_metrics(**_kwargs: object) -> None:
         return
     if not settings.metrics_multiprocess:
         log.warning("WORKER_METRICS_PORT is set but PROMETHEUS_MULTIPROC_DIR is not: pool metrics will be missing")
-    client = broker.connect(settings.redis_url, timeout=1.0)
+    client = connect(settings.redis_url, timeout=1.0)
 
     def problem() -> tuple[str, str] | None:
         if not _consuming.is_set():
@@ -207,9 +211,9 @@ def _serve_metrics(**_kwargs: object) -> None:
 
 @worker_ready.connect
 def _start_reconciler(**_kwargs: object) -> None:
-    """Periodically re-queue records lost between kombu's pop and its bookkeeping (broker.Pending)."""
-    client = broker.connect(settings.redis_url, timeout=5.0)
-    pending = broker.Pending(client, settings.persist_queue, settings.persist_message_max_bytes)
+    """Periodically re-queue records lost between kombu's pop and its bookkeeping (relay.broker.pending)."""
+    client = connect(settings.redis_url, timeout=5.0)
+    pending = Pending(client, settings.persist_queue, settings.persist_message_max_bytes)
     interval = max(1.0, settings.pending_grace_seconds / 2)
 
     def loop() -> None:
@@ -242,7 +246,7 @@ def _start_retention(**_kwargs: object) -> None:
     """
     if settings.retention_days <= 0:
         return
-    client = broker.connect(settings.redis_url, timeout=5.0)
+    client = connect(settings.redis_url, timeout=5.0)
 
     def loop() -> None:
         app = storage.create_app()
@@ -330,12 +334,12 @@ def _database_up() -> bool:
         storage.db.session.remove()
 
 
-def persister() -> tuple[Persister, broker.Pending]:
+def persister() -> tuple[Persister, Pending]:
     """Return this process's persister (wired to the database and the dead-letter list) and pending set."""
     global _persister
     if _persister is None:
-        client = broker.connect(settings.redis_url, timeout=5.0)
-        dead_letters = broker.DeadLetters(client, settings.dead_letter_key, settings.persist_queue)
+        client = connect(settings.redis_url, timeout=5.0)
+        dead_letters = DeadLetters(client, settings.dead_letter_key, settings.persist_queue)
         writer = Persister(
             storage.save_messages,
             _database_up,
@@ -344,12 +348,12 @@ def persister() -> tuple[Persister, broker.Pending]:
             chunk_size=settings.persist_batch_size,
             budget=settings.celery_visibility_timeout / 4,
         )
-        _persister = (writer, broker.Pending(client, settings.persist_queue, settings.persist_message_max_bytes))
+        _persister = (writer, Pending(client, settings.persist_queue, settings.persist_message_max_bytes))
     return _persister
 
 
 @celery_app.task(
-    name="tasks.persist_messages",
+    name=PERSIST_TASK,
     base=ReconnectingBatches,
     # Flush as soon as a process's worth has arrived: waiting for more than can be prefetched would
     # leave every batch to the flush timer.

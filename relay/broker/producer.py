@@ -1,0 +1,258 @@
+"""The producer: putting accepted messages on Redis, the persistence queue and the live stream.
+
+The ingestion API writes, per request (or per group of concurrent requests),
+in one atomic Lua script call (``_WRITE``):
+
+* Celery task messages (:mod:`relay.broker.contract`)
+  LPUSHed onto the persistence queue, which the worker (``relay/worker/``)
+  consumes like any task sent with ``apply_async``; each carries at most
+  ``PERSIST_MESSAGE_MAX_BYTES`` of records, so a large batch becomes
+  several task messages and the worker's prefetch is bounded in bytes;
+* the records in the pending set (:mod:`relay.broker.pending`);
+* an XADD of each rendered websocket frame onto a capped Redis Stream,
+  which every ``wsserver.py`` process reads (and replays from, for resume);
+* with an ``Idempotency-Key``, the key with the body's fingerprint and the
+  answer, so a repeat gets the same answer and another body gets 422.
+
+Why not ``apply_async``: kombu's publish path costs several times the rest
+of the request, retries for seconds when Redis is down (we must answer 503
+within a second), and cannot share an atomic write with the XADD.
+
+Every write is fenced (see :class:`Producer`), so a lost answer is settled
+before the API answers: a 5xx means nothing was queued.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import orjson
+import redis
+
+from relay.broker.connection import never_connected
+from relay.broker.contract import DEFAULT_MESSAGE_MAX_BYTES, task_messages
+from relay.broker.group_commit import GroupCommit
+from relay.broker.pending import Pending
+from relay.records import live_frame
+
+log = logging.getLogger(__name__)
+
+# One fenced, atomic write of a request's (or a group commit's) records. KEYS: 1 fence, 2 queue,
+# 3 pending set, 4 pending records, 5 live stream, 6 idempotency key. ARGV: 1 fence ttl, 2 now,
+# 3 live window, 4 task-message count T, 5 record count N, 6 "1" when KEYS[6] is used,
+# 7 idempotency ttl, 8 fingerprint, 9 answer, then T task messages, then N (id, record, frame).
+# The first command claims the fence: a writer that finds it taken (Producer.settle got there first)
+# writes nothing. The outcome is left in the fence, so settle can read what happened.
+_WRITE = """
+if not redis.call('SET', KEYS[1], 'running', 'NX', 'EX', tonumber(ARGV[1])) then return 'aborted' end
+local function finish(outcome)
+  redis.call('SET', KEYS[1], outcome, 'EX', tonumber(ARGV[1]))
+  return outcome
+end
+if ARGV[6] == '1' then
+  local earlier = redis.call('GET', KEYS[6])
+  if earlier then
+    if string.sub(earlier, 1, #ARGV[8]) == ARGV[8] then
+      return finish('repeat:' .. string.sub(earlier, #ARGV[8] + 2))
+    end
+    return finish('reused')
+  end
+end
+local tasks = tonumber(ARGV[4])
+for i = 10, 9 + tasks do redis.call('LPUSH', KEYS[2], ARGV[i]) end
+local live = 1
+local first = 10 + tasks
+for i = 0, tonumber(ARGV[5]) - 1 do
+  local at = first + 3 * i
+  redis.call('HSET', KEYS[4], ARGV[at], ARGV[at + 1])
+  redis.call('ZADD', KEYS[3], ARGV[2], ARGV[at])
+  local added = redis.pcall('XADD', KEYS[5], 'MAXLEN', '~', ARGV[3], '*', 'id', ARGV[at], 'frame', ARGV[at + 2])
+  if type(added) == 'table' and added.err then live = 0 end
+end
+-- The key last: a script that failed half-way (a wrongly typed key) must not leave it answering repeats.
+if ARGV[6] == '1' then redis.call('SET', KEYS[6], ARGV[8] .. ':' .. ARGV[9], 'EX', tonumber(ARGV[7])) end
+return finish('ok:' .. live)
+"""
+# How long a fence (and the outcome it holds) is kept: far longer than a write can wait in Redis.
+FENCE_SECONDS = 60
+
+
+@dataclass
+class Enqueued:
+    """What happened to a request's messages: the answer to send and whether live publish worked."""
+
+    answer: dict
+    repeated: bool = False
+    live_published: bool = True
+
+
+class IdempotencyKeyReused(Exception):
+    """The Idempotency-Key was already used by this client for a different body."""
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    """A request's Idempotency-Key, scoped to its client and endpoint, and its body's fingerprint."""
+
+    key: str
+    fingerprint: str
+
+
+class Producer:
+    """Enqueues records for persistence and publishes them for live delivery.
+
+    Every write is one Lua script call that is atomic in Redis and *fenced*:
+    it first claims a one-off fence key. When the answer to a write is lost
+    (a read timeout on a large write, a dropped connection), :meth:`settle`
+    claims the same fence: if it wins, the write never ran and never will,
+    so the request can truthfully answer 503; if it loses, the fence holds
+    the write's outcome, and the request answers that. Either way a 5xx
+    means nothing was queued, and a 202 means everything was.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        queue: str,
+        stream: str,
+        window: int,
+        idempotency_ttl: int,
+        *,
+        group_commit: bool = False,
+        message_max_bytes: int = DEFAULT_MESSAGE_MAX_BYTES,
+        probe_client: redis.Redis | None = None,
+        bulk_client: redis.Redis | None = None,
+        settle_seconds: float = 0.4,
+        busy_seconds: float = 10.0,
+    ) -> None:
+        self.client = client
+        self.queue = queue
+        self.stream = stream
+        self.window = window
+        self.idempotency_ttl = idempotency_ttl
+        self.message_max_bytes = message_max_bytes
+        self.probe_client = probe_client or client
+        self.bulk_client = bulk_client or client
+        self.settle_seconds = settle_seconds
+        self.busy_seconds = busy_seconds
+        self._write_script = client.register_script(_WRITE)
+        self._bulk_write_script = self.bulk_client.register_script(_WRITE)
+        self.pending = Pending(client, queue, message_max_bytes)
+        self.group_commit = GroupCommit(self.write, max_bytes=message_max_bytes) if group_commit else None
+
+    def enqueue(
+        self, records: Sequence[dict[str, str]], answer: dict, idempotency: Idempotency | None = None
+    ) -> Enqueued:
+        """Queue ``records`` durably and publish them live (best effort), in one atomic write.
+
+        Raises ``redis.RedisError`` or :class:`QueueBusy` when nothing was
+        queued, and :class:`IdempotencyKeyReused` when the key was used for
+        another body. A failed live publish is reported in the result.
+        """
+        if idempotency is not None:
+            outcome = self._run(records, idempotency, answer)
+            if outcome == "reused":
+                raise IdempotencyKeyReused(idempotency.key)
+            if outcome.startswith("repeat:"):
+                return Enqueued(orjson.loads(outcome[len("repeat:") :]), repeated=True)
+            return Enqueued(answer, live_published=outcome == "ok:1")
+        if self.group_commit is not None and self.group_commit.takes(records):
+            return Enqueued(answer, live_published=self.group_commit.submit(records))
+        return Enqueued(answer, live_published=self.write(records))
+
+    def write(self, records: Sequence[dict[str, str]], fence: str | None = None) -> bool:
+        """Queue ``records`` and publish their frames in one fenced write; return whether live publish worked.
+
+        Raises ``redis.RedisError`` when nothing was queued. ``fence`` names
+        the write's fence key (a fresh one by default).
+        """
+        return self._run(records, None, None, fence) == "ok:1"
+
+    def _run(
+        self,
+        records: Sequence[dict[str, str]],
+        idempotency: Idempotency | None,
+        answer: dict | None,
+        fence: str | None = None,
+    ) -> str:
+        fence = fence or self.new_fence()
+        messages = task_messages(records, self.queue, self.message_max_bytes)
+        args: list[bytes | str | int | float] = [
+            FENCE_SECONDS,
+            time.time(),
+            self.window,
+            len(messages),
+            len(records),
+            "1" if idempotency else "0",
+            self.idempotency_ttl,
+            idempotency.fingerprint if idempotency else "",
+            orjson.dumps(answer) if idempotency else "",
+            *messages,
+        ]
+        for record in records:
+            args += [record["id"], orjson.dumps(record), live_frame(record)]
+        keys = [fence, self.queue, self.pending.zset, self.pending.records, self.stream]
+        keys.append(idempotency.key if idempotency else f"{self.queue}:no-idempotency")
+        started = time.monotonic()
+        outcome: str | bytes | None
+        try:
+            # A write of several task messages takes Redis long enough that a short read timeout
+            # would mostly end in settling; it waits on a client with a longer one.
+            script = self._bulk_write_script if len(messages) > 1 else self._write_script
+            outcome = script(keys=keys, args=args)
+        except redis.ResponseError:
+            raise  # Redis ran the script and it failed (a misconfigured key): an answer, not a lost one
+        except redis.RedisError as exc:
+            if never_connected(exc):
+                raise  # nothing was sent: no outcome to find out
+            outcome = self.settle(fence, started)
+            log.warning("lost the answer to a write of %d record(s) (%s); settled: %s", len(records), exc, outcome)
+            if outcome is None:
+                raise exc from None
+        outcome = outcome.decode() if isinstance(outcome, bytes) else outcome
+        if not outcome.startswith(("ok:", "repeat:", "reused")):  # "aborted", or a script that never finished
+            raise redis.ConnectionError(f"the write did not run to its end ({outcome})")
+        return outcome
+
+    def new_fence(self) -> str:
+        """A fresh fence key for one write."""
+        return f"{self.queue}:fence:{uuid.uuid4().hex}"
+
+    def settle(self, fence: str, started: float) -> str | bytes | None:
+        """Find out what became of a write whose answer was lost; None when it never ran (and never will).
+
+        Claims ``fence`` first: the write, if it still arrives, then finds it
+        taken and does nothing. Every attempt is safe to repeat. While Redis
+        is busy (timeouts) it keeps asking for up to ``busy_seconds``; while
+        it is unreachable, for ``settle_seconds`` after ``started``
+        (monotonic), then the outcome is unknown and this raises.
+        """
+        while True:
+            try:
+                if self.probe_client.set(fence, "aborted", nx=True, ex=FENCE_SECONDS):
+                    return None
+                return self.probe_client.get(fence)
+            except redis.RedisError as exc:
+                # Busy (it answers late): keep asking. Unreachable: give up soon; the outcome is then unknown.
+                patience = self.settle_seconds if never_connected(exc) else self.busy_seconds
+                if time.monotonic() >= started + patience:
+                    raise
+            time.sleep(0.02)
+
+    def depth(self) -> int | None:
+        """Task messages waiting on the persistence queue, or None when Redis does not answer."""
+        try:
+            return int(self.client.llen(self.queue))
+        except redis.RedisError:
+            return None
+
+    def ping(self) -> bool:
+        """Tell whether Redis answers."""
+        try:
+            return bool(self.client.ping())
+        except redis.RedisError:
+            return False
