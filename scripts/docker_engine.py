@@ -16,7 +16,7 @@ containerd namespace): images stay cached in ``/var/lib/messages-compose`` betwe
 (``DOCKER_ENGINE_CACHE`` moves it), and on exit it removes its containers, stops the daemon and
 puts back what dockerd changes on the host (the iptables rules and FORWARD policy,
 ``ip_forward``, the ``docker0`` bridge), also after a run that was killed before it could.
-:func:`compose_v2_config` adds compose v2. ``tests/test_compose_stack.py`` uses all three.
+:func:`compose_v2_config` adds compose v2. ``tests/system/test_compose_stack.py`` uses all three.
 """
 
 from __future__ import annotations

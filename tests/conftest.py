@@ -1,4 +1,10 @@
-"""Fixtures: a real Redis server, real SQLite and MariaDB databases, app clients.
+"""Fixtures of the shared layers: a real Redis server, real SQLite and MariaDB databases, app factories.
+
+The tests mirror the package: ``tests/<process>/`` for each process folder
+of ``relay/`` (each with a ``conftest.py`` giving its app and client),
+``tests/web/`` and ``tests/broker/`` for those layers, ``tests/test_*.py``
+for the modules at the top of ``relay/``, and ``tests/system/`` for tests of
+the whole stack as real processes (its ``conftest.py`` starts it).
 
 SQLite always runs. MariaDB/MySQL runs when ``TEST_MYSQL_URL`` is set (CI
 sets it); each test session gets its own freshly migrated database there.
@@ -11,7 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import flask_migrate
@@ -20,12 +26,12 @@ import sqlalchemy as sa
 from flask import Flask
 from sqlalchemy.engine import make_url
 
+import ingestion_api
+import list_api
 from relay import storage
-from tests.helpers import ROOT, RedisServer, port_claims
+from tests.helpers import ROOT, RedisServer, clear_database, port_claims
 
 MYSQL_URL = os.environ.get("TEST_MYSQL_URL")
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"  # Debian's package; never a downloaded browser
-LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -94,14 +100,6 @@ def mysql_url() -> Iterator[str]:
     admin.dispose()
 
 
-def clear_database(url: str) -> None:
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        conn.exec_driver_sql("DELETE FROM messages")
-        conn.exec_driver_sql("UPDATE message_sequence SET last_seq = 0")
-    engine.dispose()
-
-
 @pytest.fixture(params=["sqlite", pytest.param("mysql", marks=pytest.mark.mysql)])
 def database_url(request: pytest.FixtureRequest) -> str:
     """An empty, migrated database: SQLite, then MariaDB when configured."""
@@ -120,20 +118,33 @@ def db_app(database_url: str) -> Iterator[Flask]:
 
 
 @pytest.fixture
+def make_ingestion_app(redis_url: str) -> Callable[..., Flask]:
+    """Make ingestion APIs on the clean Redis; settings by field name (``redis_url`` too, to point elsewhere)."""
+
+    def make(**settings: object) -> Flask:
+        return ingestion_api.create_app({"redis_url": redis_url, **settings})
+
+    return make
+
+
+@pytest.fixture
+def make_list_app(database_url: str) -> Iterator[Callable[..., Flask]]:
+    """Make list APIs on the clean database, settings by field name; their connections are closed afterwards."""
+    apps: list[Flask] = []
+
+    def make(**settings: object) -> Flask:
+        app = list_api.create_app({"sqlalchemy_database_uri": database_url, "secret_key": "test-secret", **settings})
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        with app.app_context():
+            storage.db.engine.dispose()
+
+
+@pytest.fixture
 def log_dir(tmp_path: Path) -> Path:
     path = tmp_path / "logs"
     path.mkdir()
     return path
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator:
-    """Headless Chromium driven by Playwright (skipped locally without it; a failure in CI)."""
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS, headless=True)
-        yield launched
-        launched.close()

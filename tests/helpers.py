@@ -14,6 +14,7 @@ from pathlib import Path
 
 import redis
 import requests
+import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -182,3 +183,25 @@ def openapi_document(service: str, **config: object) -> dict:
     else:
         raise ValueError(f"unknown service {service!r}; expected one of {', '.join(SERVICES)}")
     return app.test_client().get("/openapi.json").get_json()
+
+
+# A trigger that makes the database reject any message whose payload has a "poison" key.
+POISON_TRIGGER = {
+    "sqlite": (
+        "CREATE TRIGGER reject_poison BEFORE INSERT ON messages WHEN NEW.payload LIKE '%\"poison\"%' "
+        "BEGIN SELECT RAISE(ABORT, 'poison rejected'); END"
+    ),
+    "mysql": (  # PyMySQL applies %-formatting, hence %%
+        "CREATE TRIGGER reject_poison BEFORE INSERT ON messages FOR EACH ROW "
+        "IF NEW.payload LIKE '%%\"poison\"%%' THEN SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'poison rejected'; END IF"
+    ),
+}
+
+
+def clear_database(url: str) -> None:
+    """Empty the messages table and reset the sequence (the database stays migrated)."""
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM messages")
+        conn.exec_driver_sql("UPDATE message_sequence SET last_seq = 0")
+    engine.dispose()

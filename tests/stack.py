@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,21 @@ from tests.helpers import Service, celery_worker, free_port, gunicorn, python_en
 def wsserver(env: dict[str, str], log_dir: Path, port: int) -> Service:
     """A wsserver process on ``port`` (started by the caller)."""
     return serve(f"wsserver-{port}", "wsserver", {**env, "WS_PORT": str(port)}, log_dir)
+
+
+class WsServer(Service):
+    """A wsserver process of its own on a free port, ready once started."""
+
+    def __init__(self, redis_url: str, log_dir: Path, **settings: str) -> None:
+        self.port = free_port()
+        env = python_env({"REDIS_URL": redis_url, "WS_PORT": str(self.port), **settings})
+        super().__init__(f"wsserver-{self.port}", [sys.executable, "-m", "relay.serve", "wsserver"], env, log_dir)
+        self.url = f"ws://127.0.0.1:{self.port}/"
+
+    def start(self) -> WsServer:
+        super().start()
+        wait_http_ok(f"http://127.0.0.1:{self.port}/healthz")
+        return self
 
 
 @dataclass
@@ -64,13 +80,6 @@ class Listing(Protocol):
     def listed(self) -> list[dict]: ...
 
 
-@contextlib.contextmanager
-def running_stack(database_url: str, redis_url: str, log_dir: Path, with_ws: bool = True) -> Iterator[Stack]:
-    """Start the stack as deployed: ingestion API (2 workers), list API, a Celery worker, optionally a wsserver."""
-    with custom_stack(database_url, redis_url, log_dir, with_ws=with_ws) as stack:
-        yield stack
-
-
 def start_worker(stack: Stack, extra_env: dict[str, str] | None = None, concurrency: int = 2) -> Service:
     """Start (or restart, after a kill) the stack's Celery worker, optionally with its own settings."""
     service = celery_worker("worker", {**stack.env, **(extra_env or {})}, stack.log_dir, concurrency).start()
@@ -79,7 +88,7 @@ def start_worker(stack: Stack, extra_env: dict[str, str] | None = None, concurre
 
 
 @contextlib.contextmanager
-def custom_stack(
+def running_stack(
     database_url: str,
     redis_url: str,
     log_dir: Path,
@@ -91,7 +100,9 @@ def custom_stack(
     web_workers: int = 2,
     list_workers: int = 1,
 ) -> Iterator[Stack]:
-    """Like ``running_stack``, with extra settings for every service (``env``) or the worker alone.
+    """Start the stack as deployed: ingestion API, list API, a Celery worker, optionally a wsserver.
+
+    ``env`` adds settings for every service, ``worker_env`` for the worker alone.
 
     Both APIs run with what gunicorn.conf.py sets (the gevent worker class),
     which gunicorn reads from the working directory as in the Procfile and

@@ -11,7 +11,7 @@ a route that has no operation.
 
 What both APIs share (the error shape, the health, OpenAPI and metrics
 operations, the optional bearer token, the 405 answer) is built here once.
-``docs/api.md`` is the same reference for people; ``tests/test_openapi.py``
+``docs/api.md`` is the same reference for people; ``tests/web/test_openapi.py``
 validates both documents, checks real responses against them and checks
 that every operation is in the docs.
 """

@@ -12,8 +12,7 @@ import pytest
 import requests
 from websockets.asyncio.client import connect
 
-from tests.conftest import clear_database
-from tests.helpers import celery_worker, free_port, gunicorn, python_env, wait_http_ok, wait_until
+from tests.helpers import celery_worker, clear_database, free_port, gunicorn, python_env, wait_http_ok, wait_until
 from tests.stack import wsserver
 
 pytestmark = [pytest.mark.e2e, pytest.mark.mysql]

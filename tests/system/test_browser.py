@@ -12,8 +12,7 @@ import pytest
 import redis
 import requests
 
-from tests.conftest import clear_database
-from tests.helpers import ROOT, wait_http_ok, wait_until
+from tests.helpers import ROOT, clear_database, wait_http_ok, wait_until
 from tests.stack import Stack, running_stack
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
@@ -22,7 +21,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 @pytest.fixture
 def stack(sqlite_url: str, redis_url: str, log_dir: Path) -> Iterator[Stack]:
     clear_database(sqlite_url)
-    with running_stack(sqlite_url, redis_url, log_dir) as stack:
+    with running_stack(sqlite_url, redis_url, log_dir, with_ws=True) as stack:
         yield stack
 
 

@@ -10,25 +10,21 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import orjson
 import pytest
 import requests
 
-from tests.conftest import clear_database
 from tests.helpers import wait_until
-from tests.stack import Stack, custom_stack
+from tests.stack import Stack
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def stack(sqlite_url: str, redis_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    clear_database(sqlite_url)
-    with custom_stack(sqlite_url, redis_server.url, Path(tmp_path_factory.mktemp("logs"))) as stack:
-        yield stack
+def stack(start_stack: Callable[..., Stack]) -> Stack:
+    return start_stack()
 
 
 def lines(stack: Stack, service: str) -> list[dict]:

@@ -21,8 +21,7 @@ import sqlalchemy as sa
 
 from relay import storage
 from relay.records import make_record, utc_now
-from tests.conftest import clear_database
-from tests.helpers import ROOT, Service, free_port, gunicorn, python_env, wait_http_ok, wait_until
+from tests.helpers import ROOT, Service, clear_database, free_port, gunicorn, python_env, wait_http_ok, wait_until
 
 LISTED_ROWS = 2600
 

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import pytest
 import redis
+from flask import Flask
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 import ingestion_api
-import list_api
-from relay import storage
 from relay.web.auth import bearer, token_ok
-from tests.test_wsserver import WsServer
+from tests.stack import WsServer
 
 
 def test_token_ok_matches_only_listed_tokens() -> None:
@@ -47,16 +47,14 @@ def test_ingestion_requires_a_token_when_configured(redis_url: str) -> None:
     assert client.get("/healthz").status_code == 200
 
 
-def test_listing_requires_a_token_when_configured(database_url: str) -> None:
-    app = list_api.create_app({"sqlalchemy_database_uri": database_url, "api_tokens": ("alpha",)})
+def test_listing_requires_a_token_when_configured(make_list_app: Callable[..., Flask]) -> None:
+    app = make_list_app(api_tokens=("alpha",))
     client = app.test_client()
     assert client.get("/messages").status_code == 401
     assert client.get("/messages/01a22649-0717-7cb0-a31f-94907ddc217f").status_code == 401
     assert client.get("/messages", headers={"Authorization": "Bearer alpha"}).status_code == 200
     assert client.get("/healthz").status_code == 200
     assert client.get("/").status_code == 200
-    with app.app_context():
-        storage.db.engine.dispose()
 
 
 def test_open_when_no_tokens_are_configured(redis_url: str) -> None:
@@ -145,13 +143,12 @@ def test_rate_limit_counts_per_client_address_behind_a_proxy(redis_url: str) -> 
         assert statuses == [202, 202, 429]
 
 
-def test_security_headers_and_no_debug(redis_url: str, database_url: str) -> None:
-    ingest = ingestion_api.create_app({"redis_url": redis_url})
-    listing = list_api.create_app({"sqlalchemy_database_uri": database_url})
+def test_security_headers_and_no_debug(
+    make_ingestion_app: Callable[..., Flask], make_list_app: Callable[..., Flask]
+) -> None:
+    ingest, listing = make_ingestion_app(), make_list_app()
     for app in (ingest, listing):
         assert not app.debug
         response = app.test_client().get("/healthz")
         assert response.headers["X-Content-Type-Options"] == "nosniff"
         assert response.headers["X-Frame-Options"] == "DENY"
-    with listing.app_context():
-        storage.db.engine.dispose()

@@ -32,12 +32,10 @@ import requests
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from tests.conftest import clear_database
-from tests.helpers import ROOT, RedisServer, python_env, wait_until
-from tests.stack import Listing, Stack, custom_stack, running_stack, start_worker
+from tests.helpers import POISON_TRIGGER, ROOT, RedisServer, clear_database, python_env, wait_until
+from tests.stack import Listing, Stack, running_stack, start_worker
+from tests.system.test_browser import assert_exactly, shown_ids
 from tests.tcp_proxy import TcpProxy
-from tests.test_browser import assert_exactly, shown_ids
-from tests.test_persistence import POISON_TRIGGER
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
 
@@ -245,7 +243,7 @@ def test_worker_killed_while_draining_a_backlog_stores_every_message_once(
     """SIGKILL the whole worker (pool children too) amid thousands of queued messages; restart it at once."""
     clear_database(sqlite_url)
     broker = redis.Redis.from_url(redis_url)
-    with custom_stack(sqlite_url, redis_url, log_dir, env=QUICK_REDELIVERY, with_worker=False) as stack:
+    with running_stack(sqlite_url, redis_url, log_dir, env=QUICK_REDELIVERY, with_worker=False) as stack:
         load = Load(stack.ingest_url, clients=6, batch_every=4, batch_size=25)
         with load.running():
             wait_until(lambda: load.count() >= 4000, timeout=60, what="a backlog of 4000 messages")
@@ -285,7 +283,7 @@ def test_a_worker_dying_with_the_redelivery_lock_holds_redelivery_up_only_briefl
     """
     clear_database(sqlite_url)
     broker = redis.Redis.from_url(redis_url)
-    with custom_stack(sqlite_url, redis_url, log_dir, env=QUICK_REDELIVERY, with_worker=False) as stack:
+    with running_stack(sqlite_url, redis_url, log_dir, env=QUICK_REDELIVERY, with_worker=False) as stack:
         # The worker's own settings, read the way the worker reads them.
         script = (
             "import json; from relay.worker import tasks as t;"
@@ -355,7 +353,7 @@ def redis_crash(
     server = RedisServer(directory, appendfsync=appendfsync).start()
     outage = Outage()
     try:
-        with custom_stack(sqlite_url, server.url, log_dir, env=QUICK_REDELIVERY, with_worker=consuming) as stack:
+        with running_stack(sqlite_url, server.url, log_dir, env=QUICK_REDELIVERY, with_worker=consuming) as stack:
             load = Load(stack.ingest_url, clients=4)
             with load.running():
                 wait_until(lambda: load.count() >= 1500, timeout=60, what="load before the crash")
@@ -421,7 +419,7 @@ def test_database_outage_loses_and_duplicates_nothing(mysql_url: str, redis_url:
     proxy = TcpProxy(server.host or "127.0.0.1", server.port or 3306).start()
     through_proxy = server.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
     try:
-        with custom_stack(
+        with running_stack(
             mysql_url,
             redis_url,
             log_dir,
@@ -462,7 +460,7 @@ def test_live_page_shows_every_message_once_across_wsserver_and_redis_restarts(
     directory = tmp_path / "redis"
     server = RedisServer(directory, appendfsync="always").start()
     try:
-        with custom_stack(sqlite_url, server.url, log_dir, env=QUICK_REDELIVERY, with_ws=True) as stack:
+        with running_stack(sqlite_url, server.url, log_dir, env=QUICK_REDELIVERY, with_ws=True) as stack:
             page = browser.new_page()
             page.goto(f"{stack.list_url}/?ws={stack.ws_url}&ingest={stack.ingest_url}")
             page.wait_for_selector("#state[data-state=live]")

@@ -20,7 +20,7 @@ from relay.broker.dead_letters import DeadLetters
 from relay.broker.producer import Producer
 from relay.records import make_record
 from relay.worker.persistence import Persister
-from tests.helpers import ROOT, python_env
+from tests.helpers import POISON_TRIGGER, ROOT, python_env
 
 
 def records(count: int, poison: Sequence[int] = ()) -> list[dict[str, str]]:
@@ -167,18 +167,6 @@ def test_a_record_is_dead_lettered_once_however_often_it_is_rejected(redis_url: 
     assert dead_letters.replay() == 1 and dead_letters.count() == 0
     assert dead_letters.add(record, "rejected again") is True
     assert [e["error"] for e in dead_letters.entries()] == ["rejected again"]
-
-
-POISON_TRIGGER = {
-    "sqlite": (
-        "CREATE TRIGGER reject_poison BEFORE INSERT ON messages WHEN NEW.payload LIKE '%\"poison\"%' "
-        "BEGIN SELECT RAISE(ABORT, 'poison rejected'); END"
-    ),
-    "mysql": (  # PyMySQL applies %-formatting, hence %%
-        "CREATE TRIGGER reject_poison BEFORE INSERT ON messages FOR EACH ROW "
-        "IF NEW.payload LIKE '%%\"poison\"%%' THEN SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'poison rejected'; END IF"
-    ),
-}
 
 
 def test_real_database_rejection_goes_to_the_dead_letter_list_and_replays(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -12,19 +13,6 @@ from flask.testing import FlaskClient
 from list_api import create_app
 from relay import storage
 from relay.records import make_record
-
-
-@pytest.fixture
-def app(database_url: str):
-    app = create_app({"sqlalchemy_database_uri": database_url, "secret_key": "list-test"})
-    yield app
-    with app.app_context():
-        storage.db.engine.dispose()
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
 
 
 def store(app: Flask, count: int, start: int = 0) -> list[str]:
@@ -138,16 +126,12 @@ def test_healthz_is_503_when_the_database_is_gone(tmp_path) -> None:
     assert response.status_code == 503 and response.get_json()["error"] == "database_unavailable"
 
 
-def test_link_comes_from_the_configured_url_not_the_request_headers(database_url: str) -> None:
-    app = create_app(
-        {"sqlalchemy_database_uri": database_url, "secret_key": "list-test", "list_api_url": "https://api.example"}
-    )
+def test_link_comes_from_the_configured_url_not_the_request_headers(make_list_app: Callable[..., Flask]) -> None:
+    app = make_list_app(list_api_url="https://api.example")
     store(app, 3)
     forged = {"Host": "evil.example", "X-Forwarded-Proto": "gopher", "X-Forwarded-Host": "evil.example"}
     link = app.test_client().get("/messages?limit=1", headers=forged).headers["Link"]
     assert link.startswith("<https://api.example/messages?") and "evil" not in link and "gopher" not in link
-    with app.app_context():
-        storage.db.engine.dispose()
 
 
 def test_a_signed_cursor_beyond_the_largest_position_is_a_400(app: Flask, client: FlaskClient) -> None:

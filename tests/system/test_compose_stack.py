@@ -34,7 +34,7 @@ import requests
 
 from tests.helpers import ROOT, free_port, python_env, wait_until
 from tests.stack import walk_listing
-from tests.test_faults import QUICK_REDELIVERY, WHERE_MESSAGES_WAIT, Load, ids_in, settle, tally
+from tests.system.test_faults import QUICK_REDELIVERY, WHERE_MESSAGES_WAIT, Load, ids_in, settle, tally
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import docker_engine

@@ -24,9 +24,8 @@ from relay.broker.connection import connect
 from relay.broker.group_commit import GroupCommit, QueueBusy
 from relay.broker.producer import Producer
 from relay.records import make_record, utc_now
-from tests.conftest import clear_database
-from tests.helpers import free_port
-from tests.stack import Stack, custom_stack
+from tests.helpers import clear_database, free_port
+from tests.stack import Stack, running_stack
 
 
 def records(count: int, size: int = 10) -> list[dict[str, str]]:
@@ -169,7 +168,7 @@ def ingest_only(sqlite_url: str, redis_url: str, log_dir: Path) -> Iterator[Stac
     their answer while Redis still runs them: the case to get right.
     """
     clear_database(sqlite_url)
-    with custom_stack(
+    with running_stack(
         sqlite_url, redis_url, log_dir, with_worker=False, env={"REDIS_TIMEOUT_SECONDS": "0.05"}
     ) as stack:
         yield stack

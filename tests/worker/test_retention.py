@@ -10,6 +10,7 @@ import datetime as dt
 import re
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,11 +19,10 @@ import requests
 from flask import Flask
 from prometheus_client import CollectorRegistry, multiprocess
 
-from list_api import create_app as create_list_app
 from relay import storage
 from relay.records import make_record, utc_now
 from tests.helpers import wait_until
-from tests.stack import custom_stack
+from tests.stack import running_stack
 
 
 def store(count: int, start: int = 0) -> list[str]:
@@ -64,26 +64,22 @@ def test_remove_expired_stops_at_the_first_row_not_older_than_the_cutoff(db_app:
         assert stored_ids() == new_ids
 
 
-def test_cursor_into_removed_rows_continues_at_the_next_existing_message(database_url: str) -> None:
-    app = create_list_app({"sqlalchemy_database_uri": database_url, "secret_key": "retention-test"})
+def test_cursor_into_removed_rows_continues_at_the_next_existing_message(make_list_app: Callable[..., Flask]) -> None:
+    app = make_list_app()
     client = app.test_client()
-    try:
-        with app.app_context():
-            old_ids, cutoff, new_ids = old_then_new(6, 4)
-        first = client.get("/messages?limit=2").get_json()
-        assert [m["id"] for m in first["data"]] == old_ids[:2]
-        with app.app_context():
-            assert storage.remove_expired(cutoff, 1000) == 6
-        page = client.get(f"/messages?limit=2&cursor={first['next_cursor']}").get_json()
-        assert [m["id"] for m in page["data"]] == new_ids[:2]
-        rest = client.get(f"/messages?limit=10&cursor={page['next_cursor']}").get_json()
-        assert [m["id"] for m in rest["data"]] == new_ids[2:] and rest["has_more"] is False
-        newest_first = client.get("/messages?order=desc&limit=3").get_json()
-        tail = client.get(f"/messages?order=desc&cursor={newest_first['next_cursor']}").get_json()
-        assert [m["id"] for m in tail["data"]] == new_ids[:1] and tail["has_more"] is False
-    finally:
-        with app.app_context():
-            storage.db.engine.dispose()
+    with app.app_context():
+        old_ids, cutoff, new_ids = old_then_new(6, 4)
+    first = client.get("/messages?limit=2").get_json()
+    assert [m["id"] for m in first["data"]] == old_ids[:2]
+    with app.app_context():
+        assert storage.remove_expired(cutoff, 1000) == 6
+    page = client.get(f"/messages?limit=2&cursor={first['next_cursor']}").get_json()
+    assert [m["id"] for m in page["data"]] == new_ids[:2]
+    rest = client.get(f"/messages?limit=10&cursor={page['next_cursor']}").get_json()
+    assert [m["id"] for m in rest["data"]] == new_ids[2:] and rest["has_more"] is False
+    newest_first = client.get("/messages?order=desc&limit=3").get_json()
+    tail = client.get(f"/messages?order=desc&cursor={newest_first['next_cursor']}").get_json()
+    assert [m["id"] for m in tail["data"]] == new_ids[:1] and tail["has_more"] is False
 
 
 def test_retention_sweep_does_nothing_while_another_instance_holds_the_lock(db_app: Flask, redis_url: str) -> None:
@@ -119,7 +115,7 @@ def test_worker_removes_expired_messages_in_batches_while_new_ones_keep_arriving
         "RETENTION_BATCH_SIZE": str(BATCH),
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
     }
-    with custom_stack(database_url, redis_url, log_dir, worker_env=worker_env) as stack:
+    with running_stack(database_url, redis_url, log_dir, worker_env=worker_env) as stack:
         old_ids: list[str] = []
         for start in range(0, 300, 100):
             batch = [{"old": start + i} for i in range(100)]

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -22,41 +21,10 @@ from websockets.exceptions import ConnectionClosed
 
 from relay.broker.producer import Producer
 from relay.records import make_record, utc_now
-from tests.helpers import ROOT, Service, free_port, python_env, wait_http_ok
+from tests.helpers import ROOT, Service, free_port
+from tests.stack import WsServer
 
 pytestmark = pytest.mark.e2e
-
-
-class WsServer(Service):
-    def __init__(self, redis_url: str, log_dir: Path, **settings: str) -> None:
-        self.port = free_port()
-        env = python_env({"REDIS_URL": redis_url, "WS_PORT": str(self.port), **settings})
-        super().__init__(f"wsserver-{self.port}", [sys.executable, "-m", "relay.serve", "wsserver"], env, log_dir)
-        self.url = f"ws://127.0.0.1:{self.port}/"
-
-    def start(self) -> WsServer:
-        super().start()
-        wait_http_ok(f"http://127.0.0.1:{self.port}/healthz")
-        return self
-
-
-@pytest.fixture
-def start_ws(redis_url: str, log_dir: Path) -> Iterator:
-    servers: list[WsServer] = []
-
-    def start(**settings: str) -> WsServer:
-        server = WsServer(redis_url, log_dir, **settings).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
-
-
-@pytest.fixture
-def publisher(redis_url: str) -> Producer:
-    return Producer(redis.Redis.from_url(redis_url), "persist", "messages:live", 10_000, 60)
 
 
 def _enqueue_all(redis_url: str, records: list[dict[str, str]]) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -215,20 +215,15 @@ def unreachable(database_url: str, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def list_app_factory(database_url: str, tmp_path: Path) -> Iterator[Any]:
+def list_app_factory(make_list_app: Callable[..., Flask], database_url: str, tmp_path: Path) -> Callable[..., Flask]:
     """Make list apps on the clean database (or, for "down", on one that cannot be opened)."""
-    apps: list[Flask] = []
 
     def make(env: str = "normal") -> Flask:
-        url = database_url if env != "down" else unreachable(database_url, tmp_path)
-        app = list_api.create_app({"sqlalchemy_database_uri": url, "secret_key": "openapi-test"})
-        apps.append(app)
-        return app
+        return make_list_app(
+            **({"sqlalchemy_database_uri": unreachable(database_url, tmp_path)} if env == "down" else {})
+        )
 
-    yield make
-    for app in apps:
-        with app.app_context():
-            storage.db.engine.dispose()
+    return make
 
 
 def store(app: Flask, count: int) -> list[str]:

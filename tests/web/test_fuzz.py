@@ -43,8 +43,7 @@ import list_api
 from relay import storage
 from relay.listing.cursor import CursorCodec
 from relay.records import make_record
-from tests.conftest import clear_database
-from tests.helpers import openapi_document
+from tests.helpers import clear_database, openapi_document
 
 MAX_EXAMPLES = int(os.environ.get("FUZZ_MAX_EXAMPLES", "100"))
 SECRET = "fuzz-secret"

@@ -9,15 +9,13 @@ request on the same connection must still be served: a client such as
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 import redis
 import requests
 
-from tests.conftest import clear_database
-from tests.stack import Stack, custom_stack
+from tests.stack import Stack
 
 pytestmark = pytest.mark.e2e
 
@@ -27,13 +25,10 @@ JSON = {"Content-Type": "application/json"}
 
 
 @pytest.fixture(scope="module")
-def stack(sqlite_url: str, redis_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    clear_database(sqlite_url)
+def stack(start_stack: Callable[..., Stack]) -> Stack:
     # Per minute, not per second: 150 posts must pass the limit however slowly a busy machine sends
     # them, and every test starts with a fresh budget (fresh_budget) for its own 61 posts.
-    env = {"API_TOKENS": TOKEN, "RATE_LIMIT": "100/minute"}
-    with custom_stack(sqlite_url, redis_server.url, Path(tmp_path_factory.mktemp("logs")), env=env) as stack:
-        yield stack
+    return start_stack(env={"API_TOKENS": TOKEN, "RATE_LIMIT": "100/minute"})
 
 
 @pytest.fixture(autouse=True)

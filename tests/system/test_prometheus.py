@@ -77,7 +77,7 @@ class Targets:
 @pytest.fixture(scope="module")
 def targets(sqlite_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Targets]:
     """The stack as scripts/run.sh runs it, with a few messages through it so every family has samples."""
-    from tests.conftest import clear_database
+    from tests.helpers import clear_database
 
     clear_database(sqlite_url)
     base = tmp_path_factory.mktemp("prometheus-stack")
@@ -236,7 +236,7 @@ def test_worker_metrics_bind_bind_host_and_healthz_follows_redis(
 
 def test_shipped_scrape_config_targets_every_replica_of_every_service_directly() -> None:
     """deploy/prometheus.yml is valid and resolves each compose service to all its replicas, on its port."""
-    from tests.test_compose import ENV, ROOT, SERVICES
+    from tests.system.test_compose import ENV, ROOT, SERVICES
 
     config_path = ROOT / "deploy" / "prometheus.yml"
     checked = subprocess.run([prometheus_binary("promtool"), "check", "config", str(config_path)], capture_output=True)
@@ -254,7 +254,7 @@ def test_shipped_scrape_config_targets_every_replica_of_every_service_directly()
 
 
 def test_grafana_dashboard_queries_only_families_the_services_export() -> None:
-    from tests.test_compose import ROOT
+    from tests.system.test_compose import ROOT
 
     dashboard = json.loads((ROOT / "deploy" / "grafana-dashboard.json").read_text())
     exprs = [re.sub(r"\$\w+", "", target["expr"]) for panel in dashboard["panels"] for target in panel["targets"]]

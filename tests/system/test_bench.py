@@ -5,23 +5,20 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import clear_database
-from tests.helpers import ROOT, python_env
-from tests.stack import Stack, running_stack
+from tests.helpers import ROOT, clear_database, python_env
+from tests.stack import Stack
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def stack(sqlite_url: str, redis_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    clear_database(sqlite_url)
-    with running_stack(sqlite_url, redis_server.url, tmp_path_factory.mktemp("bench-logs")) as stack:
-        yield stack
+def stack(start_stack: Callable[..., Stack]) -> Stack:
+    return start_stack(with_ws=True)
 
 
 def bench(*argv: str) -> dict:

@@ -5,31 +5,17 @@ from __future__ import annotations
 import concurrent.futures
 import time
 import uuid
+from collections.abc import Callable
 
 import orjson
 import pytest
 import redis
+from flask import Flask
 from flask.testing import FlaskClient
 
-from ingestion_api import create_app
 from tests.helpers import free_port
 
 JSON = {"Content-Type": "application/json"}
-
-
-@pytest.fixture
-def app(redis_url: str):
-    return create_app({"redis_url": redis_url, "list_api_url": "http://lists.example", "max_message_bytes": 4096})
-
-
-@pytest.fixture
-def client(app) -> FlaskClient:
-    return app.test_client()
-
-
-@pytest.fixture
-def r(redis_url: str) -> redis.Redis:
-    return redis.Redis.from_url(redis_url)
 
 
 def queued_records(r: redis.Redis) -> list[list[dict]]:
@@ -123,9 +109,9 @@ def test_idempotency_key_with_another_body_is_422_and_queues_nothing(client: Fla
     assert [record["id"] for [record] in queued_records(r)] == [first.get_json()["id"]]
 
 
-def test_idempotency_keys_are_scoped_per_token(redis_url: str, r: redis.Redis) -> None:
+def test_idempotency_keys_are_scoped_per_token(r: redis.Redis, make_ingestion_app: Callable[..., Flask]) -> None:
     """Two clients using the same key never see each other's answers: each gets its own message."""
-    client = create_app({"redis_url": redis_url, "api_tokens": ("token-a", "token-b")}).test_client()
+    client = make_ingestion_app(api_tokens=("token-a", "token-b")).test_client()
     answers = {}
     for token, body in (("token-a", {"from": "a"}), ("token-b", {"from": "b"}), ("token-b", {"from": "a"})):
         headers = {"Idempotency-Key": "order-42", "Authorization": f"Bearer {token}"}
@@ -178,8 +164,8 @@ def test_healthz_is_ok_with_redis(client: FlaskClient) -> None:
     assert response.status_code == 200 and response.get_json() == {"status": "ok"}
 
 
-def test_redis_down_means_503_with_retry_after_quickly() -> None:
-    app = create_app({"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+def test_redis_down_means_503_with_retry_after_quickly(make_ingestion_app: Callable[..., Flask]) -> None:
+    app = make_ingestion_app(redis_url=f"redis://127.0.0.1:{free_port()}/0")
     client = app.test_client()
     started = time.monotonic()
     response = client.post("/dummy", json={"a": 1})
@@ -218,8 +204,10 @@ def test_concurrent_requests_share_queue_writes_and_each_gets_its_own_answer(app
     assert r.xlen("messages:live") == 400
 
 
-def test_without_group_commit_each_request_is_its_own_task(redis_url: str, r: redis.Redis) -> None:
-    client = create_app({"redis_url": redis_url, "ingest_group_commit": 0}).test_client()
+def test_without_group_commit_each_request_is_its_own_task(
+    r: redis.Redis, make_ingestion_app: Callable[..., Flask]
+) -> None:
+    client = make_ingestion_app(ingest_group_commit=0).test_client()
     for i in range(3):
         client.post("/dummy", json={"i": i})
     assert [len(task) for task in queued_records(r)] == [1, 1, 1]

@@ -2,7 +2,7 @@
 
 Real processes (gunicorn, a Celery worker) on the session's Redis and
 databases. Each test prints one figure line; run them alone with
-``pytest tests/test_worker_bounds.py -s`` to see them.
+``pytest tests/worker/test_bounds.py -s`` to see them.
 """
 
 from __future__ import annotations
@@ -20,10 +20,8 @@ from relay.broker.contract import KOMBU_UNACKED_KEY, task_messages
 from relay.broker.dead_letters import DeadLetters
 from relay.broker.pending import Pending
 from relay.records import make_record, utc_now
-from tests.conftest import clear_database
-from tests.helpers import celery_worker, python_env, wait_until
-from tests.stack import custom_stack
-from tests.test_persistence import POISON_TRIGGER
+from tests.helpers import POISON_TRIGGER, celery_worker, clear_database, python_env, wait_until
+from tests.stack import running_stack
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
 
@@ -59,7 +57,7 @@ def test_isolating_poison_outlives_no_visibility_timeout_and_others_keep_flowing
     client = redis.Redis.from_url(redis_url)
     dead_letters = DeadLetters(client, "dead_letters", "persist")
     try:
-        with custom_stack(database_url, redis_url, log_dir, env=QUICK_REDELIVERY) as stack:
+        with running_stack(database_url, redis_url, log_dir, env=QUICK_REDELIVERY) as stack:
             batch = [{"n": n, "kind": "poison" if is_poison(n) else "fine"} for n in range(1000)]
             started = time.monotonic()
             response = requests.post(f"{stack.ingest_url}/dummy/batch", json=batch, timeout=10)

@@ -1,6 +1,6 @@
 """What running the compose stack cannot show: checks of docker-compose.yml, the Dockerfile and the scripts.
 
-``tests/test_compose_stack.py`` runs ``docker-compose.yml`` for real (entry
+``tests/system/test_compose_stack.py`` runs ``docker-compose.yml`` for real (entry
 points, health checks, start-up order, nginx routing, scaling, restarts,
 secrets). What is left here is what a run passes either way: that the
 Procfile, compose and the Dockerfile start every service through

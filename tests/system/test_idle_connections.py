@@ -13,16 +13,14 @@ import json
 import resource
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import redis
 from probe_connections import hostile_connections, wait_quick, worst_healthz
 
-from tests.conftest import clear_database
-from tests.helpers import ROOT, RedisServer, free_port, python_env
-from tests.stack import Stack, custom_stack
+from tests.helpers import ROOT, free_port, python_env
+from tests.stack import Stack
 
 pytestmark = pytest.mark.e2e
 
@@ -45,16 +43,10 @@ def probe(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def stack(sqlite_url: str, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(start_stack: Callable[..., Stack]) -> Stack:
     """Both APIs with three gunicorn processes each; no Celery worker (nothing here needs one)."""
-    redis.Redis.from_url(redis_server.url).flushdb()
-    clear_database(sqlite_url)
-    logs = tmp_path_factory.mktemp("logs")
     raise_fd_limit()
-    with custom_stack(
-        sqlite_url, redis_server.url, logs, with_worker=False, web_workers=WORKERS, list_workers=WORKERS
-    ) as stack:
-        yield stack
+    return start_stack(with_worker=False, web_workers=WORKERS, list_workers=WORKERS)
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -29,9 +29,8 @@ import requests
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from tests.conftest import clear_database
-from tests.helpers import RedisServer, wait_until
-from tests.stack import Stack, custom_stack, start_worker
+from tests.helpers import RedisServer, clear_database, wait_until
+from tests.stack import Stack, running_stack, start_worker
 
 pytestmark = pytest.mark.e2e
 
@@ -51,16 +50,14 @@ def raised_fd_limit(wanted: int) -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def stack(sqlite_url: str, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(start_stack: Callable[..., Stack]) -> Iterator[Stack]:
     """Ingestion API (2 gunicorn workers, settings from gunicorn.conf.py as deployed), list API, wsserver; no Celery.
 
     Without a worker nothing consumes the queue, so its length tells exactly
     what a request queued.
     """
-    redis.Redis.from_url(redis_server.url).flushdb()
-    clear_database(sqlite_url)
-    logs = tmp_path_factory.mktemp("logs")
-    with raised_fd_limit(8192), custom_stack(sqlite_url, redis_server.url, logs, with_worker=False) as stack:
+    with raised_fd_limit(8192):
+        stack = start_stack(with_worker=False)
         stack.start_wsserver()  # inherits the raised limit: it will hold thousands of connections
         yield stack
 
@@ -365,7 +362,7 @@ def test_a_batch_element_the_database_cannot_hold_is_not_accepted(
     redis_url = server.url
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(server.stop)
-        stack = cleanup.enter_context(custom_stack(mysql_url, redis_url, log_dir))
+        stack = cleanup.enter_context(running_stack(mysql_url, redis_url, log_dir))
         response = requests.post(
             f"{stack.ingest_url}/dummy/batch",
             data=b"[" + element + b"]",

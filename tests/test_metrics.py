@@ -6,18 +6,18 @@ import asyncio
 import json
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import requests
+from flask import Flask
 from websockets.asyncio.client import connect
 
 import ingestion_api
-import list_api
-from relay import storage
 from relay.logs import JsonFormatter
 from tests.helpers import celery_worker, free_port, gunicorn, python_env, wait_http_ok, wait_until
-from tests.test_wsserver import WsServer
+from tests.stack import WsServer
 
 
 def metric(text: str, name: str, labels: str = "") -> float:
@@ -46,14 +46,12 @@ def test_ingestion_metrics_count_accepted_rejected_and_queue_depth(redis_url: st
     assert 'http_requests_total{app="ingestion_api",endpoint="post_message",status="202"}' in text
 
 
-def test_list_api_serves_metrics(database_url: str) -> None:
-    app = list_api.create_app({"sqlalchemy_database_uri": database_url})
+def test_list_api_serves_metrics(make_list_app: Callable[..., Flask]) -> None:
+    app = make_list_app()
     client = app.test_client()
     client.get("/messages")
     text = client.get("/metrics").text
     assert metric(text, "http_requests_total", 'app="list_api",endpoint="list_view",status="200"') >= 1
-    with app.app_context():
-        storage.db.engine.dispose()
 
 
 @pytest.mark.e2e
@@ -61,7 +59,7 @@ def test_gunicorn_workers_and_celery_pool_aggregate_metrics(
     sqlite_url: str, redis_url: str, log_dir: Path, tmp_path: Path
 ) -> None:
     """Several gunicorn workers and pool processes report one total (multiprocess mode)."""
-    from tests.conftest import clear_database
+    from tests.helpers import clear_database
 
     clear_database(sqlite_url)
     api_dir, worker_dir = tmp_path / "api", tmp_path / "worker"
