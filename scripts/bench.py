@@ -4,6 +4,7 @@
     python scripts/bench.py persist [--count 100000] [--batch 1] [--database-url URL] [--redis-url URL]
     python scripts/bench.py latency [--ingest-url URL] [--ws-url URL] [--rate 200] [--seconds 10]
     python scripts/bench.py fanout  [--ws-url URL] [--redis-url URL] [--clients 1000] [--rates 50,100,200]
+    python scripts/bench.py cost    [--rate 150] [--seconds 20] [--baseline] [--database-url URL] [--redis-url URL]
 
 ``ingest`` drives ``POST /dummy`` at saturation from separate processes
 (loopback only, bounded in time) and reports requests/s and latency
@@ -14,7 +15,9 @@ Celery worker, and reports rows/s until the backlog is stored. ``latency``
 posts at a light fixed rate and times POST -> websocket frame. ``fanout``
 connects many websocket clients (from separate processes), publishes into
 the live stream at increasing rates, and reports deliveries/s, latency and
-the wsserver's memory; one extra client never reads. Results go to
+the wsserver's memory; one extra client never reads. ``cost`` starts the
+stack itself and reports CPU-seconds per 1,000 stored messages for every
+process, beside a straightforward baseline (``scripts/bench_cost.py``). Results go to
 ``bench-results/<figure>.json``. Never run as part of the test suite.
 """
 
@@ -36,6 +39,8 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench-results"
+
+import bench_cost  # noqa: E402 (scripts/, beside this file)
 
 
 def machine() -> dict[str, object]:
@@ -499,6 +504,8 @@ def main() -> None:
     sustained.add_argument("--drain", type=float, default=10.0, help="seconds to keep watching after the load")
     sustained.add_argument("--procs", type=int, default=2)
     sustained.add_argument("--plot", help="write a PNG chart of the backlog here")
+    cost = sub.add_parser("cost", help="CPU per stored message, every stack process, beside a baseline")
+    bench_cost.add_arguments(cost)
     args = parser.parse_args()
     if args.figure == "persist" and not args.database_url:
         parser.error("persist needs --database-url (or SQLALCHEMY_DATABASE_URI) of a migrated database")
@@ -509,6 +516,7 @@ def main() -> None:
         "sustained": bench_sustained,
         "latency": bench_latency,
         "fanout": bench_fanout,
+        "cost": bench_cost.bench_cost,
     }
     result = figures[args.figure](args)
     result["machine"] = machine()
@@ -518,6 +526,8 @@ def main() -> None:
     width = max(len(k) for k in result)
     for key, value in result.items():
         print(f"{key:<{width}}  {value}")
+    if args.figure == "cost":
+        print("\nCPU-seconds per 1,000 stored messages, by process group:\n" + bench_cost.table(result))
 
 
 if __name__ == "__main__":

@@ -23,9 +23,43 @@ DEFAULT_MESSAGE_MAX_BYTES = 65_536
 KOMBU_UNACKED_KEY = "unacked"  # kombu's Redis transport default (unacked_key)
 
 
+# Every Redis key the persistence path uses besides the queue, the live stream and the dead-letter list
+# (whose names are settings: PERSIST_QUEUE, LIVE_STREAM_KEY, DEAD_LETTER_KEY), derived from those names.
+
+
 def pending_keys(queue: str) -> tuple[str, str]:
     """The pending set's keys for ``queue``: the sorted set of ids by time, and the hash of records."""
     return f"{queue}:pending", f"{queue}:pending:records"
+
+
+def reconcile_lock_key(queue: str) -> str:
+    """Held by the one worker re-queueing lost records at a time."""
+    return f"{queue}:pending:reconciling"
+
+
+def retention_lock_key(queue: str) -> str:
+    """Held by the one worker removing expired messages at a time."""
+    return f"{queue}:retention"
+
+
+def fence_key(queue: str, write_id: str) -> str:
+    """The fence of one queue write (see relay.broker.producer)."""
+    return f"{queue}:fence:{write_id}"
+
+
+def unused_key(queue: str) -> str:
+    """Passed to the write script in place of an idempotency key when the request has none."""
+    return f"{queue}:no-idempotency"
+
+
+def idempotency_key(client: str | None, endpoint: str, key: str) -> str:
+    """Where an Idempotency-Key's fingerprint and answer live, scoped to its client and endpoint."""
+    return f"idempotency:{client or 'anonymous'}:{endpoint}:{key}"
+
+
+def dead_letter_index_key(dead_letter_key: str) -> str:
+    """The hash of message ids already dead-lettered (at most one entry each)."""
+    return f"{dead_letter_key}:ids"
 
 
 def task_message(records: Sequence[dict[str, str]], queue: str, task_id: str | None = None) -> bytes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import redis
 
-from relay.broker.contract import task_message
+from relay.broker.contract import dead_letter_index_key, task_message
 from relay.broker.pending import Pending
 from relay.records import format_time, utc_now
 
@@ -30,7 +30,7 @@ class DeadLetters:
     def __init__(self, client: redis.Redis, key: str, queue: str) -> None:
         self.client = client
         self.key = key
-        self.index = f"{key}:ids"
+        self.index = dead_letter_index_key(key)
         self.queue = queue
         self._add_once = client.register_script(_DEAD_LETTER_ONCE)
 

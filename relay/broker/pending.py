@@ -8,7 +8,13 @@ from collections.abc import Sequence
 import orjson
 import redis
 
-from relay.broker.contract import DEFAULT_MESSAGE_MAX_BYTES, KOMBU_UNACKED_KEY, pending_keys, task_messages
+from relay.broker.contract import (
+    DEFAULT_MESSAGE_MAX_BYTES,
+    KOMBU_UNACKED_KEY,
+    pending_keys,
+    reconcile_lock_key,
+    task_messages,
+)
 
 # Pending records older than ARGV[1], but only when nothing is queued or in flight (kombu's
 # "unacked" hash): then any such record was lost between kombu's BRPOP and its bookkeeping.
@@ -61,7 +67,7 @@ class Pending:
 
     def reconcile(self, grace: float, limit: int = 1000) -> int:
         """Re-queue lost records (see the class docstring); return how many."""
-        if not self.client.set(f"{self.zset}:reconciling", 1, nx=True, ex=max(1, int(grace))):
+        if not self.client.set(reconcile_lock_key(self.queue), 1, nx=True, ex=max(1, int(grace))):
             return 0  # another worker is at it
         raw = self._lost(
             keys=[self.queue, KOMBU_UNACKED_KEY, self.zset, self.records], args=[time.time() - grace, limit]

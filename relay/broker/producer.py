@@ -34,7 +34,7 @@ import orjson
 import redis
 
 from relay.broker.connection import never_connected
-from relay.broker.contract import DEFAULT_MESSAGE_MAX_BYTES, task_messages
+from relay.broker.contract import DEFAULT_MESSAGE_MAX_BYTES, fence_key, task_messages, unused_key
 from relay.broker.group_commit import GroupCommit
 from relay.broker.pending import Pending
 from relay.records import live_frame
@@ -196,7 +196,7 @@ class Producer:
         for record in records:
             args += [record["id"], orjson.dumps(record), live_frame(record)]
         keys = [fence, self.queue, self.pending.zset, self.pending.records, self.stream]
-        keys.append(idempotency.key if idempotency else f"{self.queue}:no-idempotency")
+        keys.append(idempotency.key if idempotency else unused_key(self.queue))
         started = time.monotonic()
         outcome: str | bytes | None
         try:
@@ -220,7 +220,7 @@ class Producer:
 
     def new_fence(self) -> str:
         """A fresh fence key for one write."""
-        return f"{self.queue}:fence:{uuid.uuid4().hex}"
+        return fence_key(self.queue, uuid.uuid4().hex)
 
     def settle(self, fence: str, started: float) -> str | bytes | None:
         """Find out what became of a write whose answer was lost; None when it never ran (and never will).

@@ -27,6 +27,7 @@ from prometheus_client import Counter
 from werkzeug.exceptions import ClientDisconnected
 
 from relay.broker.connection import connect
+from relay.broker.contract import idempotency_key
 from relay.broker.group_commit import QueueBusy
 from relay.broker.producer import Idempotency, IdempotencyKeyReused, Producer
 from relay.logs import configure_logging
@@ -331,8 +332,7 @@ def _idempotency(client: str | None, body: bytes) -> Idempotency | None:
         return None
     if not _IDEMPOTENCY_KEY.match(key):
         raise ApiError(400, "bad_idempotency_key", "Idempotency-Key must be 1 to 255 printable ASCII characters.")
-    scope = f"idempotency:{client or 'anonymous'}:{request.endpoint}:{key}"
-    return Idempotency(scope, hashlib.sha256(body).hexdigest())
+    return Idempotency(idempotency_key(client, request.endpoint, key), hashlib.sha256(body).hexdigest())
 
 
 def _accept(

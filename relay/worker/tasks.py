@@ -75,7 +75,7 @@ from prometheus_client import Counter, Histogram
 
 from relay import storage
 from relay.broker.connection import connect
-from relay.broker.contract import PERSIST_TASK
+from relay.broker.contract import PERSIST_TASK, retention_lock_key
 from relay.broker.dead_letters import DeadLetters
 from relay.broker.pending import Pending
 from relay.logs import configure_logging
@@ -271,7 +271,7 @@ def remove_expired_messages(app: Flask, client: redis.Redis) -> int:
     Its connections are closed when it is done, so none is open most of the
     time in this process (which forks the pool's processes).
     """
-    lock = client.lock(f"{settings.persist_queue}:retention", timeout=RETENTION_LEASE_SECONDS)
+    lock = client.lock(retention_lock_key(settings.persist_queue), timeout=RETENTION_LEASE_SECONDS)
     if not lock.acquire(blocking=False):
         return 0
     removed = batches = 0

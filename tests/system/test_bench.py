@@ -21,10 +21,10 @@ def stack(start_stack: Callable[..., Stack]) -> Stack:
     return start_stack(with_ws=True)
 
 
-def bench(*argv: str) -> dict:
+def bench(*argv: str, timeout: float = 120) -> dict:
     result = subprocess.run(
         [sys.executable, "scripts/bench.py", *argv], cwd=ROOT, env=python_env({}), capture_output=True, text=True,
-        timeout=120,
+        timeout=timeout,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     figure = json.loads((ROOT / "bench-results" / f"{argv[0]}.json").read_text())
@@ -64,3 +64,16 @@ def test_persist_figure(sqlite_url: str, redis_server) -> None:
     persist = bench("persist", "--count", "300", "--batch", "1", "--redis-url", redis_server.url, "--database-url",
                     sqlite_url)  # fmt: skip
     assert persist["messages"] == 300 and persist["rows_per_s"] > 0
+
+
+def test_cost_figure_counts_every_process_of_both_stacks() -> None:
+    """Our stack (scripts/run.sh), the baseline and the floor handler, each measured; ratios computed."""
+    cost = bench("cost", "--baseline", "--rate", "20", "--seconds", "2", "--settle", "0.5", "--drain", "60",
+                 timeout=400)  # fmt: skip
+    for run in ("ours", "baseline"):
+        assert cost[run]["stored"] == cost[run]["accepted"] > 0, run
+        assert cost[run]["post_to_stored_p99_ms"] >= cost[run]["post_to_stored_p50_ms"] > 0, run
+    assert {"honcho", "ingestion_api", "list_api", "worker", "wsserver", "redis"} <= cost["ours"]["cpu_seconds"].keys()
+    assert {"baseline_api", "worker", "redis"} <= cost["baseline"]["cpu_seconds"].keys()
+    assert cost["floor"]["accepted"] > 0 and cost["floor"]["cpu_seconds_per_1000"]["floor_api"] > 0
+    assert all(isinstance(value, float) and value > 0 for value in cost["ratios"].values()), cost["ratios"]

