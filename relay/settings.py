@@ -110,12 +110,9 @@ class Settings:
     worker_prefetch_bytes: int = setting(
         "16777216", "Task-message bytes a worker pool process may hold prefetched (bounds worker memory)."
     )
-    persist_flush_seconds: float = setting(
-        "0.05", "Longest a queued message waits for its batch to fill before it is written."
-    )
     persist_attempts: int = setting("3", "Failed writes of a batch (database up) before its bad records are isolated.")
     pending_grace_seconds: float = setting(
-        "10", "A record unhandled this long, with nothing queued or in flight, is re-queued."
+        "10", "A record no worker has touched for this long, while the queue is empty, is sent again."
     )
     dead_letter_key: str = setting("dead_letters", "Redis list holding messages the database keeps rejecting.")
     retention_days: float = setting(

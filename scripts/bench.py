@@ -245,25 +245,21 @@ def bench_sustained(args: argparse.Namespace) -> dict[str, object]:
 
 
 def bench_persist(args: argparse.Namespace) -> dict[str, object]:
-    import redis
     import sqlalchemy as sa
 
-    from relay.broker.contract import task_message
+    from relay.broker.contract import make_celery, send_records
     from relay.records import make_record, utc_now
+    from relay.settings import load_settings
 
-    client = redis.Redis.from_url(args.redis_url)
     engine = sa.create_engine(args.database_url)
     with engine.begin() as conn:
         before = conn.exec_driver_sql("SELECT COUNT(*) FROM messages").scalar_one()
     queue = f"bench-{os.getpid()}"
     now = utc_now()
-    pipe = client.pipeline(transaction=False)
+    celery = make_celery(load_settings(redis_url=args.redis_url, persist_queue=queue))
     for start in range(0, args.count, args.batch):
         records = [make_record({"bench": i}, now) for i in range(start, min(args.count, start + args.batch))]
-        pipe.lpush(queue, task_message(records, queue))
-        if len(pipe) >= 1000:
-            pipe.execute()
-    pipe.execute()
+        send_records(celery, queue, records, max_bytes=2**31)  # one task message of --batch records
     env = {
         **os.environ, "REDIS_URL": args.redis_url, "SQLALCHEMY_DATABASE_URI": args.database_url,
         "PERSIST_QUEUE": queue, "WORKER_CONCURRENCY": str(args.concurrency),
@@ -287,7 +283,8 @@ def bench_persist(args: argparse.Namespace) -> dict[str, object]:
     finally:
         worker.terminate()
         worker.wait(30)
-        client.delete(queue)
+        with celery.connection_for_write() as connection:
+            connection.default_channel.queue_purge(queue)
     return {
         "figure": "persist",
         "database": engine.dialect.name,

@@ -22,10 +22,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import functools
+
 import redis
 
 from relay.broker.connection import connect
+from relay.broker.contract import make_celery, send_records
 from relay.broker.dead_letters import DeadLetters
+from relay.broker.pending import Pending
 from relay.settings import load_settings, setting_origin
 
 
@@ -48,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     client = connect(settings.redis_url, timeout=5.0)
-    dead_letters = DeadLetters(client, settings.dead_letter_key, settings.persist_queue)
+    celery = make_celery(settings, timeout=5.0)
+    send = functools.partial(send_records, celery, settings.persist_queue, max_bytes=settings.persist_message_max_bytes)
+    dead_letters = DeadLetters(client, settings.dead_letter_key, Pending(client, settings.persist_queue, send))
     try:
         return run(args, dead_letters, settings.dead_letter_key, settings.persist_queue)
     except (redis.ConnectionError, redis.TimeoutError) as exc:

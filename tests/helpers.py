@@ -205,3 +205,42 @@ def clear_database(url: str) -> None:
         conn.exec_driver_sql("DELETE FROM messages")
         conn.exec_driver_sql("UPDATE message_sequence SET last_seq = 0")
     engine.dispose()
+
+
+def take_tasks(broker: str | redis.Redis, queue: str = "persist") -> list[list[dict]]:
+    """Take every task message off ``queue``, oldest first, and return each one's records argument.
+
+    Through kombu's public ``SimpleQueue`` (never its storage layout); each
+    message must call the persistence task with the records as its only argument.
+    """
+    from kombu import Connection
+
+    from relay.broker.contract import PERSIST_TASK
+
+    if isinstance(broker, redis.Redis):
+        where = broker.connection_pool.connection_kwargs
+        broker = f"redis://{where['host']}:{where['port']}/{where.get('db', 0)}"
+    tasks = []
+    with Connection(broker) as connection, connection.SimpleQueue(queue) as simple:
+        while True:
+            try:
+                message = simple.get(block=False)
+            except simple.Empty:
+                return tasks
+            assert message.headers["task"] == PERSIST_TASK
+            args, kwargs, _embed = message.payload
+            assert kwargs == {} and len(args) == 1
+            message.ack()
+            tasks.append(args[0])
+
+
+def persist_pending(redis_url: str, queue: str = "persist"):
+    """The pending set of ``queue``, sending as the services do (the persistence queue's Celery app)."""
+    import functools
+
+    from relay.broker.contract import make_celery, send_records
+    from relay.broker.pending import Pending
+    from relay.settings import load_settings
+
+    send = functools.partial(send_records, make_celery(load_settings(redis_url=redis_url, persist_queue=queue)), queue)
+    return Pending(redis.Redis.from_url(redis_url), queue, send)

@@ -1,26 +1,110 @@
-"""The persistence queue's contract: what the ingestion API writes and the worker reads.
+"""The persistence queue's contract: what the ingestion API sends and the worker runs.
 
-Both sides import these names; nothing else spells them. A task message is a
-call of :data:`PERSIST_TASK` with one argument, a list of records
-(``relay.records``: ``{"id", "received_at", "payload"}``), in Celery's
-documented task message protocol v2 as the Redis transport stores it
-(https://docs.celeryq.dev/en/stable/internals/protocol.html), without the
-base64 body encoding. The ingestion API writes it directly (see
-:mod:`relay.broker.producer` for why not ``apply_async``); the end-to-end
-tests run a real Celery worker on it.
+Both sides import these names; nothing else spells them:
+
+* :data:`PERSIST_TASK`, the Celery task that stores records, called with one
+  argument, a list of records (``relay.records``: ``{"id", "received_at",
+  "payload"}``), on the queue named by ``PERSIST_QUEUE``;
+* :func:`make_celery`, the Celery app both sides use (the worker adds the
+  task to it), and :func:`send_records`, which sends records as task
+  messages of at most ``PERSIST_MESSAGE_MAX_BYTES`` each through Celery's
+  public ``send_task``;
+* every Redis key of the persistence path beside the queue itself, the live
+  stream and the dead-letter list (settings), derived from those names.
+
+The task messages are Celery's own, so ``celery events``, Flower and
+``celery inspect`` see every persistence task.
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 
-import orjson
+from celery import Celery
+
+from relay.settings import Settings
 
 PERSIST_TASK = "tasks.persist_messages"
 # Records per task message, in bytes, unless the caller says (PERSIST_MESSAGE_MAX_BYTES).
 DEFAULT_MESSAGE_MAX_BYTES = 65_536
-KOMBU_UNACKED_KEY = "unacked"  # kombu's Redis transport default (unacked_key)
+Record = dict[str, str]
+
+
+def make_celery(settings: Settings, *, timeout: float | None = None) -> Celery:
+    """The Celery app of the persistence queue on ``REDIS_URL``.
+
+    ``timeout`` bounds every broker operation of a producer (the ingestion
+    API sends after its answer is decided, so a Redis that stops answering
+    must cost it at most that); the worker leaves it unset.
+    """
+    app = Celery("tasks", broker=settings.redis_url, set_as_current=False)
+    transport: dict[str, object] = {"visibility_timeout": settings.celery_visibility_timeout}
+    if timeout is not None:
+        transport.update(socket_timeout=timeout, socket_connect_timeout=timeout)
+    app.conf.update(
+        task_default_queue=settings.persist_queue,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        task_acks_late=True,
+        # Task events (received, started, succeeded) for Flower and `celery events`.
+        worker_send_task_events=True,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options=transport,
+        **({"broker_connection_timeout": timeout, "broker_connection_retry": False} if timeout is not None else {}),
+    )
+    return app
+
+
+def queue_depth(app: Celery, queue: str) -> int:
+    """Task messages waiting on ``queue``, as the broker reports it (a passive declare); 0 before it exists."""
+    from kombu.exceptions import ChannelError
+
+    with app.connection_for_read() as connection:
+        try:
+            return int(connection.default_channel.queue_declare(queue=queue, passive=True).message_count)
+        except ChannelError:  # never declared: no worker has consumed it yet, and nothing was sent
+            return 0
+
+
+def split_records(records: Sequence[Record], max_bytes: int = DEFAULT_MESSAGE_MAX_BYTES) -> list[list[Record]]:
+    """Group ``records``, in order, into task arguments of at most ``max_bytes`` of records (at least one each)."""
+    groups: list[list[Record]] = [[]]
+    size = 0
+    for record in records:
+        weight = len(record["payload"]) + len(record["id"]) + len(record["received_at"])
+        if groups[-1] and size + weight > max_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(record)
+        size += weight
+    return [group for group in groups if group]
+
+
+def send_records(
+    app: Celery, queue: str, records: Sequence[Record], max_bytes: int = DEFAULT_MESSAGE_MAX_BYTES
+) -> list[str]:
+    """Send ``records`` as :data:`PERSIST_TASK` task messages; return their task ids.
+
+    Never retries (``retry=False``): a failure raises at once, and the
+    records' pending entries (relay.broker.pending) get them sent again. A
+    single record's task takes its id as task id, so Flower shows the
+    message id; ``argsrepr`` keeps tools' listings short whatever the size.
+    """
+    sent = []
+    for group in split_records(records, max_bytes):
+        first = group[0]["id"]
+        result = app.send_task(
+            PERSIST_TASK,
+            args=[group],
+            queue=queue,
+            task_id=first if len(group) == 1 else None,
+            retry=False,
+            ignore_result=True,
+            argsrepr=f"[{len(group)} message(s) from {first}]",
+        )
+        sent.append(result.id)
+    return sent
 
 
 # Every Redis key the persistence path uses besides the queue, the live stream and the dead-letter list
@@ -60,56 +144,3 @@ def idempotency_key(client: str | None, endpoint: str, key: str) -> str:
 def dead_letter_index_key(dead_letter_key: str) -> str:
     """The hash of message ids already dead-lettered (at most one entry each)."""
     return f"{dead_letter_key}:ids"
-
-
-def task_message(records: Sequence[dict[str, str]], queue: str, task_id: str | None = None) -> bytes:
-    """Encode a ``tasks.persist_messages(records)`` call as a Redis-transport task message."""
-    task_id = task_id or str(uuid.uuid4())
-    body = orjson.dumps([[list(records)], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
-    first = records[0]["id"] if records else ""
-    envelope = {
-        "body": body.decode(),
-        "content-encoding": "utf-8",
-        "content-type": "application/json",
-        "headers": {
-            "lang": "py",
-            "task": PERSIST_TASK,
-            "id": task_id,
-            "root_id": task_id,
-            "parent_id": None,
-            "group": None,
-            "retries": 0,
-            "timelimit": [None, None],
-            "argsrepr": f"[{len(records)} message(s) from {first}]",
-            "kwargsrepr": "{}",
-            "ignore_result": True,
-        },
-        "properties": {
-            "correlation_id": task_id,
-            "delivery_mode": 2,
-            "delivery_info": {"exchange": "", "routing_key": queue},
-            "priority": 0,
-            "delivery_tag": task_id,
-        },
-    }
-    return orjson.dumps(envelope)
-
-
-def task_messages(
-    records: Sequence[dict[str, str]], queue: str, max_bytes: int = DEFAULT_MESSAGE_MAX_BYTES
-) -> list[bytes]:
-    """Encode ``records`` as task messages of at most ``max_bytes`` of records each (at least one record).
-
-    A single record's message takes its id as task id, so tools that show
-    task ids show the message id.
-    """
-    groups: list[list[dict[str, str]]] = [[]]
-    size = 0
-    for record in records:
-        weight = len(record["payload"]) + len(record["id"]) + len(record["received_at"])
-        if groups[-1] and size + weight > max_bytes:
-            groups.append([])
-            size = 0
-        groups[-1].append(record)
-        size += weight
-    return [task_message(group, queue, group[0]["id"] if len(group) == 1 else None) for group in groups if group]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import redis
 
-from relay.broker.contract import dead_letter_index_key, task_message
+from relay.broker.contract import dead_letter_index_key
 from relay.broker.pending import Pending
 from relay.records import format_time, utc_now
 
@@ -23,15 +23,17 @@ class DeadLetters:
 
     Entries are ``{"record", "error", "failed_at"}``, at most one per message
     id (the hash ``<key>:ids`` indexes them): a redelivered task message
-    isolated a second time adds nothing. Replaying one puts its record back
-    on the persistence queue and removes the entry and its index, atomically.
+    isolated a second time adds nothing. Replaying one puts its record back in
+    the pending set and removes the entry and its index, atomically, then
+    sends it as a new task message (if that send fails, the pending set sends
+    it again later).
     """
 
-    def __init__(self, client: redis.Redis, key: str, queue: str) -> None:
+    def __init__(self, client: redis.Redis, key: str, pending: Pending) -> None:
         self.client = client
         self.key = key
         self.index = dead_letter_index_key(key)
-        self.queue = queue
+        self.pending = pending
         self._add_once = client.register_script(_DEAD_LETTER_ONCE)
 
     def add(self, record: dict[str, str], error: str) -> bool:
@@ -54,10 +56,10 @@ class DeadLetters:
             if ids is not None and record["id"] not in ids:
                 continue
             pipe = self.client.pipeline(transaction=True)
-            pipe.lpush(self.queue, task_message([record], self.queue, record["id"]))
-            Pending(self.client, self.queue).add(pipe, [record])
+            self.pending.add(pipe, [record])
             pipe.lrem(self.key, 1, raw)
             pipe.hdel(self.index, record["id"])
             pipe.execute()
+            self.pending.send([record])
             replayed += 1
         return replayed

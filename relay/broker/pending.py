@@ -1,58 +1,71 @@
-"""The pending set: every queued record until a worker has handled it."""
+"""The pending set: every accepted record until a worker has handled it (ours: keys and semantics below).
+
+Keys (``relay.broker.contract.pending_keys``): ``<queue>:pending``, a sorted
+set of record ids scored by when the record was last known to be moving
+(accepted, sent, or being worked on), and ``<queue>:pending:records``, the
+records themselves.
+
+Why: a record is accepted (202) once it is in this set, written atomically
+with its live frame by the ingestion API; its Celery task message is sent
+right after. Every way a task message can go missing is then covered by one
+rule: a send that fails after the write, a worker killed after kombu's
+Redis transport has popped a message but before it recorded it as
+unacknowledged (kombu#305, #1836), a task that failed half-way. The worker
+removes records once stored or dead-lettered (:meth:`Pending.done`),
+refreshes the score of records it is working on (:meth:`Pending.touch`),
+and :meth:`Pending.reconcile`, run periodically by each worker instance,
+sends again the records whose score is older than ``PENDING_GRACE_SECONDS``
+while the persistence queue is empty (a queued message may hold them).
+Storage is idempotent, so a false alarm costs a redundant write, never a
+duplicate row.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import orjson
 import redis
 
-from relay.broker.contract import (
-    DEFAULT_MESSAGE_MAX_BYTES,
-    KOMBU_UNACKED_KEY,
-    pending_keys,
-    reconcile_lock_key,
-    task_messages,
-)
+from relay.broker.contract import Record, pending_keys, reconcile_lock_key
 
-# Pending records older than ARGV[1], but only when nothing is queued or in flight (kombu's
-# "unacked" hash): then any such record was lost between kombu's BRPOP and its bookkeeping.
-_LOST_RECORDS = """
-if redis.call('LLEN', KEYS[1]) > 0 or redis.call('HLEN', KEYS[2]) > 0 then return {} end
-local lost = {}
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))) do
-  local record = redis.call('HGET', KEYS[4], id)
-  if record then table.insert(lost, record) else redis.call('ZREM', KEYS[3], id) end
+# The records of ids scored at most ARGV[1] (at most ARGV[2] of them), rescored ARGV[3] (now) so the
+# next round waits a whole grace again; an id whose record is gone is dropped. KEYS: 1 set, 2 hash.
+_TAKE_STALE = """
+local stale = {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))) do
+  local record = redis.call('HGET', KEYS[2], id)
+  if record then
+    table.insert(stale, record)
+    redis.call('ZADD', KEYS[1], 'XX', ARGV[3], id)
+  else
+    redis.call('ZREM', KEYS[1], id)
+  end
 end
-return lost
+return stale
 """
 
 
 class Pending:
-    """Every queued record until a worker has handled it: the safety net under Celery's queue.
+    """Every accepted record until a worker has handled it; see the module docstring."""
 
-    kombu's Redis transport moves a message from the queue to its "unacked"
-    bookkeeping in two steps (BRPOP, then MULTI/HSET): a worker killed, or a
-    Redis crash, between them loses that task message. So every enqueue
-    also records its records here, in the same transaction; the worker
-    removes them once stored or dead-lettered; and :meth:`reconcile`, run
-    periodically by a worker, re-queues records still pending after
-    ``grace`` seconds at a moment when nothing is queued or in flight, which
-    can only mean they were lost. Storage is idempotent, so a false alarm
-    costs a redundant write, never a duplicate row.
-    """
-
-    def __init__(self, client: redis.Redis, queue: str, message_max_bytes: int = DEFAULT_MESSAGE_MAX_BYTES) -> None:
+    def __init__(self, client: redis.Redis, queue: str, send: Callable[[Sequence[Record]], object]) -> None:
         self.client = client
         self.queue = queue
-        self.message_max_bytes = message_max_bytes
+        self.send = send
         self.zset, self.records = pending_keys(queue)
-        self._lost = client.register_script(_LOST_RECORDS)
+        self._take_stale = client.register_script(_TAKE_STALE)
 
-    def add(self, pipe: redis.client.Pipeline, records: Sequence[dict[str, str]]) -> None:
+    def add(self, pipe: redis.client.Pipeline, records: Sequence[Record]) -> None:
+        """Add ``records`` in ``pipe`` (the ingestion API does the same in its write script)."""
         pipe.hset(self.records, mapping={r["id"]: orjson.dumps(r) for r in records})
         pipe.zadd(self.zset, {r["id"]: time.time() for r in records})
+
+    def touch(self, ids: Sequence[str]) -> None:
+        """Mark records as being worked on now (only those still pending)."""
+        if ids:
+            self.client.zadd(self.zset, dict.fromkeys(ids, time.time()), xx=True)
 
     def done(self, ids: Sequence[str]) -> None:
         """Forget handled records (stored or dead-lettered)."""
@@ -65,22 +78,28 @@ class Pending:
     def count(self) -> int:
         return int(self.client.zcard(self.zset))
 
-    def reconcile(self, grace: float, limit: int = 1000) -> int:
-        """Re-queue lost records (see the class docstring); return how many."""
+    def reconcile(self, grace: float, queue_depth: Callable[[], int], limit: int = 1000) -> int:
+        """Send again the records idle for ``grace`` seconds while the queue is empty; return how many.
+
+        ``queue_depth`` tells how many task messages wait on the queue (the
+        worker asks Celery's broker connection). One worker instance at a
+        time does this, under a lock that expires after ``grace``.
+        """
+        if queue_depth() > 0:
+            return 0  # a queued message may hold them: wait until the queue has drained
         if not self.client.set(reconcile_lock_key(self.queue), 1, nx=True, ex=max(1, int(grace))):
             return 0  # another worker is at it
-        raw = self._lost(
-            keys=[self.queue, KOMBU_UNACKED_KEY, self.zset, self.records], args=[time.time() - grace, limit]
-        )
+        now = time.time()
+        raw = self._take_stale(keys=[self.zset, self.records], args=[now - grace, limit, now])
         if not raw:
             return 0
         records = [orjson.loads(r) for r in raw]
-        self.requeue(records)
+        self.send(records)
         return len(records)
 
-    def requeue(self, records: Sequence[dict[str, str]]) -> None:
-        """Queue ``records`` again as new task messages, atomically with refreshing their pending entries."""
+    def requeue(self, records: Sequence[Record]) -> None:
+        """Send ``records`` again (as new task messages), refreshing their pending entries first."""
         pipe = self.client.pipeline(transaction=True)
-        pipe.lpush(self.queue, *task_messages(records, self.queue, self.message_max_bytes))
         self.add(pipe, records)
         pipe.execute()
+        self.send(records)

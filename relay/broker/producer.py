@@ -1,25 +1,23 @@
-"""The producer: putting accepted messages on Redis, the persistence queue and the live stream.
+"""The producer: accepting messages into Redis, then sending their persistence tasks.
 
 The ingestion API writes, per request (or per group of concurrent requests),
 in one atomic Lua script call (``_WRITE``):
 
-* Celery task messages (:mod:`relay.broker.contract`)
-  LPUSHed onto the persistence queue, which the worker (``relay/worker/``)
-  consumes like any task sent with ``apply_async``; each carries at most
-  ``PERSIST_MESSAGE_MAX_BYTES`` of records, so a large batch becomes
-  several task messages and the worker's prefetch is bounded in bytes;
-* the records in the pending set (:mod:`relay.broker.pending`);
+* the records in the pending set (:mod:`relay.broker.pending`): from here on
+  the message is accepted and will be stored exactly once;
 * an XADD of each rendered websocket frame onto a capped Redis Stream,
   which every ``wsserver.py`` process reads (and replays from, for resume);
 * with an ``Idempotency-Key``, the key with the body's fingerprint and the
   answer, so a repeat gets the same answer and another body gets 422.
 
-Why not ``apply_async``: kombu's publish path costs several times the rest
-of the request, retries for seconds when Redis is down (we must answer 503
-within a second), and cannot share an atomic write with the XADD.
+Then it sends the records' Celery task messages (``send``, in practice
+:func:`relay.broker.contract.send_records`: ``send_task`` with no retries,
+each message at most ``PERSIST_MESSAGE_MAX_BYTES`` of records). The answer
+does not wait on that send's outcome: if it fails, the records are pending
+and a worker sends them again (``Pending.reconcile``).
 
 Every write is fenced (see :class:`Producer`), so a lost answer is settled
-before the API answers: a 5xx means nothing was queued.
+before the API answers: a 5xx means nothing was accepted.
 """
 
 from __future__ import annotations
@@ -27,54 +25,50 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import orjson
 import redis
 
 from relay.broker.connection import never_connected
-from relay.broker.contract import DEFAULT_MESSAGE_MAX_BYTES, fence_key, task_messages, unused_key
+from relay.broker.contract import DEFAULT_MESSAGE_MAX_BYTES, Record, fence_key, pending_keys, unused_key
 from relay.broker.group_commit import GroupCommit
-from relay.broker.pending import Pending
 from relay.records import live_frame
 
 log = logging.getLogger(__name__)
 
-# One fenced, atomic write of a request's (or a group commit's) records. KEYS: 1 fence, 2 queue,
-# 3 pending set, 4 pending records, 5 live stream, 6 idempotency key. ARGV: 1 fence ttl, 2 now,
-# 3 live window, 4 task-message count T, 5 record count N, 6 "1" when KEYS[6] is used,
-# 7 idempotency ttl, 8 fingerprint, 9 answer, then T task messages, then N (id, record, frame).
-# The first command claims the fence: a writer that finds it taken (Producer.settle got there first)
-# writes nothing. The outcome is left in the fence, so settle can read what happened.
+# One fenced, atomic write of a request's (or a group commit's) records. KEYS: 1 fence, 2 pending set,
+# 3 pending records, 4 live stream, 5 idempotency key. ARGV: 1 fence ttl, 2 now, 3 live window,
+# 4 record count N, 5 "1" when KEYS[5] is used, 6 idempotency ttl, 7 fingerprint, 8 answer,
+# then N (id, record, frame). The first command claims the fence: a writer that finds it taken
+# (Producer.settle got there first) writes nothing. The outcome is left in the fence, so settle can
+# read what happened.
 _WRITE = """
 if not redis.call('SET', KEYS[1], 'running', 'NX', 'EX', tonumber(ARGV[1])) then return 'aborted' end
 local function finish(outcome)
   redis.call('SET', KEYS[1], outcome, 'EX', tonumber(ARGV[1]))
   return outcome
 end
-if ARGV[6] == '1' then
-  local earlier = redis.call('GET', KEYS[6])
+if ARGV[5] == '1' then
+  local earlier = redis.call('GET', KEYS[5])
   if earlier then
-    if string.sub(earlier, 1, #ARGV[8]) == ARGV[8] then
-      return finish('repeat:' .. string.sub(earlier, #ARGV[8] + 2))
+    if string.sub(earlier, 1, #ARGV[7]) == ARGV[7] then
+      return finish('repeat:' .. string.sub(earlier, #ARGV[7] + 2))
     end
     return finish('reused')
   end
 end
-local tasks = tonumber(ARGV[4])
-for i = 10, 9 + tasks do redis.call('LPUSH', KEYS[2], ARGV[i]) end
 local live = 1
-local first = 10 + tasks
-for i = 0, tonumber(ARGV[5]) - 1 do
-  local at = first + 3 * i
-  redis.call('HSET', KEYS[4], ARGV[at], ARGV[at + 1])
-  redis.call('ZADD', KEYS[3], ARGV[2], ARGV[at])
-  local added = redis.pcall('XADD', KEYS[5], 'MAXLEN', '~', ARGV[3], '*', 'id', ARGV[at], 'frame', ARGV[at + 2])
+for i = 0, tonumber(ARGV[4]) - 1 do
+  local at = 9 + 3 * i
+  redis.call('HSET', KEYS[3], ARGV[at], ARGV[at + 1])
+  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[at])
+  local added = redis.pcall('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', 'id', ARGV[at], 'frame', ARGV[at + 2])
   if type(added) == 'table' and added.err then live = 0 end
 end
 -- The key last: a script that failed half-way (a wrongly typed key) must not leave it answering repeats.
-if ARGV[6] == '1' then redis.call('SET', KEYS[6], ARGV[8] .. ':' .. ARGV[9], 'EX', tonumber(ARGV[7])) end
+if ARGV[5] == '1' then redis.call('SET', KEYS[5], ARGV[7] .. ':' .. ARGV[8], 'EX', tonumber(ARGV[6])) end
 return finish('ok:' .. live)
 """
 # How long a fence (and the outcome it holds) is kept: far longer than a write can wait in Redis.
@@ -111,7 +105,11 @@ class Producer:
     claims the same fence: if it wins, the write never ran and never will,
     so the request can truthfully answer 503; if it loses, the fence holds
     the write's outcome, and the request answers that. Either way a 5xx
-    means nothing was queued, and a 202 means everything was.
+    means nothing was accepted, and a 202 means everything was.
+
+    After a write that accepted records, ``send`` sends their task messages
+    (without it, as in tools that only publish live frames, the records wait
+    in the pending set until a worker's reconciler sends them).
     """
 
     def __init__(
@@ -122,6 +120,7 @@ class Producer:
         window: int,
         idempotency_ttl: int,
         *,
+        send: Callable[[Sequence[Record]], object] | None = None,
         group_commit: bool = False,
         message_max_bytes: int = DEFAULT_MESSAGE_MAX_BYTES,
         probe_client: redis.Redis | None = None,
@@ -141,7 +140,8 @@ class Producer:
         self.busy_seconds = busy_seconds
         self._write_script = client.register_script(_WRITE)
         self._bulk_write_script = self.bulk_client.register_script(_WRITE)
-        self.pending = Pending(client, queue, message_max_bytes)
+        self.send = send
+        self.pending_set, self.pending_records = pending_keys(queue)
         self.group_commit = GroupCommit(self.write, max_bytes=message_max_bytes) if group_commit else None
 
     def enqueue(
@@ -174,36 +174,33 @@ class Producer:
 
     def _run(
         self,
-        records: Sequence[dict[str, str]],
+        records: Sequence[Record],
         idempotency: Idempotency | None,
         answer: dict | None,
         fence: str | None = None,
     ) -> str:
         fence = fence or self.new_fence()
-        messages = task_messages(records, self.queue, self.message_max_bytes)
         args: list[bytes | str | int | float] = [
             FENCE_SECONDS,
             time.time(),
             self.window,
-            len(messages),
             len(records),
             "1" if idempotency else "0",
             self.idempotency_ttl,
             idempotency.fingerprint if idempotency else "",
             orjson.dumps(answer) if idempotency else "",
-            *messages,
         ]
         for record in records:
             args += [record["id"], orjson.dumps(record), live_frame(record)]
-        keys = [fence, self.queue, self.pending.zset, self.pending.records, self.stream]
+        keys = [fence, self.pending_set, self.pending_records, self.stream]
         keys.append(idempotency.key if idempotency else unused_key(self.queue))
         started = time.monotonic()
         outcome: str | bytes | None
         try:
-            # A write of several task messages takes Redis long enough that a short read timeout
-            # would mostly end in settling; it waits on a client with a longer one.
-            script = self._bulk_write_script if len(messages) > 1 else self._write_script
-            outcome = script(keys=keys, args=args)
+            # A large write takes Redis long enough that a short read timeout would mostly end in
+            # settling; it waits on a client with a longer one.
+            bulk = sum(len(r["payload"]) for r in records) > self.message_max_bytes
+            outcome = (self._bulk_write_script if bulk else self._write_script)(keys=keys, args=args)
         except redis.ResponseError:
             raise  # Redis ran the script and it failed (a misconfigured key): an answer, not a lost one
         except redis.RedisError as exc:
@@ -216,7 +213,18 @@ class Producer:
         outcome = outcome.decode() if isinstance(outcome, bytes) else outcome
         if not outcome.startswith(("ok:", "repeat:", "reused")):  # "aborted", or a script that never finished
             raise redis.ConnectionError(f"the write did not run to its end ({outcome})")
+        if outcome.startswith("ok:"):
+            self._send(records)
         return outcome
+
+    def _send(self, records: Sequence[Record]) -> None:
+        """Send the accepted records' task messages; a failure leaves them to the pending set."""
+        if self.send is None:
+            return
+        try:
+            self.send(records)
+        except Exception as exc:  # accepted all the same: Pending.reconcile sends them later
+            log.warning("sending %d record(s) failed (%s); they are pending and will be sent again", len(records), exc)
 
     def new_fence(self) -> str:
         """A fresh fence key for one write."""
@@ -242,13 +250,6 @@ class Producer:
                 if time.monotonic() >= started + patience:
                     raise
             time.sleep(0.02)
-
-    def depth(self) -> int | None:
-        """Task messages waiting on the persistence queue, or None when Redis does not answer."""
-        try:
-            return int(self.client.llen(self.queue))
-        except redis.RedisError:
-            return None
 
     def ping(self) -> bool:
         """Tell whether Redis answers."""

@@ -15,19 +15,21 @@ answer is 503 with ``Retry-After``, never a 202.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis
+from celery import Celery
 from flask import Flask, Response, current_app, g, request
 from flask_cors import CORS
 from prometheus_client import Counter
 from werkzeug.exceptions import ClientDisconnected
 
 from relay.broker.connection import connect
-from relay.broker.contract import idempotency_key
+from relay.broker.contract import idempotency_key, make_celery, queue_depth, send_records
 from relay.broker.group_commit import QueueBusy
 from relay.broker.producer import Idempotency, IdempotencyKeyReused, Producer
 from relay.logs import configure_logging
@@ -59,12 +61,18 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config["SETTINGS"] = settings
     # No MAX_CONTENT_LENGTH: each view enforces its own limit while reading (see _read_body), and a
     # chunked body must be read past the limit to know it is over it (Werkzeug stops at the limit).
+    # Celery's producer, for the task messages sent once a write has accepted the records.
+    celery = make_celery(settings, timeout=settings.redis_timeout_seconds)
+    app.extensions["celery"] = celery
     app.extensions["broker"] = Producer(
         connect(settings.redis_url, settings.redis_timeout_seconds),
         queue=settings.persist_queue,
         stream=settings.live_stream_key,
         window=settings.live_window,
         idempotency_ttl=settings.idempotency_ttl_seconds,
+        send=functools.partial(
+            send_records, celery, settings.persist_queue, max_bytes=settings.persist_message_max_bytes
+        ),
         group_commit=bool(settings.ingest_group_commit),
         message_max_bytes=settings.persist_message_max_bytes,
         probe_client=connect(settings.redis_url, settings.redis_timeout_seconds, read_timeout=1.0),
@@ -79,8 +87,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.add_url_rule("/dummy", view_func=post_message, methods=["POST"])
     app.add_url_rule("/dummy/batch", view_func=post_batch, methods=["POST"])
     app.add_url_rule("/healthz", view_func=healthz, methods=["GET"])
-    queue = app.extensions["broker"]
-    depth = GaugeCollector("persist_queue_depth", "Task messages waiting.", queue.depth)
+    depth = GaugeCollector("persist_queue_depth", "Task messages waiting.", _depth(celery, settings.persist_queue))
     init_metrics(app, "ingestion_api", settings.metrics_multiprocess, [depth])
     app.after_request(_count_rejections)
     openapi.init_openapi(
@@ -220,6 +227,16 @@ def _publish_operation(
             "503": openapi.unavailable("queue_unavailable", "The queue (Redis)"),
         },
     }
+
+
+def _depth(celery: Celery, queue: str) -> Callable[[], int | None]:
+    def depth() -> int | None:
+        try:
+            return queue_depth(celery, queue)
+        except Exception:  # Redis down: the gauge is absent from this scrape
+            return None
+
+    return depth
 
 
 def _count_rejections(response: Response) -> Response:

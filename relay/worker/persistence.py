@@ -1,8 +1,8 @@
 """Storing a batch of records whatever goes wrong: retries, outages, poison messages.
 
-The worker hands :meth:`Persister.persist` every record of a flushed batch.
+The worker hands :meth:`Persister.persist` the records of one task message.
 It never raises for a database problem, because the caller acknowledges the
-batch's task messages when it returns (see ``tasks.py``):
+task message when it returns (see ``tasks.py``):
 
 * the records are written in chunks of ``chunk_size``, one transaction each;
 * a failed chunk is retried with exponential backoff;

@@ -4,63 +4,59 @@ Run it with ``celery -A tasks worker -Q persist`` (the queue name comes from
 ``PERSIST_QUEUE``). Reads ``REDIS_URL``, ``SQLALCHEMY_DATABASE_URI``,
 ``PERSIST_QUEUE``, ``CELERY_VISIBILITY_TIMEOUT``, ``PERSIST_BATCH_SIZE``,
 ``PERSIST_MESSAGE_MAX_BYTES``, ``WORKER_PREFETCH_BYTES``,
-``PERSIST_FLUSH_SECONDS``, ``PERSIST_ATTEMPTS``, ``DEAD_LETTER_KEY``,
+``PERSIST_ATTEMPTS``, ``PENDING_GRACE_SECONDS``, ``DEAD_LETTER_KEY``,
 ``RETENTION_DAYS``, ``RETENTION_INTERVAL_SECONDS``, ``RETENTION_BATCH_SIZE``,
 ``WORKER_METRICS_PORT``, ``BIND_HOST`` and ``PROMETHEUS_MULTIPROC_DIR`` through
 ``relay/settings.py``. The metrics port also answers ``GET /healthz``: 200 while the
 consumer runs and Redis answers, else 503 (starting, shutting down, no Redis).
 
-Every task message carries a list of plain-JSON records (one for a single
-POST, up to 1,000 for a batch POST). The task is a celery-batches ``Batches``
-task: the worker buffers incoming task messages and flushes them together,
-when ``PERSIST_BATCH_SIZE`` have arrived or ``PERSIST_FLUSH_SECONDS`` have
-passed, so one transaction stores many single-message POSTs (a transaction
-per message caps a worker at ~600 rows/s on MariaDB; batches reach tens of
-thousands). The logic lives in ``persistence.Persister`` and
-``storage.save_messages`` (idempotent: a redelivered message is stored once).
+Every task message is a plain Celery task (``relay.broker.contract``)
+carrying a list of records: one for a lone POST, many when the ingestion
+API's group commit merged concurrent requests or for a batch POST (at most
+``PERSIST_MESSAGE_MAX_BYTES`` of records each). The task stores them in
+transactions of up to ``PERSIST_BATCH_SIZE`` (``persistence.Persister``,
+``storage.save_messages``: idempotent, so a redelivered message is stored
+once). The worker sends task events, so Flower and ``celery events`` show
+every persistence task, its state, runtime and worker.
 
 Reliability, and why:
 
-* messages are acknowledged only after their batch returns (``acks_late``);
-  the batch function returns only once every record is stored or
-  dead-lettered, and if it cannot do either it kills its own process so
-  nothing is acknowledged;
-* unacknowledged messages of a dead worker (or pool process) are redelivered
-  after ``CELERY_VISIBILITY_TIMEOUT`` seconds;
-* database outages are waited out with backoff; records the database keeps
-  rejecting go to the dead-letter list (``scripts/dead_letters.py``), once
-  each even if their task message is delivered twice;
-* a batch's handling (outages aside) is bounded by a quarter of the
-  visibility timeout: past it, the records not yet handled are queued again
-  as new task messages and the batch returns, so isolating poison records
-  never outlives the visibility timeout (which would redeliver the batch
-  and handle it twice) nor holds up other messages for long;
+* an accepted record is in the pending set until this worker has stored or
+  dead-lettered it (``relay.broker.pending``); the reconciler thread of each
+  worker instance sends again any record idle for ``PENDING_GRACE_SECONDS``
+  while the queue is empty. That covers a task message whose send failed,
+  one lost between kombu's pop and its bookkeeping (a worker killed there),
+  and a task that failed half-way (Redis down while dead-lettering: the task
+  fails, is acknowledged, and its records are sent again);
+* messages are acknowledged only after the task returns (``acks_late``), so
+  a worker (or pool process) that dies has its messages redelivered after
+  ``CELERY_VISIBILITY_TIMEOUT`` seconds, unless the reconciler was quicker;
+* while the task works, its records' pending entries are kept fresh, so a
+  long database outage (waited out with backoff) does not look like a loss;
+* records the database keeps rejecting go to the dead-letter list
+  (``scripts/dead_letters.py``), once each even if their task message is
+  delivered twice;
+* a task's handling (outages aside) is bounded by a quarter of the
+  visibility timeout: past it, the records not yet handled are sent again
+  as new task messages and the task returns, so isolating poison records
+  never outlives the visibility timeout nor holds up other messages for long;
 * memory is bounded in bytes: each pool process prefetches at most
   ``WORKER_PREFETCH_BYTES // PERSIST_MESSAGE_MAX_BYTES`` task messages, and
-  no task message carries more than ``PERSIST_MESSAGE_MAX_BYTES`` of
-  records, so the main process holds at most concurrency x
-  ``WORKER_PREFETCH_BYTES`` of them (16 MiB per pool process by default),
-  which costs ~4x that in RSS once decoded: ~64 MiB per pool process
-  (measured, see docs/operations.md). celery-batches still flushes every
-  ``PERSIST_FLUSH_SECONDS`` when fewer than ``PERSIST_BATCH_SIZE`` messages
-  can be prefetched;
-* every queued record is also in a pending set until handled, and a
-  reconciler re-queues any lost in kombu's gap between popping a message and
-  recording it as unacknowledged (``relay.broker.pending``).
+  no task message carries more than ``PERSIST_MESSAGE_MAX_BYTES`` of records.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import logging
-import os
 import threading
 import time
+from collections.abc import Iterator
 
 import redis
 import sqlalchemy as sa
-from celery import Celery
 from celery.signals import (
     setup_logging,
     worker_init,
@@ -69,18 +65,17 @@ from celery.signals import (
     worker_shutdown,
     worker_shutting_down,
 )
-from celery_batches import Batches, SimpleRequest
 from flask import Flask
 from prometheus_client import Counter, Histogram
 
 from relay import storage
 from relay.broker.connection import connect
-from relay.broker.contract import PERSIST_TASK, retention_lock_key
+from relay.broker.contract import PERSIST_TASK, make_celery, queue_depth, retention_lock_key, send_records
 from relay.broker.dead_letters import DeadLetters
 from relay.broker.pending import Pending
 from relay.logs import configure_logging
 from relay.metrics import health_and_metrics_app, serve_in_thread, service_registry
-from relay.records import utc_now
+from relay.records import parse_time, utc_now
 from relay.settings import load_settings
 from relay.worker.persistence import Persister
 
@@ -94,54 +89,16 @@ PREFETCH_PER_PROCESS = max(1, settings.worker_prefetch_bytes // settings.persist
 # The worker's own metric families (relay/metrics.py explains why each service defines its own).
 PERSISTED = Counter("persisted_messages_total", "Messages stored by the worker (new rows).")
 PERSIST_BATCH = Histogram(
-    "persist_batch_records", "Records per flushed worker batch.", buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 5000)
+    "persist_batch_records", "Records per persistence task.", buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 5000)
 )
 PERSIST_RETRIES = Counter("persist_retries_total", "Failed database writes that were retried.")
 DEAD_LETTERS = Counter("dead_letters_total", "Messages moved to the dead-letter list.")
 REQUEUED = Counter("requeued_lost_total", "Records re-queued by the reconciler after being lost in flight.")
 EXPIRED_REMOVED = Counter("expired_messages_removed_total", "Messages removed by retention (RETENTION_DAYS).")
 
-# kombu scans for a dead worker's messages every interval x throttle seconds (100 s by default); scan at
-# half the visibility timeout so they come back when the timeout says.
-UNACKED_RESTORE_INTERVAL = max(1, settings.celery_visibility_timeout // 2)
-
-celery_app = Celery("tasks", broker=settings.redis_url)
-celery_app.conf.update(
-    task_default_queue=settings.persist_queue,
-    task_serializer="json",
-    accept_content=["json"],
-    task_ignore_result=True,
-    task_acks_late=True,
-    worker_prefetch_multiplier=PREFETCH_PER_PROCESS,
-    worker_hijack_root_logger=False,
-    broker_connection_retry_on_startup=True,
-    broker_transport_options={
-        "visibility_timeout": settings.celery_visibility_timeout,
-        "unacked_restore_interval": UNACKED_RESTORE_INTERVAL,
-        "unacked_restore_throttle": 1,
-        # One worker at a time scans, under a Redis lock that expires after this. A worker that
-        # loses Redis mid-scan (Redis restarted, the worker killed) cannot release it, and with
-        # kombu's default (300 s) no worker redelivered anything for five minutes; the pending
-        # reconciler waits for the unacknowledged set to empty, so it was held up as well. Two
-        # scans overlapping are harmless (each message is restored in a WATCH transaction).
-        "unacked_mutex_expire": UNACKED_RESTORE_INTERVAL,
-    },
-)
-
-
-class ReconnectingBatches(Batches):
-    """celery-batches' Batches, re-arming its flush timer when the consumer restarts.
-
-    After a broker reconnect the consumer builds a new timer, but Batches
-    keeps the handle of the old one and never arms the new: messages then
-    wait until a full batch arrives (clokep/celery-batches#107, fixed
-    upstream but not released in 0.11). Forgetting the handle when the
-    strategy is rebuilt arms a fresh timer on the first message.
-    """
-
-    def Strategy(self, task: Batches, app: Celery, consumer: object) -> object:  # noqa: N802 (Celery's name)
-        self._tref = None
-        return super().Strategy(task, app, consumer)
+celery_app = make_celery(settings)
+celery_app.conf.update(worker_prefetch_multiplier=PREFETCH_PER_PROCESS, worker_hijack_root_logger=False)
+send = functools.partial(send_records, celery_app, settings.persist_queue, max_bytes=settings.persist_message_max_bytes)
 
 
 _flask_app: Flask | None = None
@@ -211,16 +168,19 @@ def _serve_metrics(**_kwargs: object) -> None:
 
 @worker_ready.connect
 def _start_reconciler(**_kwargs: object) -> None:
-    """Periodically re-queue records lost between kombu's pop and its bookkeeping (relay.broker.pending)."""
+    """Periodically send again the records no task message carries any more (relay.broker.pending)."""
     client = connect(settings.redis_url, timeout=5.0)
-    pending = Pending(client, settings.persist_queue, settings.persist_message_max_bytes)
+    pending = Pending(client, settings.persist_queue, send)
     interval = max(1.0, settings.pending_grace_seconds / 2)
+
+    def depth() -> int:
+        return queue_depth(celery_app, settings.persist_queue)
 
     def loop() -> None:
         while True:
             time.sleep(interval)
             try:
-                requeued = pending.reconcile(settings.pending_grace_seconds)
+                requeued = pending.reconcile(settings.pending_grace_seconds, depth)
             except Exception:
                 log.warning("reconciling pending records failed", exc_info=True)
                 continue
@@ -339,7 +299,8 @@ def persister() -> tuple[Persister, Pending]:
     global _persister
     if _persister is None:
         client = connect(settings.redis_url, timeout=5.0)
-        dead_letters = DeadLetters(client, settings.dead_letter_key, settings.persist_queue)
+        pending = Pending(client, settings.persist_queue, send)
+        dead_letters = DeadLetters(client, settings.dead_letter_key, pending)
         writer = Persister(
             storage.save_messages,
             _database_up,
@@ -348,47 +309,81 @@ def persister() -> tuple[Persister, Pending]:
             chunk_size=settings.persist_batch_size,
             budget=settings.celery_visibility_timeout / 4,
         )
-        _persister = (writer, Pending(client, settings.persist_queue, settings.persist_message_max_bytes))
+        _persister = (writer, pending)
     return _persister
 
 
-@celery_app.task(
-    name=PERSIST_TASK,
-    base=ReconnectingBatches,
-    # Flush as soon as a process's worth has arrived: waiting for more than can be prefetched would
-    # leave every batch to the flush timer.
-    flush_every=min(settings.persist_batch_size, PREFETCH_PER_PROCESS),
-    flush_interval=settings.persist_flush_seconds,
-    acks_late=True,
-)
-def persist_messages(requests: list[SimpleRequest]) -> int:
-    """Store every record of every buffered task message (each ``args[0]`` is a list of records)."""
-    records = [record for request in requests for record in request.args[0]]
+class Freshness:
+    """Keeps the pending entries of the records this process is working on fresh.
+
+    One daemon thread per process touches them every third of
+    ``PENDING_GRACE_SECONDS`` while a task runs (a database outage can hold a
+    task for long), so the reconciler never takes them for lost. A task
+    whose records already waited a third of the grace (a backlog) touches
+    them at its start too.
+    """
+
+    def __init__(self, grace: float) -> None:
+        self.interval = max(0.5, grace / 3)
+        self.ids: list[str] = []
+        self.pending: Pending | None = None
+        self._thread: threading.Thread | None = None
+
+    @contextlib.contextmanager
+    def working_on(self, pending: Pending, records: list[dict[str, str]]) -> Iterator[None]:
+        self.pending = pending
+        if self._thread is None:  # per process: created after the pool's fork
+            self._thread = threading.Thread(target=self._loop, name="pending-freshness", daemon=True)
+            self._thread.start()
+        ids = [r["id"] for r in records]
+        oldest = min((r["received_at"] for r in records), default=None)
+        if oldest is not None and (utc_now() - parse_time(oldest)).total_seconds() > self.interval:
+            pending.touch(ids)
+        self.ids = ids
+        try:
+            yield
+        finally:
+            self.ids = []
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(self.interval)
+            ids, pending = self.ids, self.pending
+            if ids and pending is not None:
+                try:
+                    pending.touch(ids)
+                except Exception:  # Redis away: the reconciler cannot run either
+                    log.warning("could not refresh %d pending record(s)", len(ids), exc_info=True)
+
+
+freshness = Freshness(settings.pending_grace_seconds)
+
+
+@celery_app.task(name=PERSIST_TASK, acks_late=True)
+def persist_messages(records: list[dict[str, str]]) -> int:
+    """Store the records of one task message; return how many new rows that made.
+
+    An exception (Redis down while dead-lettering, say) fails the task; its
+    records stay pending and are sent again by the reconciler.
+    """
     writer, pending = persister()
-    try:
-        with flask_app().app_context():
-            outcome = writer.persist(records)
-        if outcome.deferred:
-            pending.requeue(outcome.deferred)
-    except BaseException:
-        # Neither stored, dead-lettered nor re-queued (e.g. Redis down while dead-lettering): returning
-        # would acknowledge the messages, so die instead and let them be redelivered.
-        log.critical("could not store or dead-letter %d record(s); exiting", len(records), exc_info=True)
-        os._exit(70)
+    with freshness.working_on(pending, records), flask_app().app_context():
+        outcome = writer.persist(records)
+    if outcome.deferred:
+        pending.requeue(outcome.deferred)
     deferred = {r["id"] for r in outcome.deferred}
     try:
         pending.done([r["id"] for r in records if r["id"] not in deferred])
-    except Exception:  # they stay pending; reconcile re-queues them, and storing again is a no-op
+    except Exception:  # they stay pending; reconcile sends them again, and storing again is a no-op
         log.warning("could not clear %d pending record(s)", len(records), exc_info=True)
     PERSISTED.inc(outcome.stored)
     PERSIST_BATCH.observe(len(records))
     PERSIST_RETRIES.inc(outcome.retries)
     DEAD_LETTERS.inc(outcome.dead_lettered)
     log.info(
-        "stored %d of %d record(s) from %d message(s); dead-lettered %d, re-queued %d",
+        "stored %d of %d record(s); dead-lettered %d, re-queued %d",
         outcome.stored,
         len(records),
-        len(requests),
         outcome.dead_lettered,
         len(outcome.deferred),
         extra={"message_ids": [r["id"] for r in records]},  # every id, so any message can be followed

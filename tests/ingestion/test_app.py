@@ -13,21 +13,14 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.helpers import free_port
+from tests.helpers import free_port, take_tasks
 
 JSON = {"Content-Type": "application/json"}
 
 
 def queued_records(r: redis.Redis) -> list[list[dict]]:
-    """Decode every task message on the queue into its records argument (oldest first)."""
-    tasks = []
-    for raw in reversed(r.lrange("persist", 0, -1)):
-        envelope = orjson.loads(raw)
-        assert envelope["headers"]["task"] == "tasks.persist_messages"
-        args, kwargs, _embed = orjson.loads(envelope["body"])
-        assert kwargs == {}
-        tasks.append(args[0])
-    return tasks
+    """Every task message the app sent, oldest first, as its records argument (taken off the queue)."""
+    return take_tasks(r)
 
 
 def test_post_accepts_an_object_with_id_time_and_location(client: FlaskClient, r: redis.Redis) -> None:

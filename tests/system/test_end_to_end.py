@@ -8,11 +8,11 @@ from pathlib import Path
 
 import orjson
 import pytest
-import redis
 import requests
 
-from relay.broker.contract import task_message
+from relay.broker.contract import make_celery, send_records
 from relay.records import make_record, utc_now
+from relay.settings import load_settings
 from tests.helpers import wait_until
 from tests.stack import Stack, running_stack
 
@@ -61,13 +61,12 @@ def test_every_accepted_message_is_listed_exactly_once(stack: Stack) -> None:
 def test_a_redelivered_task_stores_nothing_twice(stack: Stack) -> None:
     """The same task message delivered three times (as after a worker crash) stores each record once."""
     records = [make_record({"dup": i}, utc_now()) for i in range(5)]
-    client = redis.Redis.from_url(stack.env["REDIS_URL"])
-    message = task_message(records, "persist")
+    celery = make_celery(load_settings(redis_url=stack.env["REDIS_URL"]))
     for _ in range(3):
-        client.lpush("persist", message)
-    wait_until(lambda: client.llen("persist") == 0, what="queue drained")
-    wait_until(lambda: len(stack.listed()) >= 5, what="records listed")
-    wait_until(lambda: client.hlen("unacked") == 0, what="all three deliveries handled and acknowledged")
+        send_records(celery, "persist", records)
+    worker = stack.services["worker"]
+    wait_until(lambda: worker.log().count("of 5 record(s)") >= 3, what="all three deliveries handled")
+    assert worker.log().count("stored 5 of 5 record(s)") == 1 and worker.log().count("stored 0 of 5 record(s)") == 2
     listed = stack.listed()
     assert sorted(m["id"] for m in listed) == sorted(r["id"] for r in records)
     assert [orjson.loads(orjson.dumps(m["payload"])) for m in listed] == [{"dup": i} for i in range(5)]

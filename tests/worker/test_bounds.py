@@ -16,11 +16,11 @@ import redis
 import requests
 import sqlalchemy as sa
 
-from relay.broker.contract import KOMBU_UNACKED_KEY, task_messages
+from relay.broker.contract import make_celery, send_records
 from relay.broker.dead_letters import DeadLetters
-from relay.broker.pending import Pending
 from relay.records import make_record, utc_now
-from tests.helpers import POISON_TRIGGER, celery_worker, clear_database, python_env, wait_until
+from relay.settings import load_settings
+from tests.helpers import POISON_TRIGGER, celery_worker, clear_database, persist_pending, python_env, wait_until
 from tests.stack import running_stack
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
@@ -55,7 +55,7 @@ def test_isolating_poison_outlives_no_visibility_timeout_and_others_keep_flowing
     with engine.begin() as conn:
         conn.exec_driver_sql(POISON_TRIGGER[engine.dialect.name])
     client = redis.Redis.from_url(redis_url)
-    dead_letters = DeadLetters(client, "dead_letters", "persist")
+    dead_letters = DeadLetters(client, "dead_letters", persist_pending(redis_url))
     try:
         with running_stack(database_url, redis_url, log_dir, env=QUICK_REDELIVERY) as stack:
             batch = [{"n": n, "kind": "poison" if is_poison(n) else "fine"} for n in range(1000)]
@@ -80,8 +80,8 @@ def test_isolating_poison_outlives_no_visibility_timeout_and_others_keep_flowing
             )
             handled_in = time.monotonic() - started
             wait_until(
-                lambda: client.llen("persist") == 0 and client.hlen(KOMBU_UNACKED_KEY) == 0,
-                what="nothing queued or in flight",
+                lambda: client.llen("persist") == 0 and client.zcard("persist:pending") == 0,
+                what="nothing queued, every record handled",
             )
             entries = dead_letters.entries(limit=10_000)
             dead_ids = [entry["record"]["id"] for entry in entries]
@@ -119,7 +119,8 @@ def test_worker_memory_stays_bounded_while_the_database_is_locked(
     prefetch budget): the worker's main process stays under its bound, and once unlocked all is stored once."""
     clear_database(mysql_url)
     client = redis.Redis.from_url(redis_url)
-    pending = Pending(client, "persist")
+    pending = persist_pending(redis_url)
+    celery = make_celery(load_settings(redis_url=redis_url))
     max_bytes = int(PREFETCH["PERSIST_MESSAGE_MAX_BYTES"])
     env = python_env({"SQLALCHEMY_DATABASE_URI": mysql_url, "REDIS_URL": redis_url, **PREFETCH})
     worker = celery_worker("worker", env, log_dir, CONCURRENCY).start()
@@ -130,13 +131,11 @@ def test_worker_memory_stays_bounded_while_the_database_is_locked(
             return tuple(conn.exec_driver_sql("SELECT COUNT(*), COUNT(DISTINCT id) FROM messages").one())
 
     def enqueue(records: list[dict[str, str]]) -> int:
-        """Queue ``records`` as the ingestion API does: task messages of at most max_bytes, and pending."""
-        messages = task_messages(records, "persist", max_bytes)
+        """Queue ``records`` as the ingestion API does: pending, then task messages of at most max_bytes."""
         pipe = client.pipeline(transaction=True)
-        pipe.lpush("persist", *messages)
         pending.add(pipe, records)
         pipe.execute()
-        return len(messages)
+        return len(send_records(celery, "persist", records, max_bytes))
 
     try:
         enqueue([make_record({"warm": "up"}, utc_now())])

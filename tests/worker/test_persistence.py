@@ -8,19 +8,19 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-import orjson
 import pytest
 import redis
 import sqlalchemy as sa
 from flask import Flask
 
 from relay import storage
-from relay.broker.contract import KOMBU_UNACKED_KEY, task_message
+from relay.broker.contract import make_celery, queue_depth
 from relay.broker.dead_letters import DeadLetters
 from relay.broker.producer import Producer
 from relay.records import make_record
+from relay.settings import load_settings
 from relay.worker.persistence import Persister
-from tests.helpers import POISON_TRIGGER, ROOT, python_env
+from tests.helpers import POISON_TRIGGER, ROOT, persist_pending, python_env, take_tasks
 
 
 def records(count: int, poison: Sequence[int] = ()) -> list[dict[str, str]]:
@@ -160,7 +160,7 @@ def test_an_outage_during_isolation_is_waited_out() -> None:
 
 def test_a_record_is_dead_lettered_once_however_often_it_is_rejected(redis_url: str) -> None:
     """A redelivered task message isolated again adds no second entry; after a replay it can come back."""
-    dead_letters = DeadLetters(redis.Redis.from_url(redis_url), "dead_letters", "persist")
+    dead_letters = DeadLetters(redis.Redis.from_url(redis_url), "dead_letters", persist_pending(redis_url))
     record = records(1)[0]
     added = [dead_letters.add(record, "poison rejected") for _ in range(2)]
     assert dead_letters.count() == 1 and added == [True, False]
@@ -177,7 +177,7 @@ def test_real_database_rejection_goes_to_the_dead_letter_list_and_replays(
     with engine.begin() as conn:
         conn.exec_driver_sql(POISON_TRIGGER[engine.dialect.name])
     client = redis.Redis.from_url(redis_url)
-    dead_letters = DeadLetters(client, "dead_letters", "persist")
+    dead_letters = DeadLetters(client, "dead_letters", persist_pending(redis_url))
     batch = records(50, poison=(10, 11, 40))
     try:
         with db_app.app_context():
@@ -206,9 +206,10 @@ def test_real_database_rejection_goes_to_the_dead_letter_list_and_replays(
     )  # fmt: skip
     assert replay.returncode == 0, replay.stderr
     assert dead_letters.count() == 2
-    [raw] = client.lrange("persist", 0, -1)
-    assert task_message([batch[11]], "persist", batch[11]["id"]) == raw
-    assert dead_letters.replay() == 2 and dead_letters.count() == 0 and client.llen("persist") == 3
+    assert take_tasks(client) == [[batch[11]]], "the replayed record, as a task message of its own"
+    assert dead_letters.replay() == 2 and dead_letters.count() == 0
+    assert sorted(r["id"] for [r] in take_tasks(client)) == sorted(batch[i]["id"] for i in (10, 40))
+    assert client.zcard("persist:pending") == 3, "replayed records are pending until stored"
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["replay"]])
@@ -217,23 +218,47 @@ def test_dead_letters_script_usage(argv: list[str]) -> None:
     assert result.returncode == (0 if argv == ["--help"] else 2)
 
 
-def test_pending_records_lost_in_flight_are_requeued_once_nothing_is_in_flight(redis_url: str) -> None:
-    """Records whose task message vanished (kombu's pop/bookkeeping gap) come back; handled ones don't."""
+def test_records_no_task_message_carries_are_sent_again_once_the_queue_is_empty(redis_url: str) -> None:
+    """The kill between kombu's pop and its bookkeeping, reproduced: the task message is gone, its records pending."""
     client = redis.Redis.from_url(redis_url)
-    queue = Producer(client, "persist", "messages:live", 100, 60)
-    lost, handled = records(3), records(2)
-    queue.write(lost)
-    queue.write(handled)
-    assert queue.pending.count() == 5
-    queue.pending.done([r["id"] for r in handled])
-    client.delete("persist")  # both task messages popped; the worker that held `lost` died before its bookkeeping
-    client.hset(KOMBU_UNACKED_KEY, "tag", "in flight")
-    assert queue.pending.reconcile(grace=0) == 0, "nothing is re-queued while a message is in flight"
-    client.delete(KOMBU_UNACKED_KEY, "persist:pending:reconciling")
-    assert queue.pending.reconcile(grace=3600) == 0, "nor before the grace period"
+    pending = persist_pending(redis_url)
+    celery = make_celery(load_settings(redis_url=redis_url))
+    producer = Producer(client, "persist", "messages:live", 100, 60, send=pending.send)
+    lost, handled, waiting = records(3), records(2), records(1)
+    producer.write(lost)
+    producer.write(handled)
+    assert pending.count() == 5
+    pending.done([r["id"] for r in handled])
+    assert len(take_tasks(client)) == 2  # both popped; the worker holding `lost` died before recording it
+    producer.write(waiting)
+
+    def depth() -> int:
+        return queue_depth(celery, "persist")
+
+    assert pending.reconcile(grace=0, queue_depth=depth) == 0, "nothing is sent while a task message waits"
+    assert take_tasks(client) == [waiting]
+    pending.done([r["id"] for r in waiting])
+    assert pending.reconcile(grace=3600, queue_depth=depth) == 0, "nor before the grace period"
     client.delete("persist:pending:reconciling")
-    assert queue.pending.reconcile(grace=0) == 3
-    [raw] = client.lrange("persist", 0, -1)
-    args = orjson.loads(orjson.loads(raw)["body"])[0][0]
-    assert sorted(r["id"] for r in args) == sorted(r["id"] for r in lost)
-    assert queue.pending.count() == 3, "still pending until a worker handles them"
+    assert pending.reconcile(grace=0, queue_depth=depth) == 3
+    [sent] = take_tasks(client)
+    assert sorted(r["id"] for r in sent) == sorted(r["id"] for r in lost)
+    assert pending.count() == 3, "still pending until a worker handles them"
+    client.delete("persist:pending:reconciling")
+    assert pending.reconcile(grace=5, queue_depth=depth) == 0, "sent again just now: a whole grace period first"
+
+
+def test_records_a_worker_keeps_fresh_are_not_taken_for_lost(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    pending = persist_pending(redis_url)
+    working = records(2)
+    pipe = client.pipeline()
+    pending.add(pipe, working)
+    pipe.execute()
+    client.zadd("persist:pending", dict.fromkeys([r["id"] for r in working], 1.0))  # accepted long ago
+    pending.touch([working[0]["id"]])
+    assert pending.reconcile(grace=60, queue_depth=lambda: 0) == 1
+    [sent] = take_tasks(client)
+    assert [r["id"] for r in sent] == [working[1]["id"]]
+    pending.touch(["never-pending"])
+    assert client.zscore("persist:pending", "never-pending") is None, "touch adds nothing"

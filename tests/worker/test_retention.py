@@ -160,7 +160,8 @@ def test_worker_removes_expired_messages_in_batches_while_new_ones_keep_arriving
     assert not gone or max(gone) <= min(posted_at[i] for i in listed) + 0.5
     first = len(gone)
     sweeps = [(int(n), int(b)) for n, b in SWEEP_LINE.findall(worker_log)]
-    assert max(b for _, b in sweeps) >= 300 // BATCH, sweeps
+    # A sweep goes on batch after batch (how the 300 fall into sweeps depends on when each was stored).
+    assert max(b for _, b in sweeps) > 1 and sum(b for _, b in sweeps) >= 300 // BATCH, sweeps
     assert all(n <= b * BATCH for n, b in sweeps)
     removed = sum(n for n, _ in sweeps)
     assert removed >= 300 + first, (removed, first)  # the worker swept on after the listing
