@@ -122,7 +122,8 @@ def make_ingestion_app(redis_url: str) -> Callable[..., Flask]:
     """Make ingestion APIs on the clean Redis; settings by field name (``redis_url`` too, to point elsewhere)."""
 
     def make(**settings: object) -> Flask:
-        return ingestion_api.create_app({"redis_url": redis_url, **settings})
+        # No linger unless a test asks: tests look at the queue as soon as the answer is in.
+        return ingestion_api.create_app({"redis_url": redis_url, "ingest_send_linger_seconds": 0, **settings})
 
     return make
 

@@ -14,7 +14,6 @@ import requests
 from flask import Flask
 from websockets.asyncio.client import connect
 
-import ingestion_api
 from relay.logs import JsonFormatter
 from tests.helpers import celery_worker, free_port, gunicorn, python_env, wait_http_ok, wait_until
 from tests.stack import WsServer
@@ -27,8 +26,8 @@ def metric(text: str, name: str, labels: str = "") -> float:
     return float(match.group(1)) if match else 0.0
 
 
-def test_ingestion_metrics_count_accepted_rejected_and_queue_depth(redis_url: str) -> None:
-    client = ingestion_api.create_app({"redis_url": redis_url}).test_client()
+def test_ingestion_metrics_count_accepted_rejected_and_queue_depth(make_ingestion_app: Callable[..., Flask]) -> None:
+    client = make_ingestion_app().test_client()
     before = client.get("/metrics").text
     for i in range(3):
         client.post("/dummy", json={"i": i})

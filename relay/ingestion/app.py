@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -31,6 +31,7 @@ from werkzeug.exceptions import ClientDisconnected
 from relay.broker.connection import connect
 from relay.broker.contract import idempotency_key, make_celery, queue_depth, send_records
 from relay.broker.group_commit import QueueBusy
+from relay.broker.linger import Linger
 from relay.broker.producer import Idempotency, IdempotencyKeyReused, Producer
 from relay.logs import configure_logging
 from relay.metrics import GaugeCollector, init_metrics
@@ -70,9 +71,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         stream=settings.live_stream_key,
         window=settings.live_window,
         idempotency_ttl=settings.idempotency_ttl_seconds,
-        send=functools.partial(
-            send_records, celery, settings.persist_queue, max_bytes=settings.persist_message_max_bytes
-        ),
+        send=_sender(celery, settings),
         group_commit=bool(settings.ingest_group_commit),
         message_max_bytes=settings.persist_message_max_bytes,
         probe_client=connect(settings.redis_url, settings.redis_timeout_seconds, read_timeout=1.0),
@@ -227,6 +226,12 @@ def _publish_operation(
             "503": openapi.unavailable("queue_unavailable", "The queue (Redis)"),
         },
     }
+
+
+def _sender(celery: Celery, settings: Settings) -> Callable[[Sequence[dict[str, str]]], object]:
+    """How accepted records leave as task messages: gathered for INGEST_SEND_LINGER_SECONDS, or at once."""
+    send = functools.partial(send_records, celery, settings.persist_queue, max_bytes=settings.persist_message_max_bytes)
+    return Linger(send, settings.ingest_send_linger_seconds) if settings.ingest_send_linger_seconds > 0 else send
 
 
 def _depth(celery: Celery, queue: str) -> Callable[[], int | None]:

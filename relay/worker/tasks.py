@@ -109,6 +109,10 @@ _persister: tuple[Persister, Pending] | None = None
 def _configure_logging(**_kwargs: object) -> None:
     """Log as every service does (JSON lines) instead of Celery's default format."""
     configure_logging("worker", settings.log_format, settings.log_level)
+    # Celery's own "Task ... received" and "... succeeded in" lines: our one line per task says more (the
+    # message ids) and each line is work for the worker and for whatever relays its output.
+    for name in ("celery.app.trace", "celery.worker.strategy"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 # Set once the consumer is running, cleared at shutdown: /healthz is a readiness check (compose's

@@ -83,9 +83,10 @@ def test_websocket_handshake_needs_a_token_when_configured(redis_url: str, log_d
         server.stop()
 
 
-def test_rate_limit_answers_429_with_retry_after_and_holds_across_processes(redis_url: str) -> None:
-    config = {"redis_url": redis_url, "rate_limit": "5/minute"}
-    first, second = (ingestion_api.create_app(config).test_client() for _ in range(2))
+def test_rate_limit_answers_429_with_retry_after_and_holds_across_processes(
+    redis_url: str, make_ingestion_app: Callable[..., Flask]
+) -> None:
+    first, second = (make_ingestion_app(rate_limit="5/minute").test_client() for _ in range(2))
     statuses = [c.post("/dummy", json={"i": i}).status_code for i, c in enumerate([first, second] * 3)]
     assert statuses == [202] * 5 + [429]
     limited = second.post("/dummy", json={"i": 99})

@@ -26,7 +26,8 @@ def test_flower_lists_every_persistence_task_with_state_runtime_and_worker(
 ) -> None:
     clear_database(sqlite_url)
     port = free_port()
-    with running_stack(sqlite_url, redis_url, log_dir) as stack:
+    # No send linger: each lone message gets a task of its own, with its id as task id.
+    with running_stack(sqlite_url, redis_url, log_dir, env={"INGEST_SEND_LINGER_SECONDS": "0"}) as stack:
         env = {**stack.env, "FLOWER_UNAUTHENTICATED_API": "true"}  # Flower 2 serves its API only with auth or this
         command = [sys.executable, "-m", "celery", "-A", "tasks", "flower", f"--port={port}", "--address=127.0.0.1"]
         flower = Service("flower", command, env, log_dir).start()
