@@ -17,9 +17,10 @@ Procfile, compose, the tests), since each starts gunicorn from this directory.
   POST/s against 3,741-3,857 with 64 gthread threads, same run.
 * Errors gunicorn answers itself, before Flask sees the request (a malformed
   request line, conflicting Content-Length headers, a request line over
-  4 KiB), are JSON in our one error shape instead of gunicorn's HTML page.
-  Gunicorn has no hook for these pages, so its ``util.write_error`` is
-  replaced; its call sites pass (socket, status, reason, message).
+  4 KiB), are JSON in our one error shape instead of gunicorn's HTML page:
+  the worker class is gunicorn's gevent worker with its ``handle_error``
+  overridden (``relay/web/gunicorn_worker.py``), gunicorn's documented way
+  to change how a worker behaves.
 * Gunicorn's own lines (start-up, worker boots and exits, errors) are JSON
   like every other line (``relay.logs.JsonFormatter``), unless ``LOG_FORMAT=text``.
   There is no gunicorn access log: each app writes one JSON access line per
@@ -30,13 +31,9 @@ Procfile, compose, the tests), since each starts gunicorn from this directory.
 
 from __future__ import annotations
 
-import json
-
-from gunicorn import util
-
 from relay.settings import load_settings
 
-worker_class = "gevent"
+worker_class = "relay.web.gunicorn_worker.JsonErrorsGeventWorker"  # gevent, with JSON error answers
 worker_connections = 1000  # concurrent connections per worker process (greenlets)
 keepalive = 2  # seconds an idle kept-alive connection stays open
 control_socket_disable = True  # its default ~/.gunicorn/gunicorn.ctl would be shared by both APIs
@@ -55,15 +52,6 @@ if _settings.log_format == "json":
             "gunicorn.access": {"level": "INFO", "handlers": [], "propagate": False},
         },
     }
-
-
-def _json_error(sock, status_int: int, reason: str, mesg: str) -> None:
-    body = json.dumps({"error": reason.lower().replace(" ", "_"), "message": mesg or reason})
-    head = f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
-    util.write_nonblock(sock, f"{head}Content-Length: {len(body)}\r\n\r\n{body}".encode("latin1"))
-
-
-util.write_error = _json_error
 
 
 def child_exit(server, worker) -> None:

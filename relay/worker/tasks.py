@@ -98,7 +98,11 @@ EXPIRED_REMOVED = Counter("expired_messages_removed_total", "Messages removed by
 
 celery_app = make_celery(settings)
 celery_app.conf.update(worker_prefetch_multiplier=PREFETCH_PER_PROCESS, worker_hijack_root_logger=False)
-send = functools.partial(send_records, celery_app, settings.persist_queue, max_bytes=settings.persist_message_max_bytes)
+# Sending task messages again (the reconciler, deferred records, dead-letter replays) goes through an app
+# of its own with short timeouts and no reconnection loop, so a send to a Redis that is away fails in
+# seconds (the records stay pending) instead of holding a task or the reconciler up.
+sender_app = make_celery(settings, timeout=5.0)
+send = functools.partial(send_records, sender_app, settings.persist_queue, max_bytes=settings.persist_message_max_bytes)
 
 
 _flask_app: Flask | None = None
@@ -178,7 +182,7 @@ def _start_reconciler(**_kwargs: object) -> None:
     interval = max(1.0, settings.pending_grace_seconds / 2)
 
     def depth() -> int:
-        return queue_depth(celery_app, settings.persist_queue)
+        return queue_depth(sender_app, settings.persist_queue)
 
     def loop() -> None:
         while True:
@@ -322,14 +326,18 @@ class Freshness:
 
     One daemon thread per process touches them every third of
     ``PENDING_GRACE_SECONDS`` while a task runs (a database outage can hold a
-    task for long), so the reconciler never takes them for lost. A task
-    whose records already waited a third of the grace (a backlog) touches
-    them at its start too.
+    task for long), so the reconciler does not take them for lost; but only
+    for ``CELERY_VISIBILITY_TIMEOUT`` seconds, after which Celery would
+    redeliver the task anyway: a task stuck past that (on a Redis that went
+    away, say) no longer holds its records back. A task whose records
+    already waited a third of the grace (a backlog) touches them at its start.
     """
 
-    def __init__(self, grace: float) -> None:
+    def __init__(self, grace: float, longest: float) -> None:
         self.interval = max(0.5, grace / 3)
+        self.longest = longest
         self.ids: list[str] = []
+        self.until = 0.0
         self.pending: Pending | None = None
         self._thread: threading.Thread | None = None
 
@@ -343,7 +351,7 @@ class Freshness:
         oldest = min((r["received_at"] for r in records), default=None)
         if oldest is not None and (utc_now() - parse_time(oldest)).total_seconds() > self.interval:
             pending.touch(ids)
-        self.ids = ids
+        self.ids, self.until = ids, time.monotonic() + self.longest
         try:
             yield
         finally:
@@ -353,14 +361,14 @@ class Freshness:
         while True:
             time.sleep(self.interval)
             ids, pending = self.ids, self.pending
-            if ids and pending is not None:
+            if ids and pending is not None and time.monotonic() < self.until:
                 try:
                     pending.touch(ids)
                 except Exception:  # Redis away: the reconciler cannot run either
                     log.warning("could not refresh %d pending record(s)", len(ids), exc_info=True)
 
 
-freshness = Freshness(settings.pending_grace_seconds)
+freshness = Freshness(settings.pending_grace_seconds, settings.celery_visibility_timeout)
 
 
 @celery_app.task(name=PERSIST_TASK, acks_late=True)
