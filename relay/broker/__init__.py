@@ -1,12 +1,15 @@
 """Redis between the ingestion API and the worker: one module per concept.
 
 * :mod:`~relay.broker.contract`: what both sides agree on: the task name, its
-  argument shape, the task message on the wire, and the Redis key names.
+  argument shape, the Celery app, sending records, and the Redis key names.
 * :mod:`~relay.broker.connection`: Redis clients that fail fast.
 * :mod:`~relay.broker.producer`: the ingestion API's fenced, atomic write of a
-  request's task messages, pending entries, live frames and idempotency key.
+  request's pending entries, live frames and idempotency key, then the send
+  of its task message.
 * :mod:`~relay.broker.group_commit`: concurrent requests of one process
   sharing one such write.
+* :mod:`~relay.broker.linger`: the records of many writes leaving in one
+  task message, a few milliseconds later.
 * :mod:`~relay.broker.pending`: every queued record until a worker handled
   it, the safety net under Celery's queue.
 * :mod:`~relay.broker.dead_letters`: records the database kept rejecting.

@@ -33,9 +33,10 @@ Record = dict[str, str]
 def make_celery(settings: Settings, *, timeout: float | None = None) -> Celery:
     """The Celery app of the persistence queue on ``REDIS_URL``.
 
-    ``timeout`` bounds every broker operation of a producer (the ingestion
-    API sends after its answer is decided, so a Redis that stops answering
-    must cost it at most that); the worker leaves it unset.
+    ``timeout`` bounds every broker operation of a producer, with no
+    reconnection loop: the ingestion API and the worker's own sends use it
+    (a Redis that stops answering must cost them at most that; the records
+    stay pending). The worker's consumer leaves it unset, so it reconnects.
     """
     app = Celery("tasks", broker=settings.redis_url, set_as_current=False)
     transport: dict[str, object] = {"visibility_timeout": settings.celery_visibility_timeout}
