@@ -21,12 +21,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from celery import Celery
+from kombu.exceptions import ChannelError
 
-from relay.settings import Settings
+from relay.settings import ENV_VARS, Settings
 
 PERSIST_TASK = "tasks.persist_messages"
-# Records per task message, in bytes, unless the caller says (PERSIST_MESSAGE_MAX_BYTES).
-DEFAULT_MESSAGE_MAX_BYTES = 65_536
+# Records per task message, in bytes, unless the caller says: PERSIST_MESSAGE_MAX_BYTES's default.
+DEFAULT_MESSAGE_MAX_BYTES = int(ENV_VARS["PERSIST_MESSAGE_MAX_BYTES"].default)
 Record = dict[str, str]
 
 
@@ -59,8 +60,6 @@ def make_celery(settings: Settings, *, timeout: float | None = None) -> Celery:
 
 def queue_depth(app: Celery, queue: str) -> int:
     """Task messages waiting on ``queue``, as the broker reports it (a passive declare); 0 before it exists."""
-    from kombu.exceptions import ChannelError
-
     with app.connection_for_read() as connection:
         try:
             return int(connection.default_channel.queue_declare(queue=queue, passive=True).message_count)

@@ -17,15 +17,13 @@ sent.
 from __future__ import annotations
 
 import atexit
-import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Sequence
 
 from relay.broker.contract import Record
-
-log = logging.getLogger(__name__)
+from relay.broker.pending import send_or_leave_pending
 
 
 class Linger:
@@ -53,15 +51,8 @@ class Linger:
         """Send whatever waits now (at exit; the thread does it otherwise)."""
         with self._wake:
             taken, self._buffer = self._buffer, []
-        self._send(taken)
-
-    def _send(self, records: list[Record]) -> None:
-        if not records:
-            return
-        try:
-            self.send(records)
-        except Exception as exc:  # accepted all the same: Pending.reconcile sends them later
-            log.warning("sending %d record(s) failed (%s); they are pending and will be sent again", len(records), exc)
+        if taken:
+            send_or_leave_pending(self.send, taken)
 
     def _run(self) -> None:
         while True:

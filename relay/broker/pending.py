@@ -22,6 +22,7 @@ duplicate row.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 
@@ -29,6 +30,8 @@ import orjson
 import redis
 
 from relay.broker.contract import Record, pending_keys, reconcile_lock_key
+
+log = logging.getLogger(__name__)
 
 # The records of ids scored at most ARGV[1] (at most ARGV[2] of them), rescored ARGV[3] (now) so the
 # next round waits a whole grace again; an id whose record is gone is dropped. KEYS: 1 set, 2 hash.
@@ -45,6 +48,21 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT
 end
 return stale
 """
+
+
+def send_or_leave_pending(send: Callable[[Sequence[Record]], object], records: Sequence[Record]) -> bool:
+    """Send accepted records' task messages; on failure log it and leave them to the reconciler.
+
+    For the senders that must not fail the request or thread they run in
+    (the producer after its write, the linger's thread): the records are
+    pending, so a failed send only delays them.
+    """
+    try:
+        send(records)
+    except Exception as exc:
+        log.warning("sending %d record(s) failed (%s); they are pending and will be sent again", len(records), exc)
+        return False
+    return True
 
 
 class Pending:

@@ -34,6 +34,7 @@ import redis
 from relay.broker.connection import never_connected
 from relay.broker.contract import DEFAULT_MESSAGE_MAX_BYTES, Record, fence_key, pending_keys, unused_key
 from relay.broker.group_commit import GroupCommit
+from relay.broker.pending import send_or_leave_pending
 from relay.records import live_frame
 
 log = logging.getLogger(__name__)
@@ -219,12 +220,8 @@ class Producer:
 
     def _send(self, records: Sequence[Record]) -> None:
         """Send the accepted records' task messages; a failure leaves them to the pending set."""
-        if self.send is None:
-            return
-        try:
-            self.send(records)
-        except Exception as exc:  # accepted all the same: Pending.reconcile sends them later
-            log.warning("sending %d record(s) failed (%s); they are pending and will be sent again", len(records), exc)
+        if self.send is not None:
+            send_or_leave_pending(self.send, records)
 
     def new_fence(self) -> str:
         """A fresh fence key for one write."""

@@ -64,7 +64,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     # chunked body must be read past the limit to know it is over it (Werkzeug stops at the limit).
     # Celery's producer, for the task messages sent once a write has accepted the records.
     celery = make_celery(settings, timeout=settings.redis_timeout_seconds)
-    app.extensions["celery"] = celery
     app.extensions["broker"] = Producer(
         connect(settings.redis_url, settings.redis_timeout_seconds),
         queue=settings.persist_queue,

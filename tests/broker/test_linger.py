@@ -38,7 +38,7 @@ def test_a_failed_send_is_logged_and_the_sender_goes_on(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Alembic's fileConfig (the migrations other tests run) disables loggers that existed before it.
-    monkeypatch.setattr(logging.getLogger("relay.broker.linger"), "disabled", False)
+    monkeypatch.setattr(logging.getLogger("relay.broker.pending"), "disabled", False)
     calls: list[int] = []
 
     def send(batch: Sequence[dict[str, str]]) -> None:
