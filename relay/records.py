@@ -3,8 +3,12 @@
 A message is any JSON object. The ingestion API turns it into a *record*,
 the plain-JSON dict that travels through the queue to the worker:
 
-    {"id": "<uuid7>", "received_at": "2026-11-29T07:40:21.123456Z",
+    {"id": "<uuid7>", "channel": "dummy", "received_at": "2026-11-29T07:40:21.123456Z",
      "payload": "<the object, as compact JSON text>"}
+
+Every message belongs to a *channel*, named by the publisher
+(``POST /channels/<channel>/messages``; ``POST /dummy`` is the channel
+``dummy``): 1 to 64 characters of ``[A-Za-z0-9_.:-]``.
 
 The payload travels as JSON text so the worker stores exactly what the API
 validated without parsing it again. Parsing uses orjson, which rejects what
@@ -18,6 +22,7 @@ No Flask, Redis or SQLAlchemy here, so this is testable on its own.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
 from typing import Any
 
@@ -25,6 +30,9 @@ import orjson
 import uuid6
 
 MAX_DEPTH = 254  # what orjson.dumps can serialize; deeper payloads are a 400 too_deep
+CHANNEL_PATTERN = r"[A-Za-z0-9_.:-]{1,64}"  # also the OpenAPI schema of a channel name
+DEFAULT_CHANNEL = "dummy"  # the seed's POST /dummy, and records queued before channels existed
+_CHANNEL = re.compile(CHANNEL_PATTERN)
 
 
 class InvalidMessage(ValueError):
@@ -98,8 +106,23 @@ def parse_time(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text).replace(tzinfo=None)
 
 
-def make_record(payload: dict[str, Any], received_at: dt.datetime, max_bytes: int | None = None) -> dict[str, str]:
-    """Build the queue record for one accepted message.
+def is_channel(name: str) -> bool:
+    """Tell whether ``name`` is a valid channel name (1-64 of ``[A-Za-z0-9_.:-]``)."""
+    return _CHANNEL.fullmatch(name) is not None
+
+
+def record_channel(record: dict[str, str]) -> str:
+    """The channel of a queue record; records queued before channels existed belong to ``dummy``."""
+    return record.get("channel", DEFAULT_CHANNEL)
+
+
+def make_record(
+    payload: dict[str, Any],
+    received_at: dt.datetime,
+    max_bytes: int | None = None,
+    channel: str = DEFAULT_CHANNEL,
+) -> dict[str, str]:
+    """Build the queue record for one accepted message in ``channel`` (already validated).
 
     Raises :class:`InvalidMessage` for a payload nested deeper than orjson
     serializes (254 levels; parsing allows 1024), or (``too_large``) one
@@ -113,7 +136,7 @@ def make_record(payload: dict[str, Any], received_at: dt.datetime, max_bytes: in
         raise InvalidMessage("too_deep", f"The JSON is nested more than {MAX_DEPTH} levels deep.") from None
     if max_bytes is not None and len(text) > max_bytes:
         raise InvalidMessage("too_large", f"A message is {len(text)} bytes stored; the limit is {max_bytes}.")
-    return {"id": new_id(), "received_at": format_time(received_at), "payload": text.decode()}
+    return {"id": new_id(), "channel": channel, "received_at": format_time(received_at), "payload": text.decode()}
 
 
 def is_message_id(text: str) -> bool:
@@ -125,7 +148,12 @@ def is_message_id(text: str) -> bool:
 
 
 def live_frame(record: dict[str, str]) -> bytes:
-    """Render a record as the websocket frame ``{"id", "received_at", "payload"}``."""
+    """Render a record as the websocket frame ``{"id", "channel", "received_at", "payload"}``."""
     return orjson.dumps(
-        {"id": record["id"], "received_at": record["received_at"], "payload": orjson.Fragment(record["payload"])}
+        {
+            "id": record["id"],
+            "channel": record_channel(record),
+            "received_at": record["received_at"],
+            "payload": orjson.Fragment(record["payload"]),
+        }
     )

@@ -13,10 +13,18 @@ cursor gapless, even with many workers (a worker-written timestamp or an
 auto-increment id does not give this: a row can commit late with an earlier
 key). The lock is held for one short transaction per *batch*, so it costs
 little at thousands of rows per transaction.
+
+Channels: each row carries its ``channel``; a channel's listing is the same
+``seq`` order filtered by an index on ``(channel, seq)``, so it inherits the
+guarantee (a subsequence of a gapless order is gapless). The ``channels``
+table keeps, per channel, how many messages are stored and the newest one,
+updated in the inserting transaction (under the counter lock, so writers
+never race on it) and by retention, so ``GET /channels`` never counts rows.
 """
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import itertools
 from collections.abc import Mapping, Sequence
@@ -27,9 +35,9 @@ import sqlalchemy as sa
 from flask import Flask
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy.dialects import mysql
+from sqlalchemy.dialects import mysql, sqlite
 
-from relay.records import format_time, parse_time, utc_now
+from relay.records import format_time, parse_time, record_channel, utc_now
 from relay.settings import PROJECT_DIR, load_settings
 
 db = SQLAlchemy()
@@ -44,13 +52,27 @@ class Message(db.Model):
     """One persisted message. ``seq`` orders the listing; ``id`` is the API's UUIDv7."""
 
     __tablename__ = "messages"
-    __table_args__ = _MYSQL_TABLE
 
     seq = sa.Column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=False)
     id = sa.Column(sa.String(36), nullable=False, unique=True)
+    channel = sa.Column(sa.String(64), nullable=False, server_default="dummy")
     received_at = sa.Column(_DATETIME, nullable=False)
     persisted_at = sa.Column(_DATETIME, nullable=False)
     payload = sa.Column(_PAYLOAD, nullable=False)
+
+    __table_args__ = (sa.Index("ix_messages_channel_seq", "channel", "seq"), _MYSQL_TABLE)
+
+
+class Channel(db.Model):
+    """One channel that has stored messages: how many are stored now, and the newest one."""
+
+    __tablename__ = "channels"
+    __table_args__ = _MYSQL_TABLE
+
+    name = sa.Column(sa.String(64), primary_key=True)
+    messages = sa.Column(sa.BigInteger, nullable=False)
+    last_seq = sa.Column(sa.BigInteger, nullable=False)
+    last_message_at = sa.Column(_DATETIME, nullable=False)
 
 
 class MessageSequence(db.Model):
@@ -138,6 +160,7 @@ def save_messages(records: Sequence[Mapping[str, str]]) -> int:
             {
                 "seq": first + offset,
                 "id": r["id"],
+                "channel": record_channel(r),
                 "received_at": parse_time(r["received_at"]),
                 "persisted_at": now,
                 "payload": r["payload"],
@@ -147,6 +170,7 @@ def save_messages(records: Sequence[Mapping[str, str]]) -> int:
         ]
         if rows:
             session.execute(table.insert(), rows)
+            _count_in_channels(session, rows)
         session.commit()
     except BaseException:
         session.rollback()
@@ -154,17 +178,59 @@ def save_messages(records: Sequence[Mapping[str, str]]) -> int:
     return len(rows)
 
 
-_COLUMNS = (Message.seq, Message.id, Message.received_at, Message.persisted_at, Message.payload)
+def _count_in_channels(session: Any, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Add freshly inserted ``rows`` (in ``seq`` order) to their channels' counts and newest message.
+
+    One upsert per channel in the batch, in name order (retention updates in
+    the same order, so the two never deadlock on channel rows).
+    """
+    added: dict[str, list[Any]] = {}
+    for row in rows:
+        entry = added.setdefault(row["channel"], [0, 0, None])
+        entry[0] += 1
+        entry[1], entry[2] = row["seq"], row["received_at"]
+    table = Channel.__table__
+    dialect = session.get_bind().dialect.name
+    for name in sorted(added):
+        count, last_seq, last_at = added[name]
+        values = {"name": name, "messages": count, "last_seq": last_seq, "last_message_at": last_at}
+        if dialect == "sqlite":
+            insert = sqlite.insert(table).values(values)
+            excluded = insert.excluded
+            statement = insert.on_conflict_do_update(
+                index_elements=[table.c.name],
+                set_={
+                    "messages": table.c.messages + excluded.messages,
+                    "last_seq": excluded.last_seq,
+                    "last_message_at": excluded.last_message_at,
+                },
+            )
+        else:
+            insert = mysql.insert(table).values(values)
+            statement = insert.on_duplicate_key_update(
+                messages=table.c.messages + insert.inserted.messages,
+                last_seq=insert.inserted.last_seq,
+                last_message_at=insert.inserted.last_message_at,
+            )
+        session.execute(statement)
 
 
-def list_messages(after: int | None, limit: int, descending: bool = False) -> tuple[list[sa.Row], bool]:
+_COLUMNS = (Message.seq, Message.id, Message.channel, Message.received_at, Message.persisted_at, Message.payload)
+
+
+def list_messages(
+    after: int | None, limit: int, descending: bool = False, channel: str | None = None
+) -> tuple[list[sa.Row], bool]:
     """Return up to ``limit`` rows strictly after ``after`` in ``seq`` order, and whether more exist.
 
     ``descending`` walks from newest to oldest (``after`` is then an upper
-    bound). A single-column keyset on the primary key: no OFFSET, so a page
-    deep in the table costs the same as the first.
+    bound); ``channel`` keeps one channel's rows (through the ``(channel, seq)``
+    index). A keyset on ``seq``: no OFFSET, so a page deep in the table costs
+    the same as the first.
     """
     query = sa.select(*_COLUMNS)
+    if channel is not None:
+        query = query.where(Message.channel == channel)
     if descending:
         if after is not None:
             query = query.where(Message.seq < after)
@@ -177,6 +243,20 @@ def list_messages(after: int | None, limit: int, descending: bool = False) -> tu
     return rows[:limit], len(rows) > limit
 
 
+def list_channels(after: str | None, limit: int) -> tuple[list[sa.Row], bool]:
+    """Return up to ``limit`` channels named after ``after``, in name order, and whether more exist."""
+    query = sa.select(Channel.name, Channel.messages, Channel.last_message_at).order_by(Channel.name)
+    if after is not None:
+        query = query.where(Channel.name > after)
+    rows = list(db.session.execute(query.limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
+def channel_json(row: sa.Row) -> dict[str, Any]:
+    """Shape a ``channels`` row as the API's channel object."""
+    return {"name": row.name, "messages": row.messages, "last_message_at": format_time(row.last_message_at)}
+
+
 def get_message(message_id: str) -> sa.Row | None:
     """Return one stored message by id, or None."""
     return db.session.execute(sa.select(*_COLUMNS).where(Message.id == message_id)).first()
@@ -186,6 +266,7 @@ def message_json(row: sa.Row) -> dict[str, Any]:
     """Shape a row as the API's message object (payload embedded as stored JSON text)."""
     return {
         "id": row.id,
+        "channel": row.channel,
         "received_at": format_time(row.received_at),
         "persisted_at": format_time(row.persisted_at),
         "payload": orjson.Fragment(row.payload),
@@ -208,15 +289,30 @@ def remove_expired(cutoff: dt.datetime, limit: int) -> int:
     next record, the end of the table when everything is old, and block
     inserts). It never touches ``message_sequence``. One short transaction per
     call; rows another process removed meanwhile are simply not counted.
+    The channels' counts go down by what was removed from each (a channel
+    whose messages all expired stays listed, with 0 messages).
     """
     table = Message.__table__
     session = db.session
     try:
         head = session.execute(
-            sa.select(table.c.seq, table.c.persisted_at < cutoff).order_by(table.c.seq).limit(limit)
+            sa.select(table.c.seq, table.c.channel, table.c.persisted_at < cutoff).order_by(table.c.seq).limit(limit)
         ).all()
-        expired = [seq for seq, old in itertools.takewhile(lambda row: row[1], head)]
-        removed = session.execute(table.delete().where(table.c.seq.in_(expired))).rowcount if expired else 0
+        expired = [seq for seq, _channel, _old in itertools.takewhile(lambda row: row[2], head)]
+        removed = 0
+        if expired:
+            # Lock exactly these rows (primary-key equality: record locks only) so the counts taken off
+            # the channels are what this transaction deletes, even beside another remover.
+            mine = session.execute(
+                sa.select(table.c.seq, table.c.channel).where(table.c.seq.in_(expired)).with_for_update()
+            ).all()
+            removed = session.execute(table.delete().where(table.c.seq.in_([seq for seq, _ in mine]))).rowcount
+            gone = collections.Counter(channel for _, channel in mine)
+            channels = Channel.__table__
+            for name in sorted(gone):
+                session.execute(
+                    channels.update().where(channels.c.name == name).values(messages=channels.c.messages - gone[name])
+                )
         session.commit()
     except BaseException:
         session.rollback()

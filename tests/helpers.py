@@ -199,10 +199,11 @@ POISON_TRIGGER = {
 
 
 def clear_database(url: str) -> None:
-    """Empty the messages table and reset the sequence (the database stays migrated)."""
+    """Empty the messages and channels tables and reset the sequence (the database stays migrated)."""
     engine = sa.create_engine(url)
     with engine.begin() as conn:
         conn.exec_driver_sql("DELETE FROM messages")
+        conn.exec_driver_sql("DELETE FROM channels")
         conn.exec_driver_sql("UPDATE message_sequence SET last_seq = 0")
     engine.dispose()
 

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from relay.records import (
     InvalidMessage,
     format_time,
+    is_channel,
     is_message_id,
     live_frame,
     make_record,
@@ -107,7 +108,15 @@ def test_time_format_is_rfc3339_utc_with_microseconds() -> None:
 def test_live_frame_embeds_the_payload_as_json() -> None:
     record = make_record({"x": "é"}, dt.datetime(2026, 1, 1))
     frame = orjson.loads(live_frame(record))
-    assert frame == {"id": record["id"], "received_at": "2026-01-01T00:00:00.000000Z", "payload": {"x": "é"}}
+    expected = {"id": record["id"], "channel": "dummy", "received_at": "2026-01-01T00:00:00.000000Z"}
+    assert frame == {**expected, "payload": {"x": "é"}}
+    other = make_record({}, dt.datetime(2026, 1, 1), channel="news")
+    assert orjson.loads(live_frame(other))["channel"] == "news"
+
+
+def test_channel_names_are_1_to_64_of_the_allowed_characters() -> None:
+    assert all(map(is_channel, ["a", "x" * 64, "AZaz09_.:-", "orders.eu:1"]))
+    assert not any(map(is_channel, ["", "x" * 65, "a b", "a/b", "é", "a\n", "a\x00", "\uff41"]))
 
 
 @given(st.binary(max_size=200))

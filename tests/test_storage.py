@@ -160,3 +160,116 @@ def test_listing_query_uses_the_primary_key_range_on_mariadb(mysql_url: str) -> 
             assert plan["type"] == "range"
             assert "filesort" not in (plan["Extra"] or "")
         storage.db.engine.dispose()
+
+
+def in_channel(channel: str, count: int, start: int = 0) -> list[dict[str, str]]:
+    stamp = dt.datetime(2026, 11, 30, 4, 0, 0)
+    return [make_record({"n": start + i}, stamp + dt.timedelta(microseconds=i), channel=channel) for i in range(count)]
+
+
+def test_channel_listing_keeps_one_channel_in_seq_order_and_channels_count_them(db_app: Flask) -> None:
+    a1, b1, a2 = in_channel("a", 3), in_channel("b", 2), in_channel("a", 2, start=10)
+    with db_app.app_context():
+        for batch in (a1, b1, a2 + in_channel("c.x:y-z_1", 1)):
+            storage.save_messages(batch)
+        rows, more = storage.list_messages(None, 10, channel="a")
+        assert [r.id for r in rows] == [r["id"] for r in a1 + a2] and not more
+        assert {storage.message_json(r)["channel"] for r in rows} == {"a"}
+        first, more = storage.list_messages(None, 3, channel="a")
+        rest, done = storage.list_messages(first[-1].seq, 3, channel="a")
+        assert [r.id for r in first + rest] == [r["id"] for r in a1 + a2] and more and not done
+        newest, _ = storage.list_messages(None, 2, descending=True, channel="b")
+        assert [r.id for r in newest] == [r["id"] for r in reversed(b1)]
+        assert len(storage.list_messages(None, 100)[0]) == 8  # the all-channels listing keeps everything
+        channels, more = storage.list_channels(None, 10)
+        assert [storage.channel_json(c) for c in channels] == [
+            {"name": "a", "messages": 5, "last_message_at": a2[-1]["received_at"]},
+            {"name": "b", "messages": 2, "last_message_at": b1[-1]["received_at"]},
+            {"name": "c.x:y-z_1", "messages": 1, "last_message_at": "2026-11-30T04:00:00.000000Z"},
+        ] and not more
+        page, more = storage.list_channels(None, 2)
+        after, last = storage.list_channels(page[-1].name, 2)
+        assert [c.name for c in page + after] == ["a", "b", "c.x:y-z_1"] and more and not last
+        # A redelivery stores nothing and counts nothing.
+        assert storage.save_messages(a1) == 0
+        assert storage.list_channels(None, 1)[0][0].messages == 5
+
+
+def test_records_queued_before_channels_existed_land_in_dummy(db_app: Flask) -> None:
+    old = records(2)
+    for record in old:
+        del record["channel"]
+    with db_app.app_context():
+        storage.save_messages(old)
+        rows, _ = storage.list_messages(None, 10, channel="dummy")
+        assert [r.id for r in rows] == [r["id"] for r in old]
+
+
+def test_channel_follower_sees_every_row_of_its_channel_while_writers_commit_at_once(db_app: Flask) -> None:
+    """Four writers commit mixed-channel batches concurrently, with stalls before COMMIT; a follower of
+    one channel, polling with its cursor, ends with exactly that channel's rows, each once, in order."""
+    with db_app.app_context():
+        engine = storage.db.engine
+    stall = threading.local()
+
+    @sa.event.listens_for(engine, "commit")
+    def slow_commit(_conn: sa.Connection) -> None:
+        if getattr(stall, "on", False):
+            time.sleep(random.uniform(0, 0.02))
+
+    written: dict[str, list[str]] = {"a": [], "b": [], "c": []}
+    lock = threading.Lock()
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def writer(index: int) -> None:
+        stall.on = True
+        try:
+            with db_app.app_context():
+                for round_ in range(15):
+                    batch = [
+                        r
+                        for channel in random.sample(sorted(written), 2)
+                        for r in in_channel(channel, random.randint(1, 4), start=index * 1000 + round_ * 10)
+                    ]
+                    storage.save_messages(batch)
+                    with lock:
+                        for r in batch:
+                            written[r["channel"]].append(r["id"])
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    followed: list[tuple[int, str]] = []
+
+    def follower() -> None:
+        after = None
+        with db_app.app_context():
+            while True:
+                finished = done.is_set()
+                rows, _ = storage.list_messages(after, 7, channel="a")
+                storage.db.session.rollback()  # a fresh snapshot per poll, as each HTTP request gets
+                followed.extend((r.seq, r.id) for r in rows)
+                if rows:
+                    after = rows[-1].seq
+                elif finished:
+                    return
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(4)]
+    reader = threading.Thread(target=follower)
+    reader.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    done.set()
+    reader.join(60)
+    sa.event.remove(engine, "commit", slow_commit)
+    assert not errors, errors
+    ids = [message_id for _, message_id in followed]
+    assert len(ids) == len(set(ids)), "the follower saw a row twice"
+    assert set(ids) == set(written["a"]), f"missed {len(set(written['a']) - set(ids))} row(s) of channel a"
+    assert [seq for seq, _ in followed] == sorted(seq for seq, _ in followed)
+    assert len(written["a"]) > 20
+    with db_app.app_context():
+        counts = {c.name: c.messages for c in storage.list_channels(None, 10)[0]}
+    assert counts == {name: len(ids) for name, ids in written.items() if ids}

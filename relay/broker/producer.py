@@ -35,16 +35,17 @@ from relay.broker.connection import never_connected
 from relay.broker.contract import DEFAULT_MESSAGE_MAX_BYTES, Record, fence_key, pending_keys, unused_key
 from relay.broker.group_commit import GroupCommit
 from relay.broker.pending import send_or_leave_pending
-from relay.records import live_frame
+from relay.records import live_frame, record_channel
 
 log = logging.getLogger(__name__)
 
 # One fenced, atomic write of a request's (or a group commit's) records. KEYS: 1 fence, 2 pending set,
 # 3 pending records, 4 live stream, 5 idempotency key. ARGV: 1 fence ttl, 2 now, 3 live window,
 # 4 record count N, 5 "1" when KEYS[5] is used, 6 idempotency ttl, 7 fingerprint, 8 answer,
-# then N (id, record, frame). The first command claims the fence: a writer that finds it taken
-# (Producer.settle got there first) writes nothing. The outcome is left in the fence, so settle can
-# read what happened.
+# then N (id, record, frame, channel). The stream entry carries the channel beside the frame, so the
+# websocket server selects by channel without parsing frames. The first command claims the fence: a
+# writer that finds it taken (Producer.settle got there first) writes nothing. The outcome is left in
+# the fence, so settle can read what happened.
 _WRITE = """
 if not redis.call('SET', KEYS[1], 'running', 'NX', 'EX', tonumber(ARGV[1])) then return 'aborted' end
 local function finish(outcome)
@@ -62,10 +63,11 @@ if ARGV[5] == '1' then
 end
 local live = 1
 for i = 0, tonumber(ARGV[4]) - 1 do
-  local at = 9 + 3 * i
+  local at = 9 + 4 * i
   redis.call('HSET', KEYS[3], ARGV[at], ARGV[at + 1])
   redis.call('ZADD', KEYS[2], ARGV[2], ARGV[at])
-  local added = redis.pcall('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', 'id', ARGV[at], 'frame', ARGV[at + 2])
+  local added = redis.pcall(
+    'XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', 'id', ARGV[at], 'channel', ARGV[at + 3], 'frame', ARGV[at + 2])
   if type(added) == 'table' and added.err then live = 0 end
 end
 -- The key last: a script that failed half-way (a wrongly typed key) must not leave it answering repeats.
@@ -192,7 +194,7 @@ class Producer:
             orjson.dumps(answer) if idempotency else "",
         ]
         for record in records:
-            args += [record["id"], orjson.dumps(record), live_frame(record)]
+            args += [record["id"], orjson.dumps(record), live_frame(record), record_channel(record)]
         keys = [fence, self.pending_set, self.pending_records, self.stream]
         keys.append(idempotency.key if idempotency else unused_key(self.queue))
         started = time.monotonic()

@@ -7,8 +7,10 @@ Reads ``REDIS_URL``, ``REDIS_TIMEOUT_SECONDS``, ``LIST_API_URL``,
 ``LIVE_WINDOW``, ``API_TOKENS``, ``RATE_LIMIT``, ``PROXY_COUNT`` and
 ``CORS_ORIGINS`` through ``relay/settings.py``.
 
-Endpoints: ``POST /dummy`` (one JSON object), ``POST /dummy/batch`` (an
-array of 1..1000 objects), ``GET /healthz``. A 202 means the message is in
+Endpoints: ``POST /channels/<channel>/messages`` (one JSON object),
+``POST /channels/<channel>/messages/batch`` (an array of 1..1000 objects),
+the seed's ``POST /dummy`` and ``POST /dummy/batch`` (the same for the
+channel ``dummy``), ``GET /healthz``. A 202 means the message is in
 Redis (durable as Redis is configured); if Redis cannot be written the
 answer is 503 with ``Retry-After``, never a 202.
 """
@@ -35,17 +37,24 @@ from relay.broker.linger import Linger
 from relay.broker.producer import Idempotency, IdempotencyKeyReused, Producer
 from relay.logs import configure_logging
 from relay.metrics import GaugeCollector, init_metrics
-from relay.records import InvalidMessage, make_record, parse_batch, parse_message, utc_now
+from relay.records import (
+    DEFAULT_CHANNEL,
+    InvalidMessage,
+    make_record,
+    parse_batch,
+    parse_message,
+    utc_now,
+)
 from relay.settings import Settings, load_settings
 from relay.web import openapi
 from relay.web.auth import bearer, token_ok
-from relay.web.base import ApiError, init_web, json_response, unauthorized
+from relay.web.base import ApiError, add_channel_rule, channel_name, init_web, json_response, unauthorized
 from relay.web.openapi import BEARER, RATE_LIMIT_HEADERS, error, json_content, operation, ref
 from relay.web.ratelimit import RateLimit, Verdict, client_for_address, client_for_token
 
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # also the header's schema in the document
 _READ_CHUNK = 65536
-PUBLISH_ENDPOINTS = frozenset({"post_message", "post_batch"})
+PUBLISH_ENDPOINTS = frozenset({"post_message", "post_batch", "post_channel_message", "post_channel_batch"})
 # The ingestion API's own metric families (relay/metrics.py explains why each service defines its own).
 ACCEPTED = Counter("messages_accepted_total", "Messages accepted (202) by the ingestion API.", ["endpoint"])
 REJECTED = Counter("messages_rejected_total", "Requests rejected with a 4xx, by error code.", ["error"])
@@ -84,6 +93,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     CORS(app, origins=list(settings.cors_origins), methods=["POST"], expose_headers=["Location"])
     app.add_url_rule("/dummy", view_func=post_message, methods=["POST"])
     app.add_url_rule("/dummy/batch", view_func=post_batch, methods=["POST"])
+    add_channel_rule(app, "/channels/<channel:channel>/messages", post_channel_message, ["POST"])
+    add_channel_rule(app, "/channels/<channel:channel>/messages/batch", post_channel_batch, ["POST"])
     app.add_url_rule("/healthz", view_func=healthz, methods=["GET"])
     depth = GaugeCollector("persist_queue_depth", "Task messages waiting.", _depth(celery, settings.persist_queue))
     init_metrics(app, "ingestion_api", settings.metrics_multiprocess, [depth])
@@ -119,16 +130,21 @@ def components(settings: Settings) -> dict[str, Any]:
             },
             "Accepted": {
                 "type": "object",
-                "required": ["id", "received_at"],
+                "required": ["id", "received_at", "channel"],
                 "additionalProperties": False,
-                "properties": {"id": ref("schemas", "MessageId"), "received_at": ref("schemas", "Timestamp")},
-                "examples": [{"id": openapi.EXAMPLE_ID, "received_at": openapi.EXAMPLE_TIME}],
+                "properties": {
+                    "id": ref("schemas", "MessageId"),
+                    "received_at": ref("schemas", "Timestamp"),
+                    "channel": ref("schemas", "Channel"),
+                },
+                "examples": [{"id": openapi.EXAMPLE_ID, "received_at": openapi.EXAMPLE_TIME, "channel": "dummy"}],
             },
             "BatchAccepted": {
                 "type": "object",
-                "required": ["ids", "received_at"],
+                "required": ["ids", "received_at", "channel"],
                 "additionalProperties": False,
                 "properties": {
+                    "channel": ref("schemas", "Channel"),
                     "ids": {
                         "type": "array",
                         "items": ref("schemas", "MessageId"),
@@ -138,7 +154,7 @@ def components(settings: Settings) -> dict[str, Any]:
                     },
                     "received_at": ref("schemas", "Timestamp"),
                 },
-                "examples": [{"ids": [openapi.EXAMPLE_ID], "received_at": openapi.EXAMPLE_TIME}],
+                "examples": [{"ids": [openapi.EXAMPLE_ID], "received_at": openapi.EXAMPLE_TIME, "channel": "dummy"}],
             },
         },
         "parameters": {
@@ -148,7 +164,8 @@ def components(settings: Settings) -> dict[str, Any]:
                 "required": False,
                 "description": "Any 1..255 printable ASCII characters chosen by the client. A repeat with the "
                 "same body within `IDEMPOTENCY_TTL_SECONDS` (24 h) answers 200 with the first answer and queues "
-                "nothing; the same key with another body is 422. Keys are scoped to the client's token.",
+                "nothing; the same key with another body is 422. Keys are scoped to the client's token, the "
+                "channel and single-or-batch (`POST /dummy` shares its keys with `/channels/dummy/messages`).",
                 "schema": {"type": "string", "pattern": _IDEMPOTENCY_KEY.pattern},
             }
         },
@@ -166,8 +183,9 @@ def components(settings: Settings) -> dict[str, Any]:
                 "unsupported_media_type",
             ),
             "TooManyRequests": error(
-                "Over this client's rate limit (`RATE_LIMIT`, counted in messages over both publishing "
-                "endpoints; a client is its token, else its address; failed token checks count too). "
+                "Over this client's rate limit (`RATE_LIMIT`, counted in messages over every publishing "
+                "endpoint and channel together; a client is its token, else its address; failed token "
+                "checks count too). "
                 "`Retry-After` is at least 1. Code `too_many_requests`.",
                 "too_many_requests",
                 ("Retry-After", *RATE_LIMIT_HEADERS),
@@ -181,9 +199,20 @@ _BODY_CODES = ("malformed_json", "invalid_utf8", "too_deep", "empty_body", "inco
 
 
 def _publish_operation(
-    operation_id: str, summary: str, description: str, body: dict[str, Any], answer: str, bad: tuple[str, ...]
+    operation_id: str,
+    summary: str,
+    description: str,
+    body: dict[str, Any],
+    answer: str,
+    bad: tuple[str, ...],
+    channel: bool = False,
 ) -> dict[str, Any]:
-    """A publishing operation: its answers differ only in the body shape, the 400 codes and ``Location``."""
+    """A publishing operation: its answers differ only in the body shape, the 400 codes and ``Location``.
+
+    ``channel``: the path names the channel (``/channels/{channel}/...``), which can be a 400 ``bad_channel``.
+    """
+    if channel:
+        bad = ("bad_channel", *bad)
     headers = {name: ref("headers", name) for name in RATE_LIMIT_HEADERS}
     if answer == "Accepted":
         headers["Location"] = ref("headers", "Location")
@@ -194,7 +223,7 @@ def _publish_operation(
         "summary": summary,
         "description": description,
         "security": BEARER,
-        "parameters": [ref("parameters", "IdempotencyKey")],
+        "parameters": [*([ref("parameters", "Channel")] if channel else []), ref("parameters", "IdempotencyKey")],
         "requestBody": {"required": True, "content": body},
         "responses": {
             "200": {
@@ -346,21 +375,26 @@ def _read_body(limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _idempotency(client: str | None, body: bytes) -> Idempotency | None:
-    """The request's Idempotency-Key scoped to its client and endpoint, bound to its body."""
+def _idempotency(client: str | None, scope: str, body: bytes) -> Idempotency | None:
+    """The request's Idempotency-Key scoped to its client and ``scope`` (kind and channel), bound to its body."""
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
     if not _IDEMPOTENCY_KEY.match(key):
         raise ApiError(400, "bad_idempotency_key", "Idempotency-Key must be 1 to 255 printable ASCII characters.")
-    return Idempotency(idempotency_key(client, request.endpoint, key), hashlib.sha256(body).hexdigest())
+    return Idempotency(idempotency_key(client, scope, key), hashlib.sha256(body).hexdigest())
 
 
 def _accept(
-    records: list[dict[str, str]], answer: dict[str, Any], location: str | None, client: str | None, body: bytes
+    records: list[dict[str, str]],
+    answer: dict[str, Any],
+    location: str | None,
+    client: str | None,
+    body: bytes,
+    scope: str,
 ) -> Response:
     """Queue ``records`` and answer 202, 200 for a repeat, or the error (nothing queued)."""
-    idempotency = _idempotency(client, body)
+    idempotency = _idempotency(client, scope, body)
     verdict = _charge(client, len(records))
     ids = [r["id"] for r in records]
     g.message_ids = ids  # on this request's log lines, the access line included (relay/web/base.py)
@@ -393,60 +427,105 @@ def _invalid(exc: InvalidMessage) -> ApiError:
     return ApiError(413 if exc.code == "too_large" else 400, exc.code, exc.message)
 
 
+def _publish_one(channel: str) -> Response:
+    """Accept one JSON object into ``channel``."""
+    client = _client()
+    channel = channel_name(channel)
+    body = _read_body(_settings().max_message_bytes)
+    try:
+        record = make_record(parse_message(body), utc_now(), _settings().max_message_bytes, channel)
+    except InvalidMessage as exc:
+        raise _invalid(exc) from None
+    answer = {"id": record["id"], "received_at": record["received_at"], "channel": channel}
+    location = f"{_settings().list_api_url}/messages/{record['id']}"
+    return _accept([record], answer, location, client, body, f"message:{channel}")
+
+
+def _publish_batch(channel: str) -> Response:
+    """Accept an array of objects into ``channel``, all or nothing."""
+    settings = _settings()
+    client = _client()
+    channel = channel_name(channel)
+    body = _read_body(settings.max_batch_bytes)
+    received_at = utc_now()
+    try:
+        payloads = parse_batch(body, settings.max_batch_messages)
+        records = [make_record(payload, received_at, settings.max_message_bytes, channel) for payload in payloads]
+    except InvalidMessage as exc:
+        raise _invalid(exc) from None
+    answer = {"ids": [r["id"] for r in records], "received_at": records[0]["received_at"], "channel": channel}
+    return _accept(records, answer, None, client, body, f"batch:{channel}")
+
+
+_ONE = (json_content(ref("schemas", "Payload"), {"hello": "world"}), "Accepted", ("not_an_object",))
+
+
+def _many(settings: Settings) -> tuple[dict[str, Any], str, tuple[str, ...]]:
+    most = settings.max_batch_messages
+    items = {"type": "array", "items": ref("schemas", "Payload"), "minItems": 1, "maxItems": most}
+    bad = ("not_an_array", "bad_batch_size", "not_an_object")
+    return json_content(items, [{"n": 1}, {"n": 2}]), "BatchAccepted", bad
+
+
+def _batch_description(settings: Settings) -> str:
+    return (
+        f"Accepts a JSON array of 1 to {settings.max_batch_messages} objects, all or nothing: one bad "
+        "element rejects the whole batch. The messages share one `received_at`."
+    )
+
+
 @operation(
     _publish_operation(
         "postMessage",
-        "Publish one message",
-        "Accepts one JSON object, queues it for storage and live delivery, and answers at once.",
-        json_content(ref("schemas", "Payload"), {"hello": "world"}),
-        "Accepted",
-        ("not_an_object",),
+        "Publish one message (channel `dummy`)",
+        "The seed's endpoint: exactly `POST /channels/dummy/messages`.",
+        *_ONE,
     )
 )
 def post_message() -> Response:
-    """Accept one JSON object."""
-    client = _client()
-    body = _read_body(_settings().max_message_bytes)
-    try:
-        record = make_record(parse_message(body), utc_now(), _settings().max_message_bytes)
-    except InvalidMessage as exc:
-        raise _invalid(exc) from None
-    answer = {"id": record["id"], "received_at": record["received_at"]}
-    return _accept([record], answer, f"{_settings().list_api_url}/messages/{record['id']}", client, body)
+    """Accept one JSON object into the channel ``dummy``."""
+    return _publish_one(DEFAULT_CHANNEL)
 
 
 @operation(
     lambda settings: _publish_operation(
         "postBatch",
-        "Publish a batch of messages",
-        f"Accepts a JSON array of 1 to {settings.max_batch_messages} objects, all or nothing: one bad "
-        "element rejects the whole batch. The messages share one `received_at`.",
-        json_content(
-            {
-                "type": "array",
-                "items": ref("schemas", "Payload"),
-                "minItems": 1,
-                "maxItems": settings.max_batch_messages,
-            },
-            [{"n": 1}, {"n": 2}],
-        ),
-        "BatchAccepted",
-        ("not_an_array", "bad_batch_size", "not_an_object"),
+        "Publish a batch of messages (channel `dummy`)",
+        _batch_description(settings) + " The seed's endpoint: exactly `POST /channels/dummy/messages/batch`.",
+        *_many(settings),
     )
 )
 def post_batch() -> Response:
-    """Accept an array of objects, all or nothing."""
-    settings = _settings()
-    client = _client()
-    body = _read_body(settings.max_batch_bytes)
-    received_at = utc_now()
-    try:
-        payloads = parse_batch(body, settings.max_batch_messages)
-        records = [make_record(payload, received_at, settings.max_message_bytes) for payload in payloads]
-    except InvalidMessage as exc:
-        raise _invalid(exc) from None
-    answer = {"ids": [r["id"] for r in records], "received_at": records[0]["received_at"]}
-    return _accept(records, answer, None, client, body)
+    """Accept an array of objects into the channel ``dummy``, all or nothing."""
+    return _publish_batch(DEFAULT_CHANNEL)
+
+
+@operation(
+    _publish_operation(
+        "postChannelMessage",
+        "Publish one message to a channel",
+        "Accepts one JSON object, queues it for storage and live delivery on the channel, and answers at once.",
+        *_ONE,
+        channel=True,
+    )
+)
+def post_channel_message(channel: str) -> Response:
+    """Accept one JSON object into ``channel``."""
+    return _publish_one(channel)
+
+
+@operation(
+    lambda settings: _publish_operation(
+        "postChannelBatch",
+        "Publish a batch of messages to a channel",
+        _batch_description(settings),
+        *_many(settings),
+        channel=True,
+    )
+)
+def post_channel_batch(channel: str) -> Response:
+    """Accept an array of objects into ``channel``, all or nothing."""
+    return _publish_batch(channel)
 
 
 @operation(openapi.health_operation("Redis", openapi.unavailable("redis_unavailable", "Redis")))

@@ -1,4 +1,4 @@
-"""List API: pages through every persisted message, and serves the live page.
+"""List API: pages through the persisted messages, by channel or all together, and serves the live page.
 
 Run: ``gunicorn -b 0.0.0.0:5001 "list_api:create_app()"``.
 Reads ``SQLALCHEMY_DATABASE_URI``, ``SECRET_KEY`` (cursor signing),
@@ -9,7 +9,9 @@ Reads ``SQLALCHEMY_DATABASE_URI``, ``SECRET_KEY`` (cursor signing),
 newest first (``order=desc``). ``next_cursor`` is set on every non-empty
 page, the last one included, so a follower that reached the end continues
 later from the same place and, thanks to the commit-ordered ``seq`` (see
-``relay/storage.py``), never misses a row. ``GET /messages/<id>`` returns one message;
+``relay/storage.py``), never misses a row. ``GET /channels/<channel>/messages``
+is the same for one channel; ``GET /channels`` lists the channels, by name,
+with their counts. ``GET /messages/<id>`` returns one message;
 ``GET /healthz`` checks the database; ``GET /`` serves ``index.html`` with the
 public URLs of this stack (``LIST_API_URL``, ``INGESTION_API_URL``, ``WS_URL``).
 """
@@ -26,13 +28,21 @@ from flask import Flask, Response, current_app, request
 from flask_cors import CORS
 
 from relay import storage
-from relay.listing.cursor import CursorCodec, InvalidCursor
+from relay.listing.cursor import ChannelCursorCodec, CursorCodec, InvalidCursor
 from relay.logs import configure_logging
 from relay.metrics import init_metrics
 from relay.records import is_message_id
 from relay.settings import PROJECT_DIR, Settings, load_settings
 from relay.web import openapi
-from relay.web.base import ApiError, error_response, init_web, json_response, protect
+from relay.web.base import (
+    ApiError,
+    add_channel_rule,
+    channel_name,
+    error_response,
+    init_web,
+    json_response,
+    protect,
+)
 from relay.web.openapi import BEARER, error, json_content, operation, ref
 from relay.web.query import Choice, Integer, Query, Text
 
@@ -44,6 +54,10 @@ LIST_QUERY = Query(
     ),
     Text("cursor", "Opaque and signed: the `next_cursor` of an earlier page, never built by hand."),
 )
+CHANNELS_QUERY = Query(
+    Integer("limit", "Channels per page.", "bad_limit", minimum=1, maximum=1000, default=100),
+    Text("cursor", "Opaque and signed: the `next_cursor` of an earlier page of channels."),
+)
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
@@ -54,14 +68,17 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config["SETTINGS"] = settings
     app.config["SQLALCHEMY_DATABASE_URI"] = settings.sqlalchemy_database_uri
     app.extensions["cursor"] = CursorCodec(settings.secret_key)
+    app.extensions["channel_cursor"] = ChannelCursorCodec(settings.secret_key)
     storage.init_db(app)
     init_web(app, settings)
     CORS(app, methods=["GET"], send_wildcard=True)
     app.add_url_rule("/messages", view_func=list_view, methods=["GET"])
     app.add_url_rule("/messages/<message_id>", view_func=message_view, methods=["GET"])
+    app.add_url_rule("/channels", view_func=channels_view, methods=["GET"])
+    add_channel_rule(app, "/channels/<channel:channel>/messages", channel_messages_view, ["GET"])
     app.add_url_rule("/healthz", view_func=healthz, methods=["GET"])
     app.add_url_rule("/", view_func=index, methods=["GET"])
-    protect(app, settings.api_tokens, {"list_view", "message_view"})
+    protect(app, settings.api_tokens, {"list_view", "message_view", "channels_view", "channel_messages_view"})
     init_metrics(app, "list_api", settings.metrics_multiprocess)
     app.register_error_handler(sa.exc.SQLAlchemyError, database_unavailable)
     openapi.init_openapi(
@@ -78,6 +95,7 @@ def components(settings: Settings) -> dict[str, Any]:
     """The schemas, headers and responses this API's operations refer to (beyond the shared ones)."""
     example = {
         "id": openapi.EXAMPLE_ID,
+        "channel": "dummy",
         "received_at": openapi.EXAMPLE_TIME,
         "persisted_at": openapi.EXAMPLE_TIME[:-2] + "9Z",
         "payload": {"hello": "world"},
@@ -93,10 +111,11 @@ def components(settings: Settings) -> dict[str, Any]:
         "schemas": {
             "Message": {
                 "type": "object",
-                "required": ["id", "received_at", "persisted_at", "payload"],
+                "required": ["id", "channel", "received_at", "persisted_at", "payload"],
                 "additionalProperties": False,
                 "properties": {
                     "id": ref("schemas", "MessageId"),
+                    "channel": ref("schemas", "Channel"),
                     "received_at": timestamp,
                     "persisted_at": timestamp,
                     "payload": {"type": "object", "description": "The published object, exactly as stored."},
@@ -117,6 +136,41 @@ def components(settings: Settings) -> dict[str, Any]:
                     },
                 },
             },
+            "ChannelInfo": {
+                "type": "object",
+                "required": ["name", "messages", "last_message_at"],
+                "additionalProperties": False,
+                "properties": {
+                    "name": ref("schemas", "Channel"),
+                    "messages": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "description": "How many of its messages are stored now (retention removes old ones).",
+                    },
+                    "last_message_at": {
+                        **timestamp,
+                        "description": "`received_at` of the channel's most recently stored message.",
+                    },
+                },
+                "examples": [{"name": "dummy", "messages": 42, "last_message_at": openapi.EXAMPLE_TIME}],
+            },
+            "ChannelPage": {
+                "type": "object",
+                "required": ["data", "has_more", "next_cursor"],
+                "additionalProperties": False,
+                "properties": {
+                    "data": {
+                        "type": "array",
+                        "items": ref("schemas", "ChannelInfo"),
+                        "maxItems": CHANNELS_QUERY.params["limit"].maximum,
+                    },
+                    "has_more": {"type": "boolean", "description": "Whether another page follows right now."},
+                    "next_cursor": {
+                        "type": ["string", "null"],
+                        "description": "Set on every non-empty page: the next page starts after its last name.",
+                    },
+                },
+            },
         },
         "responses": {"DatabaseUnavailable": openapi.unavailable("database_unavailable", "The database")},
     }
@@ -134,45 +188,111 @@ DATABASE_UNAVAILABLE = ref("responses", "DatabaseUnavailable")
 UNAUTHORIZED = ref("responses", "Unauthorized")
 
 
-@operation(
-    {
-        "operationId": "listMessages",
+def _list_operation(operation_id: str, summary: str, description: str, channel: bool) -> dict[str, Any]:
+    codes = [*LIST_QUERY.codes(), "bad_cursor", *(["bad_channel"] if channel else [])]
+    return {
+        "operationId": operation_id,
         "tags": ["messages"],
-        "summary": "Page through every stored message",
-        "description": "Keyset pagination in persistence order. Following `next_cursor` never misses "
-        "a message, even with many workers committing at once. Any other query parameter is a 400.",
+        "summary": summary,
+        "description": description,
         "security": BEARER,
-        "parameters": LIST_QUERY.openapi(),
+        "parameters": ([ref("parameters", "Channel")] if channel else []) + LIST_QUERY.openapi(),
         "responses": {
             "200": {
                 "description": "One page.",
                 "headers": {"Link": ref("headers", "Link")},
                 "content": json_content(ref("schemas", "Page")),
             },
-            "400": error(f"A bad query. Codes: {openapi.codes([*LIST_QUERY.codes(), 'bad_cursor'])}.", "bad_limit"),
+            "400": error(f"A bad query. Codes: {openapi.codes(codes)}.", "bad_limit"),
+            "401": UNAUTHORIZED,
+            "503": DATABASE_UNAVAILABLE,
+        },
+    }
+
+
+def _decode(codec: CursorCodec, cursor: str | None) -> Any:
+    try:
+        return codec.decode(cursor) if cursor is not None else None
+    except InvalidCursor:
+        raise ApiError(400, "bad_cursor", "The cursor is not one this API issued; start again without it.") from None
+
+
+def _page(data: list[Any], has_more: bool, next_cursor: str | None, query: dict[str, Any]) -> Response:
+    """A page answer, with ``Link`` to the next page when there is one."""
+    headers = {}
+    if has_more:
+        query = urlencode({**{k: v for k, v in query.items() if v is not None}, "cursor": next_cursor})
+        # From the configured public URL, never the request's Host or X-Forwarded-* (which a client controls).
+        headers["Link"] = f'<{current_app.config["SETTINGS"].list_api_url}{request.path}?{query}>; rel="next"'
+    return json_response({"data": data, "has_more": has_more, "next_cursor": next_cursor}, headers=headers)
+
+
+def _messages_page(channel: str | None) -> Response:
+    query = LIST_QUERY.parse(request.args)
+    limit, order, cursor = query["limit"], query["order"], query["cursor"]
+    after = _decode(current_app.extensions["cursor"], cursor)
+    rows, has_more = storage.list_messages(after, limit, descending=order == "desc", channel=channel)
+    next_cursor = current_app.extensions["cursor"].encode(rows[-1].seq) if rows else cursor
+    return _page([storage.message_json(row) for row in rows], has_more, next_cursor, {"limit": limit, "order": order})
+
+
+@operation(
+    _list_operation(
+        "listMessages",
+        "Page through every stored message",
+        "Every channel, in persistence order, by keyset pagination. Following `next_cursor` never misses "
+        "a message, even with many workers committing at once. Any other query parameter is a 400.",
+        channel=False,
+    )
+)
+def list_view() -> Response:
+    """Return one page of messages of every channel."""
+    return _messages_page(None)
+
+
+@operation(
+    _list_operation(
+        "listChannelMessages",
+        "Page through one channel's stored messages",
+        "The same pages, cursors and guarantees as `GET /messages`, for one channel: following "
+        "`next_cursor` never misses a message of the channel. A channel nothing was published to is an "
+        "empty page. Any other query parameter is a 400.",
+        channel=True,
+    )
+)
+def channel_messages_view(channel: str) -> Response:
+    """Return one page of one channel's messages."""
+    return _messages_page(channel_name(channel))
+
+
+@operation(
+    {
+        "operationId": "listChannels",
+        "tags": ["channels"],
+        "summary": "List the channels",
+        "description": "Every channel that has stored messages, by name, with how many are stored and when "
+        "the newest arrived. Paginated like the messages; any other query parameter is a 400.",
+        "security": BEARER,
+        "parameters": CHANNELS_QUERY.openapi(),
+        "responses": {
+            "200": {
+                "description": "One page of channels.",
+                "headers": {"Link": ref("headers", "Link")},
+                "content": json_content(ref("schemas", "ChannelPage")),
+            },
+            "400": error(f"A bad query. Codes: {openapi.codes([*CHANNELS_QUERY.codes(), 'bad_cursor'])}.", "bad_limit"),
             "401": UNAUTHORIZED,
             "503": DATABASE_UNAVAILABLE,
         },
     }
 )
-def list_view() -> Response:
-    """Return one page of messages."""
-    query = LIST_QUERY.parse(request.args)
-    limit, order, cursor = query["limit"], query["order"], query["cursor"]
-    codec: CursorCodec = current_app.extensions["cursor"]
-    try:
-        after = codec.decode(cursor) if cursor is not None else None
-    except InvalidCursor:
-        raise ApiError(400, "bad_cursor", "The cursor is not one this API issued; start again without it.") from None
-    rows, has_more = storage.list_messages(after, limit, descending=order == "desc")
-    next_cursor = codec.encode(rows[-1].seq) if rows else cursor
-    headers = {}
-    if has_more:
-        query = urlencode({"limit": limit, "order": order, "cursor": next_cursor})
-        # From the configured public URL, never the request's Host or X-Forwarded-* (which a client controls).
-        headers["Link"] = f'<{current_app.config["SETTINGS"].list_api_url}{request.path}?{query}>; rel="next"'
-    body = {"data": [storage.message_json(row) for row in rows], "has_more": has_more, "next_cursor": next_cursor}
-    return json_response(body, headers=headers)
+def channels_view() -> Response:
+    """Return one page of channels."""
+    query = CHANNELS_QUERY.parse(request.args)
+    codec = current_app.extensions["channel_cursor"]
+    rows, has_more = storage.list_channels(_decode(codec, query["cursor"]), query["limit"])
+    next_cursor = codec.encode(rows[-1].name) if rows else query["cursor"]
+    return _page([storage.channel_json(row) for row in rows], has_more, next_cursor, {"limit": query["limit"]})
 
 
 @operation(

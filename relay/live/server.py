@@ -6,12 +6,14 @@ through ``relay/settings.py``. Several processes can run side by side: each read
 the whole stream with its own single Redis connection (Redis never sees the
 browsers) and delivers every message to its own clients.
 
-Protocol. Connect to ``ws://host:8765/`` for the live stream, or to
-``/?after=<message id>`` to resume: the server first sends every message
-after that id still in its window, in stream order, then goes live with no
-gap and no duplicate at the seam. Text frames from the server:
+Protocol. Connect to ``ws://host:8765/`` for every channel, or to
+``/?channel=a&channel=b`` for only those channels (a malformed name is
+refused with 400 ``bad_channel``). Add ``after=<message id>`` to resume: the
+server first sends every message of the selection after that id still in
+its window, in stream order, then goes live with no gap and no duplicate at
+the seam. Text frames from the server:
 
-* a message: ``{"id", "received_at", "payload"}`` (as in the list API);
+* a message: ``{"id", "channel", "received_at", "payload"}`` (as in the list API);
 * ``{"type": "ready"}``: any replay is done, what follows is live;
 * ``{"type": "reset", "reason": ..., "oldest": <id or null>}``: the ``after``
   id is unknown or older than the window; backfill from the list API.
@@ -57,8 +59,9 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from relay.live.window import Backlog, Window
+from relay.live.window import Backlog, Selection, Window, selected
 from relay.logs import configure_logging
+from relay.records import DEFAULT_CHANNEL, is_channel
 from relay.settings import Settings, load_settings
 from relay.web.auth import bearer, token_ok
 
@@ -83,6 +86,8 @@ class Hub:
     A client is either *live* (frames are written to it as they arrive, with
     ``broadcast``, never awaiting it) or *catching up* (it has a backlog that
     a task of its own sends with flow control, then it turns live again).
+    Each client has a *selection* of channels (None: all) and only ever gets
+    frames of those channels.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -90,6 +95,7 @@ class Hub:
         self.window = Window(settings.live_window, settings.ws_window_max_bytes)
         self.live: set[ServerConnection] = set()
         self.catching_up: dict[ServerConnection, Backlog] = {}
+        self.selection: dict[ServerConnection, Selection] = {}
         self.stats = Stats()
         self._tasks: set[asyncio.Task] = set()
 
@@ -102,30 +108,45 @@ class Hub:
         transport = connection.transport
         return transport.get_write_buffer_size() if transport is not None else 0
 
-    def deliver(self, entries: Iterable[tuple[str, bytes]]) -> None:
-        """Remember new frames and pass them to every client; never waits on a client."""
-        frames = []
-        for message_id, frame in entries:
-            self.window.append(message_id, frame)
-            frames.append(frame)
+    def deliver(self, entries: Iterable[tuple[str, str, bytes]]) -> None:
+        """Remember new frames and pass each client those of its channels; never waits on a client."""
+        frames: list[tuple[str, bytes]] = []
+        for message_id, channel, frame in entries:
+            self.window.append(message_id, channel, frame)
+            frames.append((channel, frame))
         if not frames:
             return
+        # Clients with the same selection get the same frames: filter once per distinct selection.
+        chosen: dict[Selection, list[bytes]] = {}
+
+        def of(connection: ServerConnection) -> list[bytes]:
+            selection = self.selection.get(connection)
+            if selection not in chosen:
+                chosen[selection] = [frame for channel, frame in frames if selected(selection, channel)]
+            return chosen[selection]
+
         # A client still holding more than the limit from earlier writes is not keeping up.
         behind = [c for c in self.live if self._buffered(c) > self.settings.ws_max_buffer_bytes]
         if self.settings.ws_slow_client_policy == "drop":
             targets = self.live.difference(behind)
-            self.stats.dropped += len(behind) * len(frames)
+            self.stats.dropped += sum(len(of(c)) for c in behind)
         else:
             for connection in behind:
                 self.live.discard(connection)
                 self._start_catch_up(connection, Backlog(), announce=False)
             targets = self.live
         for connection, backlog in list(self.catching_up.items()):
-            backlog.extend(frames)
+            backlog.extend(of(connection))
             if len(backlog.frames) > self.window.max_items or backlog.bytes > self.window.max_bytes:
                 self.evict(connection)
-        self._write(targets, frames)
-        self.stats.delivered += len(targets) * len(frames)
+        by_selection: dict[Selection, list[ServerConnection]] = {}
+        for connection in targets:
+            by_selection.setdefault(self.selection.get(connection), []).append(connection)
+        for group in by_selection.values():
+            mine = of(group[0])
+            if mine:
+                self._write(group, mine)
+                self.stats.delivered += len(group) * len(mine)
 
     @staticmethod
     def _write(targets: Iterable[ServerConnection], frames: list[bytes]) -> None:
@@ -151,14 +172,17 @@ class Hub:
         """Drop a client that fell further behind than the replay window, closing it (1013)."""
         self.live.discard(connection)
         self.catching_up.pop(connection, None)
+        self.selection.pop(connection, None)
         self.stats.slow_disconnects += 1
         log.warning("disconnecting slow client %s", connection.remote_address)
         self._spawn(connection.close(1013, "client too slow"))
 
-    def join(self, connection: ServerConnection, after: str | None) -> None:
+    def join(self, connection: ServerConnection, after: str | None, selection: Selection = None) -> None:
         """Register a client; with ``after``, queue its replay (synchronously, so nothing slips between)."""
+        if selection is not None:
+            self.selection[connection] = selection
         if after is not None:
-            backlog = self.window.after(after)
+            backlog = self.window.after(after, selection)
             if backlog is not None:
                 self.stats.replayed += len(backlog)
                 self._start_catch_up(connection, Backlog(backlog), announce=True)
@@ -189,6 +213,7 @@ class Hub:
     def leave(self, connection: ServerConnection) -> None:
         self.live.discard(connection)
         self.catching_up.pop(connection, None)
+        self.selection.pop(connection, None)
 
 
 class HubCollector(Collector):
@@ -218,9 +243,16 @@ def _after_param(path: str) -> str | None:
     return values[0] if values else None
 
 
+def _selection_param(path: str) -> Selection:
+    """The channels asked for with ``channel=`` (repeated); None when none is named: every channel."""
+    names = parse_qs(urlsplit(path).query, keep_blank_values=True).get("channel")
+    return frozenset(names) if names else None
+
+
 async def handler(hub: Hub, connection: ServerConnection) -> None:
     """Serve one browser: join (replaying if resuming), then wait until it leaves."""
-    hub.join(connection, _after_param(connection.request.path))
+    path = connection.request.path
+    hub.join(connection, _after_param(path), _selection_param(path))
     try:
         async for _ in connection:
             await connection.close(1003, "this server does not accept messages")
@@ -230,12 +262,16 @@ async def handler(hub: Hub, connection: ServerConnection) -> None:
         hub.leave(connection)
 
 
-def _valid(entries: Iterable[tuple[bytes, dict[bytes, bytes]]]) -> list[tuple[str, bytes]]:
-    """Turn stream entries into (message id, frame), skipping any that lack either field."""
+def _valid(entries: Iterable[tuple[bytes, dict[bytes, bytes]]]) -> list[tuple[str, str, bytes]]:
+    """Turn stream entries into (message id, channel, frame), skipping any that lack the id or the frame.
+
+    An entry written before channels existed has no channel: it is the channel ``dummy``.
+    """
     valid = []
     for entry_id, fields in entries:
         if b"id" in fields and b"frame" in fields:
-            valid.append((fields[b"id"].decode(), fields[b"frame"]))
+            channel = fields[b"channel"].decode() if b"channel" in fields else DEFAULT_CHANNEL
+            valid.append((fields[b"id"].decode(), channel, fields[b"frame"]))
         else:
             log.warning("skipping malformed live stream entry %s", entry_id)
     return valid
@@ -286,6 +322,9 @@ async def process_request(
         if not token_ok(presented, tokens):
             body = {"error": "unauthorized", "message": "A valid token is required (?token= or Authorization)."}
             return _json_response(connection, HTTPStatus.UNAUTHORIZED, body)
+    if not all(map(is_channel, _selection_param(request.path) or ())):
+        body = {"error": "bad_channel", "message": "A channel name is 1 to 64 characters of A-Z a-z 0-9 _ . : -"}
+        return _json_response(connection, HTTPStatus.BAD_REQUEST, body)
     return None
 
 

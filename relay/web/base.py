@@ -18,7 +18,9 @@ import orjson
 from flask import Flask, Response, g, has_request_context, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.routing import BaseConverter
 
+from relay.records import is_channel
 from relay.settings import Settings
 from relay.web.auth import bearer, token_ok
 
@@ -70,8 +72,32 @@ def _error_code(exc: HTTPException) -> str:
     return (exc.name or "error").lower().replace(" ", "_").replace("'", "")
 
 
+class ChannelSegment(BaseConverter):
+    """``<channel:name>``: whatever stands between ``/channels/`` and the rest, empty or with slashes.
+
+    Every malformed name then reaches the view and gets the documented 400
+    ``bad_channel`` (:func:`channel_name`), never a routing 404.
+    """
+
+    regex = r"[\s\S]*?"  # any characters, newlines included
+    part_isolating = False
+
+
+def add_channel_rule(app: Flask, rule: str, view: Any, methods: list[str]) -> None:
+    """Route ``rule`` (with a ``<channel:channel>`` segment) exactly as written: ``//`` is an empty name."""
+    app.add_url_rule(rule, view_func=view, methods=methods, merge_slashes=False)
+
+
+def channel_name(name: str) -> str:
+    """The channel named in a path, or the 400 every malformed name gets."""
+    if not is_channel(name):
+        raise ApiError(400, "bad_channel", "A channel name is 1 to 64 characters of A-Z a-z 0-9 _ . : -")
+    return name
+
+
 def init_web(app: Flask, settings: Settings) -> None:
-    """Install the JSON error handlers, security headers and proxy handling."""
+    """Install the JSON error handlers, security headers, proxy handling and the channel converter."""
+    app.url_map.converters["channel"] = ChannelSegment
     if settings.proxy_count:
         # Behind a reverse proxy, take the client address from X-Forwarded-For (rate limits).
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_count, x_proto=settings.proxy_count)

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from flask import Flask
 
+from relay.records import CHANNEL_PATTERN, DEFAULT_CHANNEL
 from relay.settings import Settings
 from relay.web.base import json_response
 
@@ -162,12 +163,28 @@ def _common_components() -> dict[str, Any]:
                 "description": "RFC 3339, UTC, with microseconds.",
                 "examples": [EXAMPLE_TIME],
             },
+            "Channel": {
+                "type": "string",
+                "pattern": f"^{CHANNEL_PATTERN}$",
+                "description": "A channel name: 1 to 64 of `A-Z a-z 0-9 _ . : -`. `POST /dummy` is the channel "
+                "`dummy`.",
+                "examples": [DEFAULT_CHANNEL],
+            },
             "MessageId": {
                 "type": "string",
                 "format": "uuid",
                 "description": "UUIDv7 (RFC 9562), lower case: ids sort by receipt time.",
                 "examples": [EXAMPLE_ID],
             },
+        },
+        "parameters": {
+            "Channel": {
+                "name": "channel",
+                "in": "path",
+                "required": True,
+                "description": "The channel. A name that does not match the pattern is a 400 `bad_channel`.",
+                "schema": ref("schemas", "Channel"),
+            }
         },
         "headers": {
             "Retry-After": {

@@ -27,19 +27,21 @@ def test_post_accepts_an_object_with_id_time_and_location(client: FlaskClient, r
     response = client.post("/dummy", data='{"hello": "wörld"}'.encode(), headers=JSON)
     assert response.status_code == 202
     body = response.get_json()
-    assert set(body) == {"id", "received_at"}
+    assert set(body) == {"id", "received_at", "channel"} and body["channel"] == "dummy"
     assert uuid.UUID(body["id"]).version == 7
     assert body["received_at"].endswith("Z") and len(body["received_at"]) == 27
     assert response.headers["Location"] == f"http://lists.example/messages/{body['id']}"
     [[record]] = queued_records(r)
     assert record["id"] == body["id"] and record["received_at"] == body["received_at"]
+    assert record["channel"] == "dummy"
     assert orjson.loads(record["payload"]) == {"hello": "wörld"}
 
 
 def test_post_publishes_the_message_for_live_delivery(client: FlaskClient, r: redis.Redis) -> None:
     body = client.post("/dummy", json={"n": 1}).get_json()
     [(_stream_id, fields)] = r.xrange("messages:live")
-    assert orjson.loads(fields[b"frame"]) == {"id": body["id"], "received_at": body["received_at"], "payload": {"n": 1}}
+    frame = {"id": body["id"], "channel": "dummy", "received_at": body["received_at"], "payload": {"n": 1}}
+    assert orjson.loads(fields[b"frame"]) == frame and fields[b"channel"] == b"dummy"
 
 
 def test_ids_sort_by_receipt(client: FlaskClient) -> None:
@@ -89,7 +91,7 @@ def test_idempotency_key_repeat_returns_the_same_id_and_queues_once(client: Flas
     assert again.headers["Location"] == first.headers["Location"]
     assert other.get_json()["id"] != first.get_json()["id"]
     assert len(queued_records(r)) == 2
-    assert 0 < r.ttl("idempotency:anonymous:post_message:order-42") <= 86400
+    assert 0 < r.ttl("idempotency:anonymous:message:dummy:order-42") <= 86400
 
 
 def test_idempotency_key_with_another_body_is_422_and_queues_nothing(client: FlaskClient, r: redis.Redis) -> None:
@@ -204,3 +206,65 @@ def test_without_group_commit_each_request_is_its_own_task(
     for i in range(3):
         client.post("/dummy", json={"i": i})
     assert [len(task) for task in queued_records(r)] == [1, 1, 1]
+
+
+def test_a_channel_route_queues_and_publishes_the_message_in_its_channel(client: FlaskClient, r: redis.Redis) -> None:
+    one = client.post("/channels/orders.eu/messages", json={"n": 1})
+    many = client.post("/channels/b:2/messages/batch", json=[{"n": 2}, {"n": 3}])
+    assert one.status_code == 202 and many.status_code == 202
+    assert one.get_json()["channel"] == "orders.eu" and many.get_json()["channel"] == "b:2"
+    assert set(many.get_json()) == {"ids", "received_at", "channel"}
+    assert one.headers["Location"] == f"http://lists.example/messages/{one.get_json()['id']}"
+    records = [record for task in queued_records(r) for record in task]
+    assert [(x["id"], x["channel"]) for x in records] == [
+        (one.get_json()["id"], "orders.eu"),
+        *((i, "b:2") for i in many.get_json()["ids"]),
+    ]
+    frames = [orjson.loads(fields[b"frame"]) for _, fields in r.xrange("messages:live")]
+    assert [f["channel"] for f in frames] == ["orders.eu", "b:2", "b:2"]
+
+
+@pytest.mark.parametrize("name", ["", "a%20b", "a%2Fb", "a/b", "x" * 65, "%C3%A9", "a%0Ab", "%00"])
+@pytest.mark.parametrize("tail", ["", "/batch"])
+def test_a_malformed_channel_is_400_bad_channel_and_queues_nothing(
+    client: FlaskClient, r: redis.Redis, name: str, tail: str
+) -> None:
+    response = client.post(f"/channels/{name}/messages{tail}", json=[{}] if tail else {})
+    assert response.status_code == 400 and response.get_json()["error"] == "bad_channel"
+    assert r.xlen("messages:live") == 0 and take_tasks(r) == []
+
+
+def test_the_longest_channel_name_and_every_allowed_character_are_accepted(client: FlaskClient) -> None:
+    for name in ("x" * 64, "AZaz09_.:-"):
+        response = client.post(f"/channels/{name}/messages", json={})
+        assert response.status_code == 202 and response.get_json()["channel"] == name
+
+
+def test_idempotency_keys_are_per_channel_and_dummy_is_its_channel(client: FlaskClient, r: redis.Redis) -> None:
+    key = {"Idempotency-Key": "k-1"}
+    first = client.post("/channels/a/messages", json={"x": 1}, headers=key)
+    other_channel = client.post("/channels/b/messages", json={"x": 1}, headers=key)
+    assert first.status_code == 202 and other_channel.status_code == 202
+    assert other_channel.get_json()["channel"] == "b" and other_channel.get_json()["id"] != first.get_json()["id"]
+    via_dummy = client.post("/dummy", json={"x": 1}, headers=key)
+    via_channel = client.post("/channels/dummy/messages", json={"x": 1}, headers=key)
+    assert via_dummy.status_code == 202 and via_channel.status_code == 200
+    assert via_channel.get_json() == via_dummy.get_json()
+    assert len(queued_records(r)) == 3
+
+
+def test_the_rate_limit_is_one_budget_over_every_channel(make_ingestion_app: Callable[..., Flask]) -> None:
+    client = make_ingestion_app(rate_limit="3/minute").test_client()
+    assert client.post("/channels/a/messages", json={}).status_code == 202
+    assert client.post("/channels/b/messages/batch", json=[{}]).status_code == 202
+    assert client.post("/dummy", json={}).status_code == 202
+    limited = client.post("/channels/c/messages", json={})
+    assert limited.status_code == 429 and limited.get_json()["error"] == "too_many_requests"
+
+
+def test_tokens_guard_the_channel_routes(make_ingestion_app: Callable[..., Flask]) -> None:
+    client = make_ingestion_app(api_tokens=("s3cret",)).test_client()
+    assert client.post("/channels/a/messages", json={}).status_code == 401
+    assert client.post("/channels/a/messages/batch", json=[{}]).status_code == 401
+    ok = client.post("/channels/a/messages", json={}, headers={"Authorization": "Bearer s3cret"})
+    assert ok.status_code == 202

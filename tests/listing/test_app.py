@@ -35,7 +35,7 @@ def test_listing_pages_in_persistence_order_with_link_header(app: Flask, client:
     body = first.get_json()
     assert [m["id"] for m in body["data"]] == ids[:2]
     assert body["has_more"] is True
-    assert set(body["data"][0]) == {"id", "received_at", "persisted_at", "payload"}
+    assert set(body["data"][0]) == {"id", "channel", "received_at", "persisted_at", "payload"}
     assert body["data"][0]["payload"] == {"n": 0}
     link = first.headers["Link"]
     assert link.endswith('>; rel="next"')
@@ -142,3 +142,52 @@ def test_a_signed_cursor_beyond_the_largest_position_is_a_400(app: Flask, client
         response = client.get("/messages", query_string={"cursor": codec.encode(position)})
         assert response.status_code == 400 and response.get_json()["error"] == "bad_cursor"
     assert client.get("/messages", query_string={"cursor": codec.encode(2**63 - 1)}).status_code == 200
+
+
+def store_in(app: Flask, channel: str, count: int, start: int = 0) -> list[str]:
+    batch = [
+        make_record({"n": start + i}, dt.datetime(2026, 11, 30, 4, 0, 0, i), channel=channel) for i in range(count)
+    ]
+    with app.app_context():
+        storage.save_messages(batch)
+    return [r["id"] for r in batch]
+
+
+def test_a_channel_listing_pages_only_that_channel_with_link_headers(app: Flask, client: FlaskClient) -> None:
+    a = store_in(app, "a", 3)
+    store_in(app, "b", 2)
+    a += store_in(app, "a", 2, start=10)
+    seen, url = [], "/channels/a/messages?limit=2"
+    while url:
+        response = client.get(url)
+        body = response.get_json()
+        assert {m["channel"] for m in body["data"]} == {"a"}
+        seen += [m["id"] for m in body["data"]]
+        link = response.headers.get("Link")
+        assert (link is not None) == body["has_more"]
+        url = urlsplit(link[1 : link.index(">")])._replace(scheme="", netloc="").geturl() if link else None
+    assert seen == a
+    newest = client.get("/channels/b/messages?order=desc&limit=1").get_json()
+    assert newest["data"][0]["payload"] == {"n": 1} and newest["has_more"] is True
+    assert client.get("/channels/nobody/messages").get_json() == {"data": [], "has_more": False, "next_cursor": None}
+    assert len(client.get("/messages").get_json()["data"]) == 7
+
+
+def test_channels_are_listed_by_name_with_counts_and_pages(app: Flask, client: FlaskClient) -> None:
+    for name, count in (("b", 2), ("a", 1), ("c", 3)):
+        store_in(app, name, count)
+    first = client.get("/channels?limit=2")
+    body = first.get_json()
+    assert [(c["name"], c["messages"]) for c in body["data"]] == [("a", 1), ("b", 2)] and body["has_more"]
+    assert body["data"][1]["last_message_at"] == "2026-11-30T04:00:00.000001Z"
+    assert urlsplit(first.headers["Link"][1:]).path == "/channels" and "limit=2&cursor=" in first.headers["Link"]
+    rest = client.get(f"/channels?limit=2&cursor={body['next_cursor']}").get_json()
+    assert [c["name"] for c in rest["data"]] == ["c"] and rest["has_more"] is False
+    message_cursor = client.get("/messages?limit=1").get_json()["next_cursor"]
+    assert client.get(f"/channels?cursor={message_cursor}").get_json()["error"] == "bad_cursor"
+
+
+@pytest.mark.parametrize("path", ["/channels/a/b/messages", "/channels/a%2Fb/messages", "/channels//messages"])
+def test_a_malformed_channel_in_a_listing_is_400_bad_channel(client: FlaskClient, path: str) -> None:
+    response = client.get(path)
+    assert response.status_code == 400 and response.get_json()["error"] == "bad_channel"

@@ -46,10 +46,10 @@ async def publish_from_another_process(pub: Producer, count: int, size: int) -> 
     return [r["id"] for r in records]
 
 
-def publish(pub: Producer, count: int, size: int = 0) -> list[str]:
+def publish(pub: Producer, count: int, size: int = 0, channel: str = "dummy") -> list[str]:
     ids = []
     for i in range(count):
-        record = make_record({"i": i, "pad": "x" * size}, utc_now())
+        record = make_record({"i": i, "pad": "x" * size}, utc_now(), channel=channel)
         pub.enqueue([record], {})
         ids.append(record["id"])
     return ids
@@ -85,7 +85,7 @@ def test_many_clients_each_receive_every_message_in_order(start_ws, publisher) -
         received = await asyncio.gather(*(receive_ids(ws, 200) for ws in clients))
         assert all(r == ids for r in received)
         frame = orjson.loads(publisher.client.xrange("messages:live", count=1)[0][1][b"frame"])
-        assert set(frame) == {"id", "received_at", "payload"} and frame["payload"]["i"] == 0
+        assert set(frame) == {"id", "channel", "received_at", "payload"} and frame["payload"]["i"] == 0
         for ws in clients:
             await ws.close()
 
@@ -114,6 +114,80 @@ def test_resume_replays_exactly_the_missed_messages_then_goes_live(start_ws, pub
             assert await receive_ids(ws, 5) == later
 
     asyncio.run(scenario())
+
+
+def publish_mixed(pub: Producer, pattern: str) -> list[tuple[str, str]]:
+    """Publish one message per letter of ``pattern`` to the channel named by that letter; (channel, id) in order."""
+    return [(channel, publish(pub, 1, channel=channel)[0]) for channel in pattern]
+
+
+async def receive_frames(ws: ClientConnection, count: int) -> list[dict]:
+    frames = [orjson.loads(await asyncio.wait_for(ws.recv(), 10)) for _ in range(count)]
+    assert all("type" not in f for f in frames), frames
+    return frames
+
+
+def test_each_client_receives_exactly_its_channels_in_order(start_ws, publisher) -> None:
+    server = start_ws()
+    selections = {"a": "?channel=a", "b": "?channel=b", "ac": "?channel=a&channel=c", "all": ""}
+
+    async def scenario() -> None:
+        clients = {name: await connect(f"{server.url}{query}") for name, query in selections.items()}
+        for ws in clients.values():
+            assert await receive_until_ready(ws) == []
+        sent = await asyncio.to_thread(publish_mixed, publisher, "abcabcaab" * 5)
+        for name, ws in clients.items():
+            wanted = [(c, i) for c, i in sent if name == "all" or c in name]
+            frames = await receive_frames(ws, len(wanted))
+            assert [(f["channel"], f["id"]) for f in frames] == wanted, name
+        # Nothing else arrives: a last message on channel "a" is the next frame of the "a" client.
+        [(_, last)] = await asyncio.to_thread(publish_mixed, publisher, "a")
+        assert (await receive_frames(clients["a"], 1))[0]["id"] == last
+        assert (await receive_frames(clients["b"], 0)) == []
+        for ws in clients.values():
+            await ws.close()
+
+    asyncio.run(scenario())
+
+
+def test_resume_within_a_selection_replays_only_its_channels_from_an_id_of_any_channel(start_ws, publisher) -> None:
+    server = start_ws()
+
+    async def scenario() -> None:
+        async with connect(server.url) as watcher:
+            await receive_until_ready(watcher)
+            sent = await asyncio.to_thread(publish_mixed, publisher, "abcab")
+            await receive_frames(watcher, 5)  # every one is in the server's window now
+            async with connect(f"{server.url}?channel=b&channel=c&after={sent[0][1]}") as ws:
+                replay = await receive_until_ready(ws)
+                assert [f["id"] for f in replay] == [i for c, i in sent[1:] if c in "bc"]
+                later = await asyncio.to_thread(publish_mixed, publisher, "abca")
+                frames = await receive_frames(ws, 2)
+                assert [f["id"] for f in frames] == [i for c, i in later if c in "bc"]
+            async with connect(f"{server.url}?channel=a&after=01a00000-0000-7000-8000-000000000000") as ws:
+                first = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+                assert first["type"] == "reset"
+                assert await receive_until_ready(ws) == []
+
+    asyncio.run(scenario())
+
+
+def test_a_malformed_channel_is_refused_at_the_handshake(start_ws) -> None:
+    server = start_ws()
+    for query in ("?channel=", "?channel=a%20b", "?channel=ok&channel=" + "x" * 65):
+        http = server.url.replace("ws://", "http://")
+        response = requests.get(
+            f"{http}{query}",
+            headers={
+                "Connection": "Upgrade",
+                "Upgrade": "websocket",
+                "Sec-WebSocket-Version": "13",
+                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+            },
+            timeout=5,
+        )
+        assert response.status_code == 400, query
+        assert response.json()["error"] == "bad_channel"
 
 
 def test_resume_seam_has_no_gap_or_duplicate_under_load(start_ws, publisher) -> None:

@@ -41,7 +41,7 @@ from werkzeug.test import run_wsgi_app
 import ingestion_api
 import list_api
 from relay import storage
-from relay.listing.cursor import CursorCodec
+from relay.listing.cursor import ChannelCursorCodec, CursorCodec
 from relay.records import make_record
 from tests.helpers import clear_database, openapi_document
 
@@ -182,7 +182,10 @@ def list_app(
     app = list_api.create_app({"sqlalchemy_database_uri": sqlite_url, "secret_key": SECRET})
     assert app.test_client().get("/openapi.json").get_json() == LISTING, "the app serves another document"
     stamp = dt.datetime(2026, 11, 29, 8, 0, 0)
-    records = [make_record({"n": i, "text": "ünïcode \u0000"}, stamp + dt.timedelta(microseconds=i)) for i in range(12)]
+    records = [
+        make_record({"n": i, "text": "ünïcode \u0000"}, stamp + dt.timedelta(microseconds=i), channel=f"c{i % 3}")
+        for i in range(12)
+    ]
     records[0]["id"] = EXAMPLE_ID  # so the examples phase reads a message that exists
     with app.app_context():
         storage.save_messages(records)
@@ -196,6 +199,7 @@ def list_app(
 ingestion = schemathesis.openapi.from_dict(INGESTION, config=CONFIG)
 listing = schemathesis.openapi.from_dict(LISTING, config=CONFIG)
 _codec = CursorCodec(SECRET)
+_channel_codec = ChannelCursorCodec(SECRET)
 
 
 @listing.hook
@@ -208,7 +212,8 @@ def map_case(context: Any, case: schemathesis.Case) -> schemathesis.Case:
     cursor = (case.query or {}).get("cursor")
     if isinstance(cursor, str) and case.meta is not None and case.meta.generation.mode.is_positive:
         position = int.from_bytes(hashlib.sha256(cursor.encode("utf-8", "replace")).digest()[:2]) % 20
-        case.query["cursor"] = _codec.encode(position)
+        channels = case.path == "/channels"
+        case.query["cursor"] = _channel_codec.encode(f"c{position}") if channels else _codec.encode(position)
     return case
 
 

@@ -14,6 +14,7 @@ listens on, or a database that cannot be opened.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 from collections.abc import Callable
@@ -119,9 +120,21 @@ INGESTION_CASES = [
     Row("GET", "/healthz", 503, "redis_unavailable", env="down", headers_present=("Retry-After",)),
     Row("GET", "/openapi.json", 200),
     Row("GET", "/metrics", 200),
+    *(
+        Row("POST", f"/channels/{name}/messages{tail}", 400, "bad_channel", kwargs=body(b"[{}]" if tail else b"{}"))
+        for name in ("", "a%20b", "x" * 65, "%C3%A9")  # a "/" matches no documented path: tests/ingestion
+        for tail in ("", "/batch")
+    ),
     # Open even when tokens are required, and never rate limited (probes and scrapers).
     *(Row("GET", path, 200, env="tokens") for path in ("/healthz", "/openapi.json", "/metrics")),
     *(Row("GET", path, 200, env="limited", times=5) for path in ("/healthz", "/openapi.json", "/metrics")),
+]
+# A channel's publishing endpoints answer exactly as the seed's: every row of theirs, again on a channel.
+CHANNEL = "news.eu:1"
+INGESTION_CASES += [
+    dataclasses.replace(row, path=row.path.replace("/dummy", f"/channels/{CHANNEL}/messages"))
+    for row in INGESTION_CASES
+    if row.path.startswith("/dummy")
 ]
 LIST_CASES = [
     Row("GET", "/messages", 200, kwargs={"query_string": "limit=2"}, headers_present=("Link",)),
@@ -147,6 +160,23 @@ LIST_CASES = [
     Row("GET", "/openapi.json", 200),
     Row("GET", "/metrics", 200),
     *(Row("GET", path, 200, env="tokens") for path in ("/healthz", "/", "/openapi.json", "/metrics")),
+    Row("GET", "/channels", 200, kwargs={"query_string": "limit=1"}, headers_present=("Link",)),
+    Row("GET", "/channels", 400, "bad_limit", kwargs={"query_string": "limit=1001"}),
+    Row("GET", "/channels", 400, "bad_cursor", kwargs={"query_string": "cursor=garbage"}),
+    Row("GET", "/channels", 400, "unknown_parameter", kwargs={"query_string": "order=desc"}),
+    Row("GET", "/channels", 401, "unauthorized", env="tokens"),
+    Row("GET", "/channels", 200, env="tokens", kwargs={"headers": BEARER}),
+    Row("GET", "/channels", 503, "database_unavailable", env="down", headers_present=("Retry-After",)),
+    Row("GET", f"/channels/{CHANNEL}/messages", 200, kwargs={"query_string": "limit=1"}, headers_present=("Link",)),
+    Row("GET", "/channels/nobody-here/messages", 200),
+    Row("GET", f"/channels/{CHANNEL}/messages", 400, "bad_limit", kwargs={"query_string": "limit=0"}),
+    Row("GET", f"/channels/{CHANNEL}/messages", 400, "bad_order", kwargs={"query_string": "order=up"}),
+    Row("GET", f"/channels/{CHANNEL}/messages", 400, "bad_cursor", kwargs={"query_string": "cursor=x"}),
+    Row("GET", f"/channels/{CHANNEL}/messages", 400, "unknown_parameter", kwargs={"query_string": "x=1"}),
+    *(Row("GET", f"/channels/{name}/messages", 400, "bad_channel") for name in ("", "a%20b", "x" * 65)),
+    Row("GET", f"/channels/{CHANNEL}/messages", 401, "unauthorized", env="tokens"),
+    Row("GET", f"/channels/{CHANNEL}/messages", 200, env="tokens", kwargs={"headers": BEARER}),
+    Row("GET", f"/channels/{CHANNEL}/messages", 503, "database_unavailable", env="down"),
 ]
 
 
@@ -155,7 +185,7 @@ def wrong_methods(service: str) -> list[Row]:
     rows = []
     for path, item in spec(service)["paths"].items():
         documented = sorted(item)[0].upper()
-        concrete = path.replace("{message_id}", UNKNOWN_ID)
+        concrete = path.replace("{message_id}", UNKNOWN_ID).replace("{channel}", CHANNEL)
         for method in METHODS:
             if method.lower() not in item:
                 rows.append(Row(method, concrete, 405, "method_not_allowed", documented_as=documented))
@@ -227,7 +257,11 @@ def list_app_factory(make_list_app: Callable[..., Flask], database_url: str, tmp
 
 
 def store(app: Flask, count: int) -> list[str]:
-    records = [make_record({"n": i}, dt.datetime(2026, 11, 29, 8, 0, 0, i)) for i in range(count)]
+    """Store ``count`` messages, alternately on the channels ``dummy`` and ``CHANNEL``; their ids."""
+    records = [
+        make_record({"n": i}, dt.datetime(2026, 11, 29, 8, 0, 0, i), channel=("dummy", CHANNEL)[i % 2])
+        for i in range(count)
+    ]
     with app.app_context():
         storage.save_messages(records)
     return [r["id"] for r in records]
@@ -245,8 +279,10 @@ def test_documents_cover_the_endpoints() -> None:
         return {f"{m.upper()} {p}" for p, item in spec(service)["paths"].items() for m in item}
 
     common = {"GET /healthz", "GET /openapi.json", "GET /metrics"}
-    assert operations("ingestion_api") == {"POST /dummy", "POST /dummy/batch"} | common
-    assert operations("list_api") == {"GET /messages", "GET /messages/{message_id}", "GET /"} | common
+    channel = {"POST /channels/{channel}/messages", "POST /channels/{channel}/messages/batch"}
+    assert operations("ingestion_api") == {"POST /dummy", "POST /dummy/batch"} | channel | common
+    listing = {"GET /messages", "GET /messages/{message_id}", "GET /channels", "GET /channels/{channel}/messages"}
+    assert operations("list_api") == listing | {"GET /"} | common
 
 
 def routes(app: Flask) -> set[str]:
@@ -312,7 +348,8 @@ def documented_statuses(service: str) -> set[str]:
 def exercised_statuses(rows: list[Row]) -> set[str]:
     found = set()
     for row in rows:
-        path = re.sub(r"/messages/[^/]+$", "/messages/{message_id}", row.path)
+        path = re.sub(r"^/channels/[^?]*?/messages", "/channels/{channel}/messages", row.path)
+        path = re.sub(r"^/messages/[^/]+$", "/messages/{message_id}", path)
         method = "*" if row.documented_as else row.method
         found.add(f"{method} {path} {row.status}")
     return found

@@ -53,6 +53,24 @@ def test_remove_expired_removes_only_older_rows_a_bounded_batch_at_a_time(db_app
         assert stored_ids() == new_ids
 
 
+def test_remove_expired_takes_the_removed_messages_off_their_channels_counts(db_app: Flask) -> None:
+    def counts() -> dict[str, int]:
+        return {c.name: c.messages for c in storage.list_channels(None, 100)[0]}
+
+    with db_app.app_context():
+        storage.save_messages([make_record({"n": i}, utc_now(), channel="ab"[i % 2]) for i in range(7)])
+        time.sleep(0.01)
+        cutoff = utc_now()
+        time.sleep(0.01)
+        storage.save_messages([make_record({}, utc_now(), channel="c")])
+        assert counts() == {"a": 4, "b": 3, "c": 1}
+        assert storage.remove_expired(cutoff, 3) == 3
+        assert counts() == {"a": 2, "b": 2, "c": 1}
+        assert storage.remove_expired(cutoff, 100) == 4
+        assert counts() == {"a": 0, "b": 0, "c": 1}  # emptied channels stay listed, with 0
+        assert [m.channel for m in storage.list_messages(None, 10)[0]] == ["c"]
+
+
 def test_remove_expired_stops_at_the_first_row_not_older_than_the_cutoff(db_app: Flask) -> None:
     """Removal is a prefix of the listing: what is left is always a contiguous tail."""
     with db_app.app_context():
