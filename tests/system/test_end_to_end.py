@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import concurrent.futures
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import requests
 from relay.broker.contract import make_celery, send_records
 from relay.records import make_record, utc_now
 from relay.settings import load_settings
-from tests.helpers import wait_until
+from tests.helpers import ROOT, clear_database, wait_until
 from tests.stack import Stack, running_stack
 
 pytestmark = pytest.mark.e2e
@@ -70,3 +72,26 @@ def test_a_redelivered_task_stores_nothing_twice(stack: Stack) -> None:
     listed = stack.listed()
     assert sorted(m["id"] for m in listed) == sorted(r["id"] for r in records)
     assert [orjson.loads(orjson.dumps(m["payload"])) for m in listed] == [{"dup": i} for i in range(5)]
+
+
+@pytest.fixture
+def live_stack(sqlite_url: str, redis_url: str, log_dir: Path) -> Iterator[Stack]:
+    clear_database(sqlite_url)
+    with running_stack(sqlite_url, redis_url, log_dir, with_ws=True) as stack:
+        yield stack
+
+
+def test_end_to_end_script_with_three_channels_finds_each_channel_exactly_its_own(live_stack: Stack) -> None:
+    """``scripts/end_to_end.py --channels 3``: each listing and each subscriber gets exactly its channel's."""
+    urls = ["--ingest-url", live_stack.ingest_url, "--list-url", live_stack.list_url, "--ws-url", live_stack.ws_url]
+    live_stack.post({"before": "the run, on dummy"})  # another channel's message must stay out of every check
+    result = subprocess.run(
+        [sys.executable, "scripts/end_to_end.py", "--channels", "3", "--count", "60", *urls],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert result.stdout.count("posted=20 listed=20 missing=0 dup=0 foreign=0") == 3
+    assert result.stdout.count("subscriber: received=20 missing=0 foreign=0 dup=0") == 3
