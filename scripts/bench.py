@@ -1,7 +1,8 @@
 """Benchmark harness: prints a table of figures and writes them as JSON.
 
     python scripts/bench.py ingest  [--ingest-url URL] [--seconds 10] [--procs 2] [--conns 8]
-    python scripts/bench.py persist [--count 100000] [--batch 1] [--database-url URL] [--redis-url URL]
+    python scripts/bench.py persist [--count 100000] [--batch 1] [--channels 1] [--workers 1]
+                                    [--database-url URL] [--redis-url URL]
     python scripts/bench.py latency [--ingest-url URL] [--ws-url URL] [--rate 200] [--seconds 10]
     python scripts/bench.py fanout  [--ws-url URL] [--redis-url URL] [--clients 1000] [--rates 50,100,200]
     python scripts/bench.py cost    [--rate 150] [--seconds 20] [--baseline] [--database-url URL] [--redis-url URL]
@@ -10,8 +11,9 @@
 (loopback only, bounded in time) and reports requests/s and latency
 p50/p99; point ``--ingest-url`` at any server speaking ``POST /dummy``.
 ``persist`` queues a backlog of ``--count`` messages (in tasks of
-``--batch`` records, as single POSTs or batches produce), starts a real
-Celery worker, and reports rows/s until the backlog is stored. ``latency``
+``--batch`` records, as single POSTs or batches produce; the records
+round-robin over ``--channels`` channels), starts ``--workers`` real Celery
+worker instances, and reports rows/s until the backlog is stored. ``latency``
 posts at a light fixed rate and times POST -> websocket frame. ``fanout``
 connects many websocket clients (from separate processes), publishes into
 the live stream at increasing rates, and reports deliveries/s, latency and
@@ -257,19 +259,23 @@ def bench_persist(args: argparse.Namespace) -> dict[str, object]:
     queue = f"bench-{os.getpid()}"
     now = utc_now()
     celery = make_celery(load_settings(redis_url=args.redis_url, persist_queue=queue))
+    channels = [f"bench-{k}" for k in range(args.channels)]
     for start in range(0, args.count, args.batch):
-        records = [make_record({"bench": i}, now) for i in range(start, min(args.count, start + args.batch))]
+        records = [
+            make_record({"bench": i}, now, channel=channels[i % len(channels)])
+            for i in range(start, min(args.count, start + args.batch))
+        ]
         send_records(celery, queue, records, max_bytes=2**31)  # one task message of --batch records
     env = {
         **os.environ, "REDIS_URL": args.redis_url, "SQLALCHEMY_DATABASE_URI": args.database_url,
         "PERSIST_QUEUE": queue, "WORKER_CONCURRENCY": str(args.concurrency),
     }  # fmt: skip
     # The worker as every launcher starts it (relay/serve.py), with the benchmark's pool and quieter logs.
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "relay.serve", "worker", "--pool", args.pool, "--loglevel", "WARNING",
-         "--without-gossip", "--without-mingle"],
-        cwd=ROOT, env=env,
-    )  # fmt: skip
+    command = [sys.executable, "-m", "relay.serve", "worker", "--pool", args.pool, "--loglevel", "WARNING",
+               "--without-gossip", "--without-mingle"]  # fmt: skip
+    workers = [
+        subprocess.Popen([*command, "--hostname", f"bench{n}@%h"], cwd=ROOT, env=env) for n in range(args.workers)
+    ]
     try:
         started = None
         stored = 0
@@ -281,8 +287,10 @@ def bench_persist(args: argparse.Namespace) -> dict[str, object]:
                 started = time.monotonic()
         elapsed = time.monotonic() - (started or time.monotonic())
     finally:
-        worker.terminate()
-        worker.wait(30)
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            worker.wait(30)
         with celery.connection_for_write() as connection:
             connection.default_channel.queue_purge(queue)
     return {
@@ -290,6 +298,8 @@ def bench_persist(args: argparse.Namespace) -> dict[str, object]:
         "database": engine.dialect.name,
         "messages": args.count,
         "records_per_task": args.batch,
+        "channels": args.channels,
+        "worker_instances": args.workers,
         "worker_concurrency": args.concurrency,
         "worker_pool": args.pool,
         "seconds": round(elapsed, 2),
@@ -468,7 +478,9 @@ def main() -> None:
     persist = sub.add_parser("persist", help="rows/s draining a queued backlog")
     persist.add_argument("--count", type=int, default=100_000)
     persist.add_argument("--batch", type=int, default=1, help="records per queued task")
-    persist.add_argument("--concurrency", type=int, default=2, help="Celery worker processes")
+    persist.add_argument("--concurrency", type=int, default=2, help="processes per worker instance")
+    persist.add_argument("--workers", type=int, default=1, help="worker instances (celery -A tasks worker)")
+    persist.add_argument("--channels", type=int, default=1, help="channels the records round-robin over")
     persist.add_argument("--pool", default="prefork", choices=("prefork", "solo", "threads"), help="Celery pool")
     persist.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     persist.add_argument("--database-url", default=os.environ.get("SQLALCHEMY_DATABASE_URI"), required=False)

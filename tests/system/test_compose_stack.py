@@ -170,13 +170,13 @@ class Compose:
     def listed(self) -> list[dict]:
         return walk_listing(self.list_url)  # through nginx
 
-    def end_to_end(self, count: int, base: str | None = None) -> str:
+    def end_to_end(self, count: int, base: str | None = None, channels: int = 0) -> str:
         """Run scripts/end_to_end.py through the published ports (or one origin ``base``); return its report."""
         urls = [base, base, base.replace("http", "ws", 1)] if base else [self.ingest_url, self.list_url, self.ws_url]
         result = subprocess.run(
             [
                 sys.executable, "scripts/end_to_end.py", "--count", str(count), "--timeout", "60",
-                "--ingest-url", urls[0], "--list-url", urls[1], "--ws-url", urls[2],
+                "--ingest-url", urls[0], "--list-url", urls[1], "--ws-url", urls[2], "--channels", str(channels),
             ],
             cwd=ROOT, env=python_env({}), capture_output=True, text=True, timeout=180,
         )  # fmt: skip
@@ -254,6 +254,9 @@ def test_messages_are_posted_listed_and_received_live_through_nginx(compose: Com
     # The single origin on HTTP_PORT routes /dummy, /messages and websocket upgrades the same way.
     report = compose.end_to_end(20, base=f"http://127.0.0.1:{compose.http_port}")
     assert "websocket: received=20 missing=0" in report, report
+    # /channels/<c>/messages is one path for both APIs there: nginx routes POST and GET apart.
+    report = compose.end_to_end(30, base=f"http://127.0.0.1:{compose.http_port}", channels=3)
+    assert report.count("posted=10 listed=10 missing=0 dup=0 foreign=0") == 3, report
 
 
 def test_a_full_batch_passes_nginx_and_a_larger_one_gets_the_apps_json_413(compose: Compose) -> None:
