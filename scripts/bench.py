@@ -273,9 +273,11 @@ def bench_persist(args: argparse.Namespace) -> dict[str, object]:
     # The worker as every launcher starts it (relay/serve.py), with the benchmark's pool and quieter logs.
     command = [sys.executable, "-m", "relay.serve", "worker", "--pool", args.pool, "--loglevel", "WARNING",
                "--without-gossip", "--without-mingle"]  # fmt: skip
+    database_cpu_before = _database_cpu_seconds()
     workers = [
         subprocess.Popen([*command, "--hostname", f"bench{n}@%h"], cwd=ROOT, env=env) for n in range(args.workers)
     ]
+    worker_cpu_before = 0.0  # the workers' start-up is counted too: it is the same for every variant
     try:
         started = None
         stored = 0
@@ -286,6 +288,8 @@ def bench_persist(args: argparse.Namespace) -> dict[str, object]:
             if started is None and stored > 0:
                 started = time.monotonic()
         elapsed = time.monotonic() - (started or time.monotonic())
+        worker_cpu = sum(_tree_cpu_seconds(worker.pid) for worker in workers) - worker_cpu_before
+        database_cpu = _database_cpu_seconds() - database_cpu_before
     finally:
         for worker in workers:
             worker.terminate()
@@ -304,7 +308,40 @@ def bench_persist(args: argparse.Namespace) -> dict[str, object]:
         "worker_pool": args.pool,
         "seconds": round(elapsed, 2),
         "rows_per_s": round(args.count / elapsed) if elapsed else None,
+        # CPU is steadier than wall time on a shared machine: compare variants by it.
+        "worker_cpu_ms_per_1000_rows": round(worker_cpu * 1e6 / args.count, 1),
+        "database_cpu_ms_per_1000_rows": round(database_cpu * 1e6 / args.count, 1) if database_cpu else None,
     }
+
+
+def _tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its children (a Celery worker and its pool)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def _database_cpu_seconds() -> float:
+    """CPU of a local MariaDB/MySQL server process, if one runs here (0 otherwise)."""
+    import psutil
+
+    total = 0.0
+    for process in psutil.process_iter(["name", "cpu_times"]):
+        if process.info["name"] in ("mariadbd", "mysqld") and process.info["cpu_times"]:
+            total += process.info["cpu_times"].user + process.info["cpu_times"].system
+    return total
 
 
 def bench_latency(args: argparse.Namespace) -> dict[str, object]:

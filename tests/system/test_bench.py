@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from tests.helpers import ROOT, clear_database, python_env
 from tests.stack import Stack
@@ -61,9 +62,15 @@ def test_sustained_figure(stack: Stack, tmp_path: Path) -> None:
 
 def test_persist_figure(sqlite_url: str, redis_server) -> None:
     clear_database(sqlite_url)
-    persist = bench("persist", "--count", "300", "--batch", "1", "--redis-url", redis_server.url, "--database-url",
-                    sqlite_url)  # fmt: skip
-    assert persist["messages"] == 300 and persist["rows_per_s"] > 0
+    persist = bench("persist", "--count", "300", "--batch", "10", "--channels", "3", "--workers", "2",
+                    "--redis-url", redis_server.url, "--database-url", sqlite_url)  # fmt: skip
+    assert persist["messages"] == 300 and persist["rows_per_s"] > 0 and persist["worker_cpu_ms_per_1000_rows"] > 0
+    assert persist["channels"] == 3 and persist["worker_instances"] == 2
+    engine = sa.create_engine(sqlite_url)
+    with engine.connect() as conn:
+        counts = dict(conn.exec_driver_sql("SELECT name, messages FROM channels").all())
+    engine.dispose()
+    assert counts == {"bench-0": 100, "bench-1": 100, "bench-2": 100}
 
 
 def test_cost_figure_counts_every_process_of_both_stacks() -> None:
