@@ -460,3 +460,37 @@ def test_page_pictures_light_and_dark(new_page, stack: Stack) -> None:
         if os.environ.get("UPDATE_SCREENSHOT"):
             name = "screenshot.png" if scheme == "light" else "screenshot-dark.png"
             (ROOT / "docs" / name).write_bytes(shot)
+
+
+def test_page_with_tokens_lists_channels_subscribes_and_posts_with_its_token(
+    new_page, sqlite_url: str, redis_url: str, log_dir: Path
+) -> None:
+    """With ``API_TOKENS`` on, ``?token=`` carries the page through every call: channels, listing, socket, post."""
+    clear_database(sqlite_url)
+    token = "page-token-1"
+    auth = {"Authorization": f"Bearer {token}"}
+    with running_stack(sqlite_url, redis_url, log_dir, with_ws=True, env={"API_TOKENS": token}) as stack:
+        history = requests.post(f"{stack.ingest_url}/channels/t/messages", json={"h": 1}, headers=auth, timeout=5)
+        assert history.status_code == 202
+        assert requests.post(f"{stack.ingest_url}/channels/t/messages", json={}, timeout=5).status_code == 401
+        wait_until(
+            lambda: len(requests.get(f"{stack.list_url}/messages", headers=auth, timeout=5).json()["data"]) == 1,
+            what="history persisted",
+        )
+        page = new_page()
+        page.goto(f"{stack.list_url}/?channel=t&token={token}")
+        page.wait_for_selector("#state[data-state=live]")
+        wait_shown(page, {history.json()["id"]})
+        assert page.eval_on_selector_all("#channel option", "options => options.map(o => o.value)").count("t") == 1
+        assert token not in page.text_content("#server"), "the token is shown on the page"
+        live = requests.post(f"{stack.ingest_url}/channels/t/messages", json={"l": 1}, headers=auth, timeout=5)
+        wait_shown(page, {history.json()["id"], live.json()["id"]})
+        page.fill("#payload", '{"from": "the page"}')
+        page.click("#send button[type=submit]")
+        wait_until(lambda: len(shown_ids(page)) == 3, what="the page's own message, live")
+
+        def stored() -> list[dict]:
+            return requests.get(f"{stack.list_url}/channels/t/messages", headers=auth, timeout=5).json()["data"]
+
+        wait_until(lambda: len(stored()) == 3, what="the page's message stored in channel t")
+        assert stored()[-1]["payload"] == {"from": "the page"}
