@@ -211,6 +211,31 @@ def test_resume_seam_has_no_gap_or_duplicate_under_load(start_ws, publisher) -> 
     asyncio.run(scenario())
 
 
+def test_resume_seam_within_a_selection_has_no_gap_or_duplicate_under_load(start_ws, publisher) -> None:
+    """Reconnect to two of three channels while all three keep flowing: replay + live is exactly theirs."""
+    server = start_ws()
+
+    async def scenario() -> None:
+        async with connect(server.url) as ws:
+            await receive_until_ready(ws)
+            head = await asyncio.to_thread(publish_mixed, publisher, "abc")
+            assert [f["id"] for f in await receive_frames(ws, 3)] == [i for _, i in head]
+        producer = asyncio.create_task(asyncio.to_thread(publish_mixed, publisher, "abc" * 100))
+        await asyncio.sleep(0.05)
+        async with connect(f"{server.url}?channel=a&channel=c&after={head[-1][1]}") as ws:
+            frames = await receive_until_ready(ws)
+            wanted = [i for c, i in await producer if c in "ac"]
+            assert all(f["channel"] in "ac" for f in frames)
+            seen = [f["id"] for f in frames]
+            seen += [f["id"] for f in await receive_frames(ws, len(wanted) - len(seen))]
+            assert seen == wanted
+            # And nothing more: the next frame is a fresh message on channel a.
+            [_, (_, last)] = await asyncio.to_thread(publish_mixed, publisher, "ba")
+            assert (await receive_frames(ws, 1))[0]["id"] == last
+
+    asyncio.run(scenario())
+
+
 def test_unknown_or_expired_id_gets_a_reset_then_live(start_ws, publisher) -> None:
     server = start_ws(LIVE_WINDOW="20")
 
