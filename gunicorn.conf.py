@@ -34,6 +34,7 @@ from __future__ import annotations
 from relay.settings import load_settings
 
 worker_class = "relay.web.gunicorn_worker.JsonErrorsGeventWorker"  # gevent, with JSON error answers
+logger_class = "relay.web.gunicorn_worker.NoAccessLineLogger"  # the apps write their own access lines
 worker_connections = 1000  # concurrent connections per worker process (greenlets)
 keepalive = 2  # seconds an idle kept-alive connection stays open
 control_socket_disable = True  # its default ~/.gunicorn/gunicorn.ctl would be shared by both APIs
@@ -49,7 +50,6 @@ if _settings.log_format == "json":
         "root": {"level": "INFO", "handlers": []},
         "loggers": {
             "gunicorn.error": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
-            "gunicorn.access": {"level": "INFO", "handlers": [], "propagate": False},
         },
     }
 

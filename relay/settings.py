@@ -99,9 +99,10 @@ class Settings:
         "1", "1: concurrent requests of a process share one queue write (gunicorn's gevent or gthread workers)."
     )
     ingest_send_linger_seconds: float = setting(
-        "0.02",
+        "0.1",
         "How long an API process gathers accepted records before sending their task message: more records "
-        "per task at low rates, at that much latency (0: each write's at once).",
+        "per task at low rates, at that much latency to storage (live delivery does not wait; 0: each "
+        "write's at once).",
     )
     idempotency_ttl_seconds: int = setting("86400", "How long an `Idempotency-Key` is remembered.")
     persist_queue: str = setting("persist", "Celery queue (Redis list) holding persistence tasks.")
