@@ -26,10 +26,9 @@ import sqlalchemy as sa
 from flask import Flask
 from sqlalchemy.engine import make_url
 
-import ingestion_api
 import list_api
 from relay import storage
-from tests.helpers import ROOT, RedisServer, clear_database, port_claims
+from tests.helpers import ROOT, RedisServer, clear_database, in_process_ingestion_app, port_claims
 
 MYSQL_URL = os.environ.get("TEST_MYSQL_URL")
 
@@ -122,8 +121,7 @@ def make_ingestion_app(redis_url: str) -> Callable[..., Flask]:
     """Make ingestion APIs on the clean Redis; settings by field name (``redis_url`` too, to point elsewhere)."""
 
     def make(**settings: object) -> Flask:
-        # No linger unless a test asks: tests look at the queue as soon as the answer is in.
-        return ingestion_api.create_app({"redis_url": redis_url, "ingest_send_linger_seconds": 0, **settings})
+        return in_process_ingestion_app(**{"redis_url": redis_url, **settings})
 
     return make
 

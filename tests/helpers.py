@@ -15,6 +15,7 @@ from pathlib import Path
 import redis
 import requests
 import sqlalchemy as sa
+from flask import Flask
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -169,6 +170,18 @@ def wait_http_ok(url: str, timeout: float = 30.0) -> None:
 
 
 SERVICES = ("ingestion_api", "list_api")
+
+
+def in_process_ingestion_app(redis_url: str, **settings: object) -> Flask:
+    """An ingestion API inside the test process, settings by field name.
+
+    Without the send linger: tests look at the queue as soon as the answer
+    is in, and a linger thread left behind by one test's app would send its
+    task messages into the next test's Redis.
+    """
+    import ingestion_api
+
+    return ingestion_api.create_app({"redis_url": redis_url, "ingest_send_linger_seconds": 0, **settings})
 
 
 def openapi_document(service: str, **config: object) -> dict:

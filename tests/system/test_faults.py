@@ -289,12 +289,15 @@ def test_a_worker_killed_between_popping_a_task_message_and_recording_it_loses_n
     every accepted message once: the lost ones come back from the pending set.
     """
     clear_database(sqlite_url)
-    with running_stack(sqlite_url, redis_url, log_dir, env=QUICK_REDELIVERY, with_worker=False) as stack:
+    # No send linger: each write leaves as its own task message, so there are many to lose.
+    env = {**QUICK_REDELIVERY, "INGEST_SEND_LINGER_SECONDS": "0"}
+    with running_stack(sqlite_url, redis_url, log_dir, env=env, with_worker=False) as stack:
         load = Load(stack.ingest_url, clients=4, batch_every=4, batch_size=25)
         with load.running():
             wait_until(lambda: load.count() >= 500, timeout=60, what="a backlog of 500 messages")
         lost = 0
         with kombu.Connection(redis_url) as connection, connection.SimpleQueue("persist", no_ack=True) as queue:
+            assert queue.qsize() >= 5, "too few task messages to lose five"
             for _ in range(5):  # popped and gone: nothing records them anywhere in the broker
                 lost += len(queue.get(block=False).payload[0][0])
         start_worker(stack)

@@ -12,8 +12,8 @@ from flask import Flask
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-import ingestion_api
 from relay.web.auth import bearer, token_ok
+from tests.helpers import in_process_ingestion_app
 from tests.stack import WsServer
 
 
@@ -34,7 +34,7 @@ def test_bearer_parsing(header: str | None, token: str | None) -> None:
 
 
 def test_ingestion_requires_a_token_when_configured(redis_url: str) -> None:
-    client = ingestion_api.create_app({"redis_url": redis_url, "api_tokens": ("alpha", "beta")}).test_client()
+    client = in_process_ingestion_app(redis_url, api_tokens=("alpha", "beta")).test_client()
     r = redis.Redis.from_url(redis_url)
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic alpha"}):
         response = client.post("/dummy", json={"a": 1}, headers=headers)
@@ -58,7 +58,7 @@ def test_listing_requires_a_token_when_configured(make_list_app: Callable[..., F
 
 
 def test_open_when_no_tokens_are_configured(redis_url: str) -> None:
-    client = ingestion_api.create_app({"redis_url": redis_url}).test_client()
+    client = in_process_ingestion_app(redis_url).test_client()
     assert client.post("/dummy", json={"a": 1}).status_code == 202
 
 
@@ -99,7 +99,7 @@ def test_rate_limit_answers_429_with_retry_after_and_holds_across_processes(
 
 def test_rate_limit_counts_messages_across_both_endpoints(redis_url: str) -> None:
     """One budget per client over single and batch POSTs: a batch costs its size, refusals cost nothing."""
-    client = ingestion_api.create_app({"redis_url": redis_url, "rate_limit": "10/minute"}).test_client()
+    client = in_process_ingestion_app(redis_url, rate_limit="10/minute").test_client()
     assert client.post("/dummy/batch", json=[{"i": i} for i in range(8)]).status_code == 202
     assert client.post("/dummy", json={"n": 9}).status_code == 202
     refused = client.post("/dummy/batch", json=[{}, {}])  # 11 > 10: refused whole, nothing charged
@@ -113,8 +113,7 @@ def test_rate_limit_counts_messages_across_both_endpoints(redis_url: str) -> Non
 
 
 def test_failed_token_checks_are_rate_limited_per_address(redis_url: str) -> None:
-    config = {"redis_url": redis_url, "rate_limit": "5/minute", "api_tokens": ("right",)}
-    client = ingestion_api.create_app(config).test_client()
+    client = in_process_ingestion_app(redis_url, rate_limit="5/minute", api_tokens=("right",)).test_client()
     wrong = [client.post("/dummy", json={}, headers={"Authorization": "Bearer guess"}) for _ in range(8)]
     assert [r.status_code for r in wrong] == [401] * 5 + [429] * 3
     assert all(int(r.headers["Retry-After"]) >= 1 for r in wrong[5:])
@@ -124,7 +123,7 @@ def test_failed_token_checks_are_rate_limited_per_address(redis_url: str) -> Non
 
 def test_retry_after_is_never_zero(redis_url: str) -> None:
     """Refusals spread over a second-long window all tell the client to wait at least one second."""
-    client = ingestion_api.create_app({"redis_url": redis_url, "rate_limit": "20/second"}).test_client()
+    client = in_process_ingestion_app(redis_url, rate_limit="20/second").test_client()
     retry_afters = []
     deadline = time.monotonic() + 1.5
     while time.monotonic() < deadline:
@@ -136,9 +135,7 @@ def test_retry_after_is_never_zero(redis_url: str) -> None:
 
 
 def test_rate_limit_counts_per_client_address_behind_a_proxy(redis_url: str) -> None:
-    client = ingestion_api.create_app(
-        {"redis_url": redis_url, "rate_limit": "2/minute", "proxy_count": 1}
-    ).test_client()
+    client = in_process_ingestion_app(redis_url, rate_limit="2/minute", proxy_count=1).test_client()
     for address in ("203.0.113.1", "203.0.113.2"):
         statuses = [client.post("/dummy", json={}, headers={"X-Forwarded-For": address}).status_code for _ in range(3)]
         assert statuses == [202, 202, 429]

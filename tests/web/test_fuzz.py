@@ -38,12 +38,11 @@ from flask import Flask
 from hypothesis import HealthCheck, settings
 from werkzeug.test import run_wsgi_app
 
-import ingestion_api
 import list_api
 from relay import storage
 from relay.listing.cursor import ChannelCursorCodec, CursorCodec
 from relay.records import make_record
-from tests.helpers import clear_database, openapi_document
+from tests.helpers import clear_database, in_process_ingestion_app, openapi_document
 
 MAX_EXAMPLES = int(os.environ.get("FUZZ_MAX_EXAMPLES", "100"))
 SECRET = "fuzz-secret"
@@ -166,7 +165,7 @@ def ingestion_app(
     redis_url: str, totals: dict[str, Counter[int]], monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> Iterator[Recorder]:
     headers = guard(monkeypatch, request.param)
-    app = ingestion_api.create_app({"redis_url": redis_url, "list_api_url": "http://lists.example"})
+    app = in_process_ingestion_app(redis_url, list_api_url="http://lists.example")
     assert app.test_client().get("/openapi.json").get_json() == INGESTION, "the app serves another document"
     recorder = Recorder(app, headers)
     yield recorder

@@ -31,13 +31,12 @@ from openapi_spec_validator import validate
 from sqlalchemy.engine import make_url
 from werkzeug.test import EnvironBuilder, TestResponse
 
-import ingestion_api
 import list_api
 from relay import storage
 from relay.listing import app as listing
 from relay.records import make_record
 from relay.settings import load_settings
-from tests.helpers import ROOT, SERVICES, free_port
+from tests.helpers import ROOT, SERVICES, free_port, in_process_ingestion_app
 from tests.helpers import openapi_document as spec
 
 TOKEN = "openapi-test-token"
@@ -233,7 +232,7 @@ def configure(monkeypatch: pytest.MonkeyPatch, env: str) -> None:
 def ingestion_app(redis_url: str, env: str = "normal") -> Flask:
     url = f"redis://127.0.0.1:{free_port()}/0" if env == "down" else redis_url
     config = {"redis_url": url, "list_api_url": "http://lists.example", "max_message_bytes": 4096}
-    return ingestion_api.create_app({**config, "max_batch_bytes": 8192})
+    return in_process_ingestion_app(**{**config, "max_batch_bytes": 8192})
 
 
 def unreachable(database_url: str, tmp_path: Path) -> str:
@@ -303,7 +302,7 @@ def test_every_route_is_documented_and_every_operation_routed(redis_url: str, li
 
 
 def test_each_app_serves_its_document_with_its_own_limits(redis_url: str) -> None:
-    app = ingestion_api.create_app({"redis_url": redis_url, "max_batch_messages": 10})
+    app = in_process_ingestion_app(redis_url, max_batch_messages=10)
     served = app.test_client().get("/openapi.json")
     assert served.status_code == 200 and served.mimetype == JSON
     batch = served.get_json()["paths"]["/dummy/batch"]["post"]["requestBody"]["content"][JSON]["schema"]
