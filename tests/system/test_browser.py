@@ -303,14 +303,17 @@ def test_load_older_reaches_the_first_message(new_page, stack: Stack) -> None:
     page = new_page()
     page.goto(f"{stack.list_url}/?page=7")
     page.wait_for_selector("#state[data-state=live]")
-    wait_until(lambda: len(shown_ids(page)) == 7, what="the newest page")
-    stored = [message["id"] for message in stack.listed()]  # pages follow the order of storage
-    assert set(shown_ids(page)) == set(stored[-7:])
+    # Pages follow the order of storage. Each API process sends its records after the send linger, so
+    # that order differs from receipt order, and the socket's replay (from ~100 messages back) may show
+    # a few more than the first page: each page walked must be there, not exactly it.
+    stored = [message["id"] for message in stack.listed()]
+    wait_until(lambda: set(shown_ids(page)) >= set(stored[-7:]), what="the newest page")
     clicks = 0
     while page.is_visible("#older"):
         page.click("#older")
         clicks += 1
-        wait_until(lambda c=clicks: len(shown_ids(page)) == min(7 * (c + 1), 30), what=f"older page {clicks}")
+        walked = set(stored[-7 * (clicks + 1) :])
+        wait_until(lambda walked=walked: set(shown_ids(page)) >= walked, what=f"older page {clicks}")
         assert clicks < 10, "load older never reached the first message"
     assert page.text_content("#older-status") == "Reached the first message."
     assert clicks == 4
@@ -493,4 +496,4 @@ def test_page_with_tokens_lists_channels_subscribes_and_posts_with_its_token(
             return requests.get(f"{stack.list_url}/channels/t/messages", headers=auth, timeout=5).json()["data"]
 
         wait_until(lambda: len(stored()) == 3, what="the page's message stored in channel t")
-        assert stored()[-1]["payload"] == {"from": "the page"}
+        assert {"from": "the page"} in [message["payload"] for message in stored()]
