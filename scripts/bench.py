@@ -277,7 +277,6 @@ def bench_persist(args: argparse.Namespace) -> dict[str, object]:
     workers = [
         subprocess.Popen([*command, "--hostname", f"bench{n}@%h"], cwd=ROOT, env=env) for n in range(args.workers)
     ]
-    worker_cpu_before = 0.0  # the workers' start-up is counted too: it is the same for every variant
     try:
         started = None
         stored = 0
@@ -288,7 +287,8 @@ def bench_persist(args: argparse.Namespace) -> dict[str, object]:
             if started is None and stored > 0:
                 started = time.monotonic()
         elapsed = time.monotonic() - (started or time.monotonic())
-        worker_cpu = sum(_tree_cpu_seconds(worker.pid) for worker in workers) - worker_cpu_before
+        # The workers' start-up is counted too: it is the same for every variant.
+        worker_cpu = sum(_tree_cpu_seconds(worker.pid) for worker in workers)
         database_cpu = _database_cpu_seconds() - database_cpu_before
     finally:
         for worker in workers:

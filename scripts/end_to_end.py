@@ -170,14 +170,14 @@ def check_channels(args: argparse.Namespace, sent: dict[str, set[str]], listener
             if {m["id"] for m in listed} >= ids:
                 break
             time.sleep(0.2)
-        listed_ids_ = [m["id"] for m in listed]
+        listed_here = [m["id"] for m in listed]
         strangers = [m["id"] for m in listed if m["channel"] != channel or m["id"] not in ids]
         print(
-            f"channel {channel}: posted={len(ids)} listed={len(set(listed_ids_) & ids)} "
-            f"missing={len(ids - set(listed_ids_))} dup={len(listed_ids_) - len(set(listed_ids_))} "
+            f"channel {channel}: posted={len(ids)} listed={len(set(listed_here) & ids)} "
+            f"missing={len(ids - set(listed_here))} dup={len(listed_here) - len(set(listed_here))} "
             f"foreign={len(strangers)}"
         )
-        if set(listed_ids_) != ids or len(listed_ids_) != len(ids) or strangers:
+        if set(listed_here) != ids or len(listed_here) != len(ids) or strangers:
             problems.append(f"the listing of {channel} is not exactly its {len(ids)} messages")
         if listeners:
             listener = listeners[channel]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import random
 import threading
 import time
+from collections.abc import Callable
 
 import orjson
 import pytest
@@ -85,9 +87,14 @@ def test_get_message_unknown_id_is_none(db_app: Flask) -> None:
         assert storage.get_message("01a22649-0717-7cb0-a31f-94907ddc217f") is None
 
 
-def test_follower_sees_every_row_while_writers_commit_out_of_order(db_app: Flask) -> None:
-    """Several writers commit concurrently (with random stalls before COMMIT); a follower
-    polling its cursor must end with exactly the written set, each once."""
+def follow_while_writing(
+    db_app: Flask, batch: Callable[[int, int], list[dict[str, str]]], channel: str | None = None
+) -> tuple[list[dict[str, str]], list[tuple[int, str]]]:
+    """Four writers commit 15 batches each concurrently, with random stalls before COMMIT, while a
+    follower polls the listing (of ``channel``, or of all) with its cursor; (written, followed).
+
+    ``batch(writer, round)`` makes each batch; ``followed`` is (seq, id) in the order seen.
+    """
     with db_app.app_context():
         engine = storage.db.engine
     stall = threading.local()
@@ -97,7 +104,7 @@ def test_follower_sees_every_row_while_writers_commit_out_of_order(db_app: Flask
         if getattr(stall, "on", False):
             time.sleep(random.uniform(0, 0.02))
 
-    written: list[str] = []
+    written: list[dict[str, str]] = []
     lock = threading.Lock()
     done = threading.Event()
     errors: list[BaseException] = []
@@ -107,23 +114,23 @@ def test_follower_sees_every_row_while_writers_commit_out_of_order(db_app: Flask
         try:
             with db_app.app_context():
                 for round_ in range(15):
-                    batch = records(random.randint(1, 8), start=index * 1000 + round_ * 10)
-                    storage.save_messages(batch)
+                    records = batch(index, round_)
+                    storage.save_messages(records)
                     with lock:
-                        written.extend(r["id"] for r in batch)
+                        written.extend(records)
         except BaseException as exc:  # surfaced below
             errors.append(exc)
 
-    followed: list[str] = []
+    followed: list[tuple[int, str]] = []
 
     def follower() -> None:
         after = None
         with db_app.app_context():
             while True:
                 finished = done.is_set()
-                rows, _ = storage.list_messages(after, 50)
+                rows, _ = storage.list_messages(after, 7 if channel else 50, channel=channel)
                 storage.db.session.rollback()  # a fresh snapshot per poll, as each HTTP request gets
-                followed.extend(r.id for r in rows)
+                followed.extend((r.seq, r.id) for r in rows)
                 if rows:
                     after = rows[-1].seq
                 elif finished:
@@ -140,8 +147,18 @@ def test_follower_sees_every_row_while_writers_commit_out_of_order(db_app: Flask
     reader.join(60)
     sa.event.remove(engine, "commit", slow_commit)
     assert not errors, errors
-    assert len(followed) == len(set(followed)), "the follower saw a row twice"
-    assert set(followed) == set(written), f"missed {len(set(written) - set(followed))} row(s)"
+    return written, followed
+
+
+def test_follower_sees_every_row_while_writers_commit_out_of_order(db_app: Flask) -> None:
+    """Several writers commit concurrently (with random stalls before COMMIT); a follower
+    polling its cursor must end with exactly the written set, each once."""
+    written, followed = follow_while_writing(
+        db_app, lambda index, round_: records(random.randint(1, 8), start=index * 1000 + round_ * 10)
+    )
+    ids = [message_id for _, message_id in followed]
+    assert len(ids) == len(set(ids)), "the follower saw a row twice"
+    assert set(ids) == {r["id"] for r in written}, f"missed {len(written) - len(set(ids))} row(s)"
     assert len(written) > 100
 
 
@@ -208,68 +225,18 @@ def test_records_queued_before_channels_existed_land_in_dummy(db_app: Flask) -> 
 def test_channel_follower_sees_every_row_of_its_channel_while_writers_commit_at_once(db_app: Flask) -> None:
     """Four writers commit mixed-channel batches concurrently, with stalls before COMMIT; a follower of
     one channel, polling with its cursor, ends with exactly that channel's rows, each once, in order."""
-    with db_app.app_context():
-        engine = storage.db.engine
-    stall = threading.local()
 
-    @sa.event.listens_for(engine, "commit")
-    def slow_commit(_conn: sa.Connection) -> None:
-        if getattr(stall, "on", False):
-            time.sleep(random.uniform(0, 0.02))
+    def mixed(index: int, round_: int) -> list[dict[str, str]]:
+        start = index * 1000 + round_ * 10
+        return [r for c in random.sample("abc", 2) for r in in_channel(c, random.randint(1, 4), start=start)]
 
-    written: dict[str, list[str]] = {"a": [], "b": [], "c": []}
-    lock = threading.Lock()
-    done = threading.Event()
-    errors: list[BaseException] = []
-
-    def writer(index: int) -> None:
-        stall.on = True
-        try:
-            with db_app.app_context():
-                for round_ in range(15):
-                    batch = [
-                        r
-                        for channel in random.sample(sorted(written), 2)
-                        for r in in_channel(channel, random.randint(1, 4), start=index * 1000 + round_ * 10)
-                    ]
-                    storage.save_messages(batch)
-                    with lock:
-                        for r in batch:
-                            written[r["channel"]].append(r["id"])
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
-
-    followed: list[tuple[int, str]] = []
-
-    def follower() -> None:
-        after = None
-        with db_app.app_context():
-            while True:
-                finished = done.is_set()
-                rows, _ = storage.list_messages(after, 7, channel="a")
-                storage.db.session.rollback()  # a fresh snapshot per poll, as each HTTP request gets
-                followed.extend((r.seq, r.id) for r in rows)
-                if rows:
-                    after = rows[-1].seq
-                elif finished:
-                    return
-
-    threads = [threading.Thread(target=writer, args=(i,)) for i in range(4)]
-    reader = threading.Thread(target=follower)
-    reader.start()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    done.set()
-    reader.join(60)
-    sa.event.remove(engine, "commit", slow_commit)
-    assert not errors, errors
+    written, followed = follow_while_writing(db_app, mixed, channel="a")
+    of_a = {r["id"] for r in written if r["channel"] == "a"}
     ids = [message_id for _, message_id in followed]
     assert len(ids) == len(set(ids)), "the follower saw a row twice"
-    assert set(ids) == set(written["a"]), f"missed {len(set(written['a']) - set(ids))} row(s) of channel a"
+    assert set(ids) == of_a, f"missed {len(of_a - set(ids))} row(s) of channel a"
     assert [seq for seq, _ in followed] == sorted(seq for seq, _ in followed)
-    assert len(written["a"]) > 20
+    assert len(of_a) > 20
     with db_app.app_context():
         counts = {c.name: c.messages for c in storage.list_channels(None, 10)[0]}
-    assert counts == {name: len(ids) for name, ids in written.items() if ids}
+    assert counts == dict(collections.Counter(r["channel"] for r in written))

@@ -122,20 +122,12 @@ def components(settings: Settings) -> dict[str, Any]:
                 },
                 "examples": [example],
             },
-            "Page": {
-                "type": "object",
-                "required": ["data", "has_more", "next_cursor"],
-                "additionalProperties": False,
-                "properties": {
-                    "data": {"type": "array", "items": ref("schemas", "Message"), "maxItems": LIMIT.maximum},
-                    "has_more": {"type": "boolean", "description": "Whether another page follows right now."},
-                    "next_cursor": {
-                        "type": ["string", "null"],
-                        "description": "Set on every non-empty page, the last one included: ask again with it "
-                        "later to get only what arrived since. Null only when nothing was ever returned.",
-                    },
-                },
-            },
+            "Page": _page_schema(
+                "Message",
+                LIMIT.maximum,
+                "Set on every non-empty page, the last one included: ask again with it later to get only what "
+                "arrived since. Null only when nothing was ever returned.",
+            ),
             "ChannelInfo": {
                 "type": "object",
                 "required": ["name", "messages", "last_message_at"],
@@ -154,25 +146,27 @@ def components(settings: Settings) -> dict[str, Any]:
                 },
                 "examples": [{"name": "dummy", "messages": 42, "last_message_at": openapi.EXAMPLE_TIME}],
             },
-            "ChannelPage": {
-                "type": "object",
-                "required": ["data", "has_more", "next_cursor"],
-                "additionalProperties": False,
-                "properties": {
-                    "data": {
-                        "type": "array",
-                        "items": ref("schemas", "ChannelInfo"),
-                        "maxItems": CHANNELS_QUERY.params["limit"].maximum,
-                    },
-                    "has_more": {"type": "boolean", "description": "Whether another page follows right now."},
-                    "next_cursor": {
-                        "type": ["string", "null"],
-                        "description": "Set on every non-empty page: the next page starts after its last name.",
-                    },
-                },
-            },
+            "ChannelPage": _page_schema(
+                "ChannelInfo",
+                CHANNELS_QUERY.params["limit"].maximum,
+                "Set on every non-empty page: the next page starts after its last name.",
+            ),
         },
         "responses": {"DatabaseUnavailable": openapi.unavailable("database_unavailable", "The database")},
+    }
+
+
+def _page_schema(item: str, most: int, cursor: str) -> dict[str, Any]:
+    """The shape of every paginated answer, ``{"data", "has_more", "next_cursor"}``, around ``item``."""
+    return {
+        "type": "object",
+        "required": ["data", "has_more", "next_cursor"],
+        "additionalProperties": False,
+        "properties": {
+            "data": {"type": "array", "items": ref("schemas", item), "maxItems": most},
+            "has_more": {"type": "boolean", "description": "Whether another page follows right now."},
+            "next_cursor": {"type": ["string", "null"], "description": cursor},
+        },
     }
 
 
@@ -197,16 +191,21 @@ def _list_operation(operation_id: str, summary: str, description: str, channel: 
         "description": description,
         "security": BEARER,
         "parameters": ([ref("parameters", "Channel")] if channel else []) + LIST_QUERY.openapi(),
-        "responses": {
-            "200": {
-                "description": "One page.",
-                "headers": {"Link": ref("headers", "Link")},
-                "content": json_content(ref("schemas", "Page")),
-            },
-            "400": error(f"A bad query. Codes: {openapi.codes(codes)}.", "bad_limit"),
-            "401": UNAUTHORIZED,
-            "503": DATABASE_UNAVAILABLE,
+        "responses": _page_responses("One page.", "Page", codes),
+    }
+
+
+def _page_responses(description: str, schema: str, codes: list[str]) -> dict[str, Any]:
+    """The answers of a paginated listing: a page with ``Link``, a bad query, no token, no database."""
+    return {
+        "200": {
+            "description": description,
+            "headers": {"Link": ref("headers", "Link")},
+            "content": json_content(ref("schemas", schema)),
         },
+        "400": error(f"A bad query. Codes: {openapi.codes(codes)}.", "bad_limit"),
+        "401": UNAUTHORIZED,
+        "503": DATABASE_UNAVAILABLE,
     }
 
 
@@ -274,16 +273,7 @@ def channel_messages_view(channel: str) -> Response:
         "the newest arrived. Paginated like the messages; any other query parameter is a 400.",
         "security": BEARER,
         "parameters": CHANNELS_QUERY.openapi(),
-        "responses": {
-            "200": {
-                "description": "One page of channels.",
-                "headers": {"Link": ref("headers", "Link")},
-                "content": json_content(ref("schemas", "ChannelPage")),
-            },
-            "400": error(f"A bad query. Codes: {openapi.codes([*CHANNELS_QUERY.codes(), 'bad_cursor'])}.", "bad_limit"),
-            "401": UNAUTHORIZED,
-            "503": DATABASE_UNAVAILABLE,
-        },
+        "responses": _page_responses("One page of channels.", "ChannelPage", [*CHANNELS_QUERY.codes(), "bad_cursor"]),
     }
 )
 def channels_view() -> Response:
