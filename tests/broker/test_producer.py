@@ -148,6 +148,59 @@ def test_group_commit_withdraws_a_request_that_waited_too_long() -> None:
     assert written == [[first[0]["id"]]], "the withdrawn request was written anyway"
 
 
+def test_group_commit_writes_a_lone_request_in_its_own_thread_and_merges_those_that_overlap() -> None:
+    """The first request writes at once, itself; the five arriving during its write go out in one write after it."""
+    started, release = threading.Event(), threading.Event()
+    writes: list[tuple[str, list[str]]] = []
+
+    def write(batch: list[dict[str, str]]) -> bool:
+        writes.append((threading.current_thread().name, [r["id"] for r in batch]))
+        if len(writes) == 1:
+            started.set()
+            release.wait(5)
+        return True
+
+    group = GroupCommit(write)
+    first, later = records(1), [records(1) for _ in range(5)]
+    with concurrent.futures.ThreadPoolExecutor(6, thread_name_prefix="request") as pool:
+        lone = pool.submit(group.submit, first)
+        assert started.wait(5)
+        followers = [pool.submit(group.submit, batch) for batch in later]
+        time.sleep(0.2)  # all five are waiting behind the first write
+        release.set()
+        assert lone.result(5) is True and all(f.result(5) is True for f in followers)
+    assert len(writes) == 2, writes
+    assert writes[0][1] == [first[0]["id"]] and writes[0][0].startswith("request"), "not written by its own request"
+    assert sorted(writes[1][1]) == sorted(batch[0]["id"] for batch in later)
+
+
+def test_group_commit_hands_a_failed_write_to_each_of_its_requests_and_goes_on() -> None:
+    """A write that raises fails every request in it, and the requests waiting behind it are still written."""
+    started, release = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    def write(batch: list[dict[str, str]]) -> bool:
+        calls.append(len(batch))
+        if len(calls) == 1:
+            started.set()
+            release.wait(5)
+            raise redis.ConnectionError("Redis went away")
+        return True
+
+    group = GroupCommit(write)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        failing = pool.submit(group.submit, records(1))
+        assert started.wait(5)
+        behind = [pool.submit(group.submit, records(1)) for _ in range(3)]
+        time.sleep(0.2)
+        release.set()
+        with pytest.raises(redis.ConnectionError):
+            failing.result(5)
+        assert all(f.result(5) is True for f in behind)
+        assert group.submit(records(1)) is True, "a later request after the failure"
+    assert calls == [1, 3, 1]
+
+
 def test_a_large_batch_becomes_task_messages_of_bounded_size(redis_url: str) -> None:
     queue = make_broker(redis_url, message_max_bytes=100_000)
     batch = records(1000, size=1000)
