@@ -51,6 +51,13 @@ def make_celery(settings: Settings, *, timeout: float | None = None) -> Celery:
         task_acks_late=True,
         # Task events (received, started, succeeded) for Flower and `celery events`.
         worker_send_task_events=True,
+        # A durable (so not auto-delete) remote-control queue. With the auto-delete default, closing its
+        # channel fails while Redis is down and kombu then leaves the task channel open; Celery 5.7's
+        # second close of the lost connection (celery#10242) crashed the worker on it ("'NoneType' object
+        # has no attribute 'hostname'"). kombu sweeps the bindings of expired control queues
+        # (control_queue_expires). docs/operations.md, "Celery version".
+        control_queue_durable=True,
+        control_queue_exclusive=False,  # Celery refuses a durable exclusive queue; 5.7 defaults to exclusive
         broker_connection_retry_on_startup=True,
         broker_transport_options=transport,
         **({"broker_connection_timeout": timeout, "broker_connection_retry": False} if timeout is not None else {}),
