@@ -1,6 +1,6 @@
 """``scripts/bench.py cost``: CPU per stored message over every process of the stack, beside a baseline.
 
-    python scripts/bench.py cost [--rate 150] [--seconds 20] [--baseline]
+    python scripts/bench.py cost [--rate 150] [--seconds 20] [--baseline] [--max]
                                  [--database-url URL] [--redis-url URL]
 
 Starts the stack as a user runs it (``scripts/run.sh``: honcho, the
@@ -12,6 +12,13 @@ that interval per 1,000 stored messages: ingestion API, list API, worker,
 wsserver, honcho (with ``keep_running``), Redis and, when it is on this
 machine, the database server. POST -> stored p50/p99 come from the rows'
 own ``received_at`` and ``persisted_at``.
+
+``--max`` also finds the maximum end-to-end rate: as many POSTs as
+``wrk`` (Debian package ``wrk``) makes over ``--max-conns`` connections for
+``--seconds``, then until the backlog is stored; the rate is the stored messages over the
+time from the first ``received_at`` to the last ``persisted_at``, so a
+backlog still draining counts against it. Then it offers 50% and 80% of that
+rate (paced, as above) and reports POST -> stored p50/p99 and the CPU at each.
 
 ``--baseline`` then runs ``scripts/baseline.py`` on the same Redis and
 database at the same rate (Flask calling ``.delay()`` per request under
@@ -32,6 +39,8 @@ import contextlib
 import datetime as dt
 import multiprocessing
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -196,6 +205,56 @@ def measure(target: Target, args: argparse.Namespace) -> dict[str, object]:
     }
 
 
+def _saturate(post_url: str, seconds: float, connections: int) -> dict[str, int]:
+    """POST /dummy as fast as ``wrk`` (C, one thread) can over ``connections``: answers by kind, and errors."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise SystemExit("--max needs wrk (Debian package wrk): a Python client cannot saturate the stack here")
+    script = str(SCRIPTS / "wrk_post.lua")
+    command = [wrk, "-t1", f"-c{connections}", f"-d{seconds:g}s", "-s", script, f"{post_url}/dummy"]
+    report = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    completed = int(re.search(r"(\d+) requests in", report).group(1))
+    refused = re.search(r"Non-2xx or 3xx responses: (\d+)", report)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", report)
+    other = int(refused.group(1)) if refused else 0
+    return {"2xx": completed - other, "other": other, "socket_errors": sum(map(int, errors.groups())) if errors else 0}
+
+
+def measure_max(target: Target, args: argparse.Namespace) -> dict[str, object]:
+    """Saturate ``target`` for ``--seconds``, wait until its backlog is stored, and time the whole path."""
+    since = dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(milliseconds=5)
+    statuses = _saturate(target.post_url, args.seconds, args.max_conns)
+    accepted = statuses["2xx"]  # every 2xx of POST /dummy is a 202
+    rows: list[tuple[dt.datetime, dt.datetime]] = []
+    deadline = time.monotonic() + args.drain
+    while len(rows) < accepted and time.monotonic() < deadline:
+        time.sleep(0.5)
+        rows = _stored(args.database_url, target.table, since)
+    first = min((_as_datetime(r) for r, _ in rows), default=None)
+    last = max((_as_datetime(p) for _, p in rows), default=None)
+    span = (last - first).total_seconds() if first and last else 0.0
+    return {
+        "load_seconds": args.seconds,
+        "accepted": accepted,
+        "answers": statuses,
+        "stored": len(rows),
+        "drained": len(rows) >= accepted,
+        "first_received_to_last_stored_s": round(span, 2),
+        "accepted_per_s": round(accepted / args.seconds),
+        "end_to_end_per_s": round(len(rows) / span) if span else None,
+    }
+
+
+def measure_at_fractions(target: Target, args: argparse.Namespace, maximum: float) -> dict[str, object]:
+    """``measure`` at 50% and 80% of ``maximum`` (paced), each after the previous backlog is stored."""
+    results = {}
+    for fraction in (0.5, 0.8):
+        time.sleep(args.settle)
+        paced = argparse.Namespace(**{**vars(args), "rate": fraction * maximum})
+        results[f"{round(fraction * 100)}%"] = measure(target, paced)
+    return results
+
+
 def _env(args: argparse.Namespace, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV",)}
     env.update({"REDIS_URL": args.redis_url, "SQLALCHEMY_DATABASE_URI": args.database_url, "PYTHONUNBUFFERED": "1"})
@@ -336,11 +395,22 @@ def bench_cost(args: argparse.Namespace) -> dict[str, object]:
         }
         with our_stack(args, work, servers) as target:
             result["ours"] = measure(target, args)
-        print("ours:", result["ours"], flush=True)
+            print("ours:", result["ours"], flush=True)
+            if args.max:
+                time.sleep(args.settle)
+                result["ours_max"] = measure_max(target, args)
+                print("ours, maximum:", result["ours_max"], flush=True)
+                if result["ours_max"]["end_to_end_per_s"]:
+                    result["ours_at"] = measure_at_fractions(target, args, result["ours_max"]["end_to_end_per_s"])
+                    print("ours, at 50% and 80% of it:", result["ours_at"], flush=True)
         if args.baseline:
             with baseline_stack(args, work, servers, floor=False) as target:
                 result["baseline"] = measure(target, args)
-            print("baseline:", result["baseline"], flush=True)
+                print("baseline:", result["baseline"], flush=True)
+                if args.max:
+                    time.sleep(args.settle)
+                    result["baseline_max"] = measure_max(target, args)
+                    print("baseline, maximum:", result["baseline_max"], flush=True)
             with baseline_stack(args, work, {}, floor=True) as target:
                 result["floor"] = measure(target, args)
             print("floor:", result["floor"], flush=True)
@@ -359,6 +429,10 @@ def bench_cost(args: argparse.Namespace) -> dict[str, object]:
                     ours["cpu_seconds_per_1000"].get("worker"), base["cpu_seconds_per_1000"].get("worker")
                 ),
             }
+            if args.max:
+                result["ratios"]["max_end_to_end_rate_vs_baseline"] = _ratio(
+                    result["ours_max"]["end_to_end_per_s"], result["baseline_max"]["end_to_end_per_s"]
+                )
         return result
 
 
@@ -375,6 +449,21 @@ def table(result: dict[str, object]) -> str:
     )
     for key in ("post_to_stored_p50_ms", "post_to_stored_p99_ms", "accepted", "stored"):
         lines.append(f"| {key} | " + " | ".join(str(result[n].get(key, "")) for n in runs) + " |")
+    if "ours_max" in result:
+        lines += ["", "| maximum end-to-end rate | ours | baseline |", "|---|---:|---:|"]
+        base = result.get("baseline_max", {})
+        for key in ("end_to_end_per_s", "accepted_per_s", "accepted", "stored", "drained"):
+            lines.append(f"| {key} | {result['ours_max'].get(key)} | {base.get(key, '')} |")
+        lines += [
+            "",
+            "| ours at a fraction of its maximum | offered/s | POST -> stored p50 / p99 ms | CPU ms per message |",
+            "|---|---:|---:|---:|",
+        ]
+        for fraction, run in result.get("ours_at", {}).items():
+            lines.append(
+                f"| {fraction} | {run['offered_per_s']:.0f} | {run['post_to_stored_p50_ms']} / "
+                f"{run['post_to_stored_p99_ms']} | {run['cpu_seconds_per_1000_total']} |"
+            )
     return "\n".join(lines)
 
 
@@ -384,5 +473,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drain", type=float, default=60.0, help="most seconds to wait for the backlog to be stored")
     parser.add_argument("--settle", type=float, default=3.0, help="seconds between start-up and the load")
     parser.add_argument("--baseline", action="store_true", help="also run the baseline and the floor handler")
+    parser.add_argument(
+        "--max", action="store_true", help="also the maximum end-to-end rate, and p50/p99 at 50%% and 80%% of it"
+    )
+    parser.add_argument("--max-conns", type=int, default=32, help="wrk's connections for --max")
     parser.add_argument("--redis-url", default=None, help="default: a private redis-server")
     parser.add_argument("--database-url", default=None, help="default: a temporary SQLite file")
