@@ -251,7 +251,9 @@ def test_worker_killed_while_draining_a_backlog_stores_every_message_once(
     """SIGKILL the whole worker (pool children too) amid thousands of queued messages; restart it at once."""
     clear_database(sqlite_url)
     broker = redis.Redis.from_url(redis_url)
-    with running_stack(sqlite_url, redis_url, log_dir, env=QUICK_REDELIVERY, with_worker=False) as stack:
+    # No send linger: each write leaves as its own task message, so the backlog is hundreds of them, not a few.
+    env = {**QUICK_REDELIVERY, "INGEST_SEND_LINGER_SECONDS": "0"}
+    with running_stack(sqlite_url, redis_url, log_dir, env=env, with_worker=False) as stack:
         load = Load(stack.ingest_url, clients=6, batch_every=4, batch_size=25)
         with load.running():
             wait_until(lambda: load.count() >= 4000, timeout=60, what="a backlog of 4000 messages")
