@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -73,13 +74,21 @@ def test_persist_figure(sqlite_url: str, redis_server) -> None:
     assert counts == {"bench-0": 100, "bench-1": 100, "bench-2": 100}
 
 
-def test_cost_figure_counts_every_process_of_both_stacks() -> None:
-    """Our stack (scripts/run.sh), the baseline and the floor handler, each measured; ratios computed."""
-    cost = bench("cost", "--baseline", "--rate", "20", "--seconds", "2", "--settle", "0.5", "--drain", "60",
-                 timeout=400)  # fmt: skip
+def test_cost_figure_counts_every_process_of_both_stacks_and_their_maximum_rates() -> None:
+    """Our stack (scripts/run.sh), the baseline and the floor handler, each measured; the maximum rates; ratios."""
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed (apt-get install wrk): --max saturates the stacks with it")
+    cost = bench("cost", "--baseline", "--max", "--max-conns", "4", "--rate", "20", "--seconds", "2",
+                 "--settle", "0.5", "--drain", "120", timeout=600)  # fmt: skip
     for run in ("ours", "baseline"):
         assert cost[run]["stored"] == cost[run]["accepted"] > 0, run
         assert cost[run]["post_to_stored_p99_ms"] >= cost[run]["post_to_stored_p50_ms"] > 0, run
+        most = cost[f"{run}_max"]
+        assert most["drained"] and most["stored"] >= most["accepted"] > 0 and most["end_to_end_per_s"] > 0, most
+    fractions = cost["ours_at"]
+    assert fractions.keys() == {"50%", "80%"}
+    assert fractions["80%"]["offered_per_s"] > fractions["50%"]["offered_per_s"] > 0
+    assert all(run["stored"] == run["accepted"] > 0 for run in fractions.values()), fractions
     assert {"honcho", "ingestion_api", "list_api", "worker", "wsserver", "redis"} <= cost["ours"]["cpu_seconds"].keys()
     assert {"baseline_api", "worker", "redis"} <= cost["baseline"]["cpu_seconds"].keys()
     assert cost["floor"]["accepted"] > 0 and cost["floor"]["cpu_seconds_per_1000"]["floor_api"] > 0
