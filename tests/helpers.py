@@ -99,14 +99,7 @@ class Service:
             os.killpg(self.process.pid, sig)
 
     def stop(self, timeout: float = 10.0) -> None:
-        if not self.process or self.process.poll() is not None:
-            return
-        self.signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.signal(signal.SIGKILL)
-            self.process.wait(5)
+        stop_all([self], timeout)
 
     def kill(self) -> None:
         self.signal(signal.SIGKILL)
@@ -115,6 +108,25 @@ class Service:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def stop_all(services: Sequence[Service], timeout: float = 10.0) -> None:
+    """SIGTERM every running service at once, then wait for each (SIGKILL past ``timeout``).
+
+    As honcho and compose stop a stack: each still shuts down gracefully,
+    but their shutdowns overlap instead of adding up.
+    """
+    running = [s for s in services if s.process and s.process.poll() is None]
+    for service in running:
+        service.signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for service in running:
+        assert service.process is not None
+        try:
+            service.process.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            service.signal(signal.SIGKILL)
+            service.process.wait(5)
 
 
 class RedisServer(Service):

@@ -11,7 +11,7 @@ from typing import Protocol
 
 import requests
 
-from tests.helpers import Service, celery_worker, free_port, gunicorn, python_env, serve, wait_http_ok
+from tests.helpers import Service, celery_worker, free_port, gunicorn, python_env, serve, stop_all, wait_http_ok
 
 
 def wsserver(env: dict[str, str], log_dir: Path, port: int) -> Service:
@@ -140,7 +140,6 @@ def running_stack(
             stack.start_wsserver()
         yield stack
     finally:
-        for service in stack.services.values():
-            service.stop()
+        stop_all(list(stack.services.values()))
         for service in stack.services.values():
             print(f"--- {service.name} log ---\n{service.log()[-3000:]}")
