@@ -152,6 +152,18 @@ def _as_datetime(value: object) -> dt.datetime:
     return value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(str(value))
 
 
+def _wait_stored(
+    args: argparse.Namespace, table: str, since: dt.datetime, accepted: int
+) -> list[tuple[dt.datetime, dt.datetime]]:
+    """The rows received since ``since``, once ``accepted`` of them are stored or ``--drain`` seconds passed."""
+    rows: list[tuple[dt.datetime, dt.datetime]] = []
+    deadline = time.monotonic() + args.drain
+    while len(rows) < accepted and time.monotonic() < deadline:
+        time.sleep(0.2)
+        rows = _stored(args.database_url, table, since)
+    return rows
+
+
 def measure(target: Target, args: argparse.Namespace) -> dict[str, object]:
     """Offer the load, wait for it to be stored, and account every process's CPU over that interval."""
     from bench import _paced_poster, percentile  # scripts/bench.py: the same paced load as `sustained`
@@ -175,12 +187,7 @@ def measure(target: Target, args: argparse.Namespace) -> dict[str, object]:
     for poster in posters:
         poster.join()
     accepted = statuses.get(202, 0)
-    rows: list[tuple[dt.datetime, dt.datetime]] = []
-    if target.table:
-        deadline = time.monotonic() + args.drain
-        while len(rows) < accepted and time.monotonic() < deadline:
-            time.sleep(0.2)
-            rows = _stored(args.database_url, target.table, since)
+    rows = _wait_stored(args, target.table, since, accepted) if target.table else []
     elapsed = time.monotonic() - started
     after = cpu_by_pid(target.processes())
     cpu = {
@@ -225,11 +232,7 @@ def measure_max(target: Target, args: argparse.Namespace) -> dict[str, object]:
     since = dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(milliseconds=5)
     statuses = _saturate(target.post_url, args.seconds, args.max_conns)
     accepted = statuses["2xx"]  # every 2xx of POST /dummy is a 202
-    rows: list[tuple[dt.datetime, dt.datetime]] = []
-    deadline = time.monotonic() + args.drain
-    while len(rows) < accepted and time.monotonic() < deadline:
-        time.sleep(0.5)
-        rows = _stored(args.database_url, target.table, since)
+    rows = _wait_stored(args, target.table, since, accepted)
     first = min((_as_datetime(r) for r, _ in rows), default=None)
     last = max((_as_datetime(p) for _, p in rows), default=None)
     span = (last - first).total_seconds() if first and last else 0.0

@@ -44,6 +44,9 @@ pytestmark = [pytest.mark.faults, pytest.mark.e2e]
 
 # Tasks of a dead worker come back after the visibility timeout: keep it short so the tests are quick.
 QUICK_REDELIVERY = {"CELERY_VISIBILITY_TIMEOUT": "5"}
+# No send linger either: each write leaves as its own task message, so a backlog is hundreds of them
+# (for the kills to land among), not the dozen the 100 ms linger would gather.
+ONE_TASK_PER_WRITE = {**QUICK_REDELIVERY, "INGEST_SEND_LINGER_SECONDS": "0"}
 # How long a test waits, once the fault is healed, for every acknowledged message to be stored.
 SETTLE_SECONDS = 30.0
 
@@ -251,9 +254,7 @@ def test_worker_killed_while_draining_a_backlog_stores_every_message_once(
     """SIGKILL the whole worker (pool children too) amid thousands of queued messages; restart it at once."""
     clear_database(sqlite_url)
     broker = redis.Redis.from_url(redis_url)
-    # No send linger: each write leaves as its own task message, so the backlog is hundreds of them, not a few.
-    env = {**QUICK_REDELIVERY, "INGEST_SEND_LINGER_SECONDS": "0"}
-    with running_stack(sqlite_url, redis_url, log_dir, env=env, with_worker=False) as stack:
+    with running_stack(sqlite_url, redis_url, log_dir, env=ONE_TASK_PER_WRITE, with_worker=False) as stack:
         load = Load(stack.ingest_url, clients=6, batch_every=4, batch_size=25)
         with load.running():
             wait_until(lambda: load.count() >= 4000, timeout=60, what="a backlog of 4000 messages")
@@ -291,9 +292,7 @@ def test_a_worker_killed_between_popping_a_task_message_and_recording_it_loses_n
     every accepted message once: the lost ones come back from the pending set.
     """
     clear_database(sqlite_url)
-    # No send linger: each write leaves as its own task message, so there are many to lose.
-    env = {**QUICK_REDELIVERY, "INGEST_SEND_LINGER_SECONDS": "0"}
-    with running_stack(sqlite_url, redis_url, log_dir, env=env, with_worker=False) as stack:
+    with running_stack(sqlite_url, redis_url, log_dir, env=ONE_TASK_PER_WRITE, with_worker=False) as stack:
         load = Load(stack.ingest_url, clients=4, batch_every=4, batch_size=25)
         with load.running():
             wait_until(lambda: load.count() >= 500, timeout=60, what="a backlog of 500 messages")
