@@ -17,7 +17,8 @@ does not wait on that send's outcome: if it fails, the records are pending
 and a worker sends them again (``Pending.reconcile``).
 
 Every write is fenced (see :class:`Producer`), so a lost answer is settled
-before the API answers: a 5xx means nothing was accepted.
+before the API answers: a 5xx means nothing was accepted, except
+:class:`OutcomeUnknown`, which says that it could not be found out.
 """
 
 from __future__ import annotations
@@ -76,6 +77,19 @@ return finish('ok:' .. live)
 """
 # How long a fence (and the outcome it holds) is kept: far longer than a write can wait in Redis.
 FENCE_SECONDS = 60
+# How long settling keeps asking a Redis that answers late: well inside the fence's life, so the
+# fence is still there to hold the outcome (or to keep a late write out) when the answer comes.
+BUSY_SECONDS = FENCE_SECONDS / 2
+
+
+class OutcomeUnknown(redis.RedisError):
+    """A write reached Redis, but whether it ran could not be found out: it may have been accepted.
+
+    Redis went away after the write was sent (and did not come back within
+    ``settle_seconds``), or stayed too slow to answer for ``busy_seconds``.
+    The API says so (``503 outcome_unknown``) instead of claiming that
+    nothing was queued; a retry with the same ``Idempotency-Key`` is safe.
+    """
 
 
 @dataclass
@@ -129,7 +143,7 @@ class Producer:
         probe_client: redis.Redis | None = None,
         bulk_client: redis.Redis | None = None,
         settle_seconds: float = 0.4,
-        busy_seconds: float = 10.0,
+        busy_seconds: float = BUSY_SECONDS,
     ) -> None:
         self.client = client
         self.queue = queue
@@ -234,20 +248,25 @@ class Producer:
 
         Claims ``fence`` first: the write, if it still arrives, then finds it
         taken and does nothing. Every attempt is safe to repeat. While Redis
-        is busy (timeouts) it keeps asking for up to ``busy_seconds``; while
-        it is unreachable, for ``settle_seconds`` after ``started``
-        (monotonic), then the outcome is unknown and this raises.
+        is busy (timeouts) it keeps asking for up to ``busy_seconds``, on the
+        bulk client's longer read timeout after the first timeout, so that an
+        answer queued behind large writes is waited for rather than asked
+        again; while Redis is unreachable, for ``settle_seconds`` after
+        ``started`` (monotonic). Past that it raises :class:`OutcomeUnknown`.
         """
+        client = self.probe_client
         while True:
             try:
-                if self.probe_client.set(fence, "aborted", nx=True, ex=FENCE_SECONDS):
+                if client.set(fence, "aborted", nx=True, ex=FENCE_SECONDS):
                     return None
-                return self.probe_client.get(fence)
+                return client.get(fence)
             except redis.RedisError as exc:
                 # Busy (it answers late): keep asking. Unreachable: give up soon; the outcome is then unknown.
-                patience = self.settle_seconds if never_connected(exc) else self.busy_seconds
-                if time.monotonic() >= started + patience:
-                    raise
+                unreachable = never_connected(exc)
+                if not unreachable:
+                    client = self.bulk_client
+                if time.monotonic() >= started + (self.settle_seconds if unreachable else self.busy_seconds):
+                    raise OutcomeUnknown(f"the outcome of a write could not be found out ({exc})") from exc
             time.sleep(0.02)
 
     def ping(self) -> bool:

@@ -34,7 +34,7 @@ from relay.broker.connection import connect
 from relay.broker.contract import idempotency_key, make_celery, queue_depth, send_records
 from relay.broker.group_commit import QueueBusy
 from relay.broker.linger import Linger
-from relay.broker.producer import Idempotency, IdempotencyKeyReused, Producer
+from relay.broker.producer import BUSY_SECONDS, Idempotency, IdempotencyKeyReused, OutcomeUnknown, Producer
 from relay.logs import configure_logging
 from relay.metrics import GaugeCollector, init_metrics
 from relay.records import (
@@ -251,7 +251,15 @@ def _publish_operation(
                 "idempotency_key_reused",
             ),
             "429": ref("responses", "TooManyRequests"),
-            "503": openapi.unavailable("queue_unavailable", "The queue (Redis)"),
+            "503": error(
+                "The queue (Redis) does not answer; retry after `Retry-After` seconds. Code "
+                "`queue_unavailable`: nothing was queued. Code `outcome_unknown`: the write reached Redis but "
+                "whether it ran could not be found out (Redis went away before answering, or stayed too slow "
+                f"to answer for {BUSY_SECONDS:g} s), so it may have been queued; retry with the same "
+                "`Idempotency-Key`.",
+                "queue_unavailable",
+                ("Retry-After",),
+            ),
         },
     }
 
@@ -405,6 +413,15 @@ def _accept(
             422,
             "idempotency_key_reused",
             "This Idempotency-Key was already used with a different body; use a new key for a new message.",
+        ) from None
+    except OutcomeUnknown as exc:
+        current_app.logger.error("queue write outcome unknown (%s); answering 503 outcome_unknown", exc)
+        raise ApiError(
+            503,
+            "outcome_unknown",
+            "Redis did not confirm whether the message was queued: it may have been. Retry with the same "
+            "Idempotency-Key to be safe.",
+            {"Retry-After": "1"},
         ) from None
     except (redis.RedisError, QueueBusy) as exc:
         current_app.logger.warning("queue write failed (%s); answering 503", exc)

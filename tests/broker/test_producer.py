@@ -22,9 +22,9 @@ import redis
 import requests
 
 from relay.broker.connection import connect
-from relay.broker.contract import make_celery, send_records
+from relay.broker.contract import make_celery, pending_keys, send_records
 from relay.broker.group_commit import GroupCommit, QueueBusy
-from relay.broker.producer import Producer
+from relay.broker.producer import OutcomeUnknown, Producer
 from relay.records import make_record, utc_now
 from relay.settings import load_settings
 from tests.helpers import clear_database, free_port, take_tasks
@@ -34,6 +34,12 @@ from tests.stack import Stack, running_stack
 def records(count: int, size: int = 10) -> list[dict[str, str]]:
     now = utc_now()
     return [make_record({"i": i, "pad": "x" * size}, now) for i in range(count)]
+
+
+def pending_ids(client: redis.Redis) -> set[str]:
+    """Ids of every accepted record: those in the pending set (the write's own record of acceptance)."""
+    _, records_key = pending_keys("persist")
+    return {key.decode() for key in client.hkeys(records_key)}
 
 
 def queued_ids(client: redis.Redis) -> set[str]:
@@ -82,8 +88,9 @@ def test_a_write_whose_answer_times_out_is_settled_not_guessed(redis_url: str) -
     Another client keeps Redis busy for 0.6 s; the write is sent meanwhile and
     its read times out at 0.2 s, but Redis still has it and runs it when it is
     free. Whether the write or the settling probe runs first, the answer
-    (True, or an error meaning "not queued") must agree with the queue. Before
-    the fence, the write raised a timeout and was queued anyway.
+    (True, or an error meaning "not queued") must agree with the pending set,
+    where a write records what it accepted. Before the fence, the write raised
+    a timeout and was queued anyway.
     """
     client = redis.Redis.from_url(redis_url)
     busy = client.register_script(BUSY)
@@ -107,11 +114,37 @@ def test_a_write_whose_answer_times_out_is_settled_not_guessed(redis_url: str) -
                 accepted = False
             blocking.result(5)
             time.sleep(0.1)
-            queued = {r["id"] for r in batch} & queued_ids(client)
+            queued = {r["id"] for r in batch} & pending_ids(client)
             expected = {r["id"] for r in batch} if accepted else set()
             assert queued == expected, f"answered {accepted}, queued {len(queued)} of {len(batch)}"
             outcomes[accepted] += 1
     print(f"writes held past their read timeout, answered accepted/refused: {dict(outcomes)}")
+
+
+def test_a_write_whose_outcome_cannot_be_found_out_says_so(redis_url: str) -> None:
+    """Redis stays busy past the settling's patience: the error must say "unknown", not "nothing queued".
+
+    Before, settling gave up with the plain timeout, which the API answers
+    as ``503 queue_unavailable`` (nothing queued), though the write it had
+    sent could still run, and did under load.
+    """
+    client = redis.Redis.from_url(redis_url)
+    busy = client.register_script(BUSY)
+    impatient = connect(redis_url, timeout=5.0, read_timeout=0.2)
+    queue = Producer(
+        impatient, "persist", "messages:live", 1000, 60, probe_client=impatient, bulk_client=impatient, busy_seconds=0.5
+    )
+    batch = records(50)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        blocking = pool.submit(busy, args=[1_500_000])
+        time.sleep(0.1)  # Redis is now busy for 1.5 s
+        started = time.monotonic()
+        with pytest.raises(OutcomeUnknown):
+            queue.write(batch)
+        assert time.monotonic() - started < 1.4, "it gave up while Redis was still busy"
+        blocking.result(5)
+    # Whichever ran first once Redis was free, the write or the settling's claim, it ran whole or not at all.
+    assert len({r["id"] for r in batch} & pending_ids(client)) in (0, len(batch))
 
 
 def test_a_write_that_never_reached_redis_is_refused_at_once(redis_url: str) -> None:
@@ -231,10 +264,14 @@ def ingest_only(sqlite_url: str, redis_url: str, log_dir: Path) -> Iterator[Stac
 
 
 @pytest.mark.e2e
-def test_concurrent_large_batches_are_either_queued_whole_or_answered_5xx_with_nothing_queued(
+def test_concurrent_large_batches_are_queued_whole_or_refused_truthfully(
     ingest_only: Stack,
 ) -> None:
-    """24 batches of 1,000 messages (~6 MB each) and 48 of 100 (~100 KB), all at once: count what each answer queued."""
+    """24 batches of 1,000 messages (~6 MB each) and 48 of 100 (~100 KB), all at once: count what each answer queued.
+
+    A 202 must be queued whole; a ``503 queue_unavailable`` must have queued
+    nothing; only a ``503 outcome_unknown`` may have been queued or not.
+    """
     large = orjson.dumps([{"i": i, "text": "x" * 6000} for i in range(1000)])
     medium = orjson.dumps([{"i": i, "text": "x" * 1000} for i in range(100)])
     assert len(large) < 8 * 1024 * 1024
@@ -245,13 +282,22 @@ def test_concurrent_large_batches_are_either_queued_whole_or_answered_5xx_with_n
 
     with concurrent.futures.ThreadPoolExecutor(72) as pool:
         answers = list(pool.map(post, [large] * 24 + [medium] * 48))
-    statuses = Counter((len(body), answer.status_code) for body, answer in answers)
-    print(f"concurrent batches (bytes, status): {dict(statuses)}")
-    assert {status for _, status in statuses} <= {202, 503}, statuses
+    statuses = Counter((len(body), answer.status_code, answer.json().get("error")) for body, answer in answers)
+    print(f"concurrent batches (bytes, status, error): {dict(statuses)}")
+    assert {(status, code) for _, status, code in statuses} <= {
+        (202, None), (503, "queue_unavailable"), (503, "outcome_unknown")
+    }, statuses  # fmt: skip
     client = redis.Redis.from_url(ingest_only.env["REDIS_URL"])
-    pending = {key.decode() for key in client.hkeys("persist:pending:records")}
+    pending = pending_ids(client)
     accepted = [set(answer.json()["ids"]) for _, answer in answers if answer.status_code == 202]
     assert all(ids <= pending for ids in accepted), "a batch answered 202 is not wholly queued"
-    assert len(pending) == sum(map(len, accepted)), "records were queued for a batch answered 503"
+    # A 503 outcome_unknown may have been queued (its answer says so); a 503 queue_unavailable never.
+    unknown = [
+        body for body, answer in answers if answer.status_code == 503 and answer.json()["error"] == "outcome_unknown"
+    ]
+    extra = len(pending) - sum(map(len, accepted))
+    assert 0 <= extra <= sum(len(orjson.loads(body)) for body in unknown), (
+        f"{extra} records were queued beyond the 202s, with {len(unknown)} batch(es) answered outcome_unknown"
+    )
     # Task messages follow the write; one whose send failed (50 ms timeouts) is left to the pending set.
     assert queued_ids(client) <= pending
