@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import redis
@@ -270,3 +272,36 @@ def persist_pending(redis_url: str, queue: str = "persist"):
 
     send = functools.partial(send_records, make_celery(load_settings(redis_url=redis_url, persist_queue=queue)), queue)
     return Pending(redis.Redis.from_url(redis_url), queue, send)
+
+
+# A Lua loop that holds Redis (single-threaded) for ARGV[1] microseconds: every other client waits.
+_BUSY = """
+local stop = tonumber(redis.call('TIME')[1]) * 1000000 + tonumber(redis.call('TIME')[2]) + tonumber(ARGV[1])
+while tonumber(redis.call('TIME')[1]) * 1000000 + tonumber(redis.call('TIME')[2]) < stop do end
+return 1
+"""
+
+
+@contextlib.contextmanager
+def redis_busy(url: str, seconds: float) -> Iterator[None]:
+    """Keep the Redis at ``url`` busy for ``seconds``; enter once it is (a 50 ms ping has timed out).
+
+    The loop runs from a thread of its own; leaving waits for it to end.
+    """
+    client = redis.Redis.from_url(url)
+    sha = client.script_load(_BUSY)
+    loop = threading.Thread(target=client.evalsha, args=(sha, 0, int(seconds * 1_000_000)), daemon=True)
+    loop.start()
+    probe = redis.Redis.from_url(url, socket_timeout=0.05)
+    try:
+        wait_until(lambda: not _answers(probe), timeout=5, interval=0.01, what="Redis to be busy")
+        yield
+    finally:
+        loop.join(seconds + 5)
+
+
+def _answers(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.TimeoutError:
+        return False

@@ -86,7 +86,8 @@ class OutcomeUnknown(redis.RedisError):
     """A write reached Redis, but whether it ran could not be found out: it may have been accepted.
 
     Redis went away after the write was sent (and did not come back within
-    ``settle_seconds``), or stayed too slow to answer for ``busy_seconds``.
+    ``settle_seconds``), or stayed too slow to answer for ``busy_seconds``, or
+    the write stopped half-way, or its fence was flushed before it was read.
     The API says so (``503 outcome_unknown``) instead of claiming that
     nothing was queued; a retry with the same ``Idempotency-Key`` is safe.
     """
@@ -228,8 +229,10 @@ class Producer:
             if outcome is None:
                 raise exc from None
         outcome = outcome.decode() if isinstance(outcome, bytes) else outcome
-        if not outcome.startswith(("ok:", "repeat:", "reused")):  # "aborted", or a script that never finished
-            raise redis.ConnectionError(f"the write did not run to its end ({outcome})")
+        if outcome == "running":  # the script stopped half-way (Redis does not undo what it had done)
+            raise OutcomeUnknown("the write stopped half-way")
+        if not outcome.startswith(("ok:", "repeat:", "reused")):  # "aborted": settling fenced it off
+            raise redis.ConnectionError(f"the write did not run ({outcome})")
         if outcome.startswith("ok:"):
             self._send(records)
         return outcome
@@ -247,27 +250,48 @@ class Producer:
         """Find out what became of a write whose answer was lost; None when it never ran (and never will).
 
         Claims ``fence`` first: the write, if it still arrives, then finds it
-        taken and does nothing. Every attempt is safe to repeat. While Redis
-        is busy (timeouts) it keeps asking for up to ``busy_seconds``, on the
-        bulk client's longer read timeout after the first timeout, so that an
-        answer queued behind large writes is waited for rather than asked
+        taken and does nothing; if the claim fails, the fence holds the
+        write's outcome. Every attempt is safe to repeat. While Redis is busy
+        (timeouts, or errors such as ``LOADING``) it keeps asking for about
+        ``busy_seconds`` (the last attempt may take one more read timeout), on
+        the bulk client's longer read timeout after the first timeout, so that
+        an answer queued behind large writes is waited for rather than asked
         again; while Redis is unreachable, for ``settle_seconds`` after
-        ``started`` (monotonic). Past that it raises :class:`OutcomeUnknown`.
+        ``started`` (monotonic). Past that, or if the fence is gone (flushed),
+        it raises :class:`OutcomeUnknown`.
         """
         client = self.probe_client
         while True:
             try:
                 if client.set(fence, "aborted", nx=True, ex=FENCE_SECONDS):
                     return None
-                return client.get(fence)
+                outcome = client.get(fence)
+            except redis.ResponseError as exc:
+                # Redis refuses the claim (out of memory, loading, a long script): the outcome may still be readable.
+                outcome, unreachable = self._read_fence(client, fence), False
+                problem: Exception = exc
             except redis.RedisError as exc:
                 # Busy (it answers late): keep asking. Unreachable: give up soon; the outcome is then unknown.
-                unreachable = never_connected(exc)
+                outcome, unreachable, problem = None, never_connected(exc), exc
                 if not unreachable:
                     client = self.bulk_client
-                if time.monotonic() >= started + (self.settle_seconds if unreachable else self.busy_seconds):
-                    raise OutcomeUnknown(f"the outcome of a write could not be found out ({exc})") from exc
+            else:
+                if outcome is None:  # taken a moment ago, gone now: nothing tells what the write did
+                    raise OutcomeUnknown("the write's fence vanished while its outcome was read")
+                return outcome
+            if outcome is not None:
+                return outcome
+            if time.monotonic() >= started + (self.settle_seconds if unreachable else self.busy_seconds):
+                raise OutcomeUnknown(f"the outcome of a write could not be found out ({problem})") from problem
             time.sleep(0.02)
+
+    @staticmethod
+    def _read_fence(client: redis.Redis, fence: str) -> bytes | None:
+        """The fence's value if Redis will say it now, else None."""
+        try:
+            return client.get(fence)
+        except redis.RedisError:
+            return None
 
     def ping(self) -> bool:
         """Tell whether Redis answers."""

@@ -255,8 +255,8 @@ def _publish_operation(
                 "The queue (Redis) does not answer; retry after `Retry-After` seconds. Code "
                 "`queue_unavailable`: nothing was queued. Code `outcome_unknown`: the write reached Redis but "
                 "whether it ran could not be found out (Redis went away before answering, or stayed too slow "
-                f"to answer for {BUSY_SECONDS:g} s), so it may have been queued; retry with the same "
-                "`Idempotency-Key`.",
+                f"to answer for about {BUSY_SECONDS:g} s), so it may have been queued; a retry with the same "
+                "`Idempotency-Key` is safe (without one, a retry may store the message twice).",
                 "queue_unavailable",
                 ("Retry-After",),
             ),
@@ -419,8 +419,8 @@ def _accept(
         raise ApiError(
             503,
             "outcome_unknown",
-            "Redis did not confirm whether the message was queued: it may have been. Retry with the same "
-            "Idempotency-Key to be safe.",
+            "Redis did not confirm whether the message was queued: it may have been. A retry with the same "
+            "Idempotency-Key is safe; without one, a retry may store it twice.",
             {"Retry-After": "1"},
         ) from None
     except (redis.RedisError, QueueBusy) as exc:

@@ -13,7 +13,7 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.helpers import free_port, take_tasks
+from tests.helpers import free_port, redis_busy, take_tasks
 
 JSON = {"Content-Type": "application/json"}
 
@@ -173,25 +173,16 @@ def test_redis_down_means_503_with_retry_after_quickly(make_ingestion_app: Calla
     assert client.get("/healthz").status_code == 503
 
 
-BUSY = """
-local stop = tonumber(redis.call('TIME')[1]) * 1000000 + tonumber(redis.call('TIME')[2]) + tonumber(ARGV[1])
-while tonumber(redis.call('TIME')[1]) * 1000000 + tonumber(redis.call('TIME')[2]) < stop do end
-return 1
-"""
-
-
 def test_a_write_redis_never_confirms_is_503_outcome_unknown_not_nothing_queued(
-    make_ingestion_app: Callable[..., Flask], r: redis.Redis
+    make_ingestion_app: Callable[..., Flask], redis_url: str
 ) -> None:
     """Redis busy past the API's patience: the answer must not claim that nothing was queued."""
     app = make_ingestion_app(redis_timeout_seconds=0.2)
     app.extensions["broker"].busy_seconds = 0.5  # instead of 30 s, to keep the test short
     client = app.test_client()
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        blocking = pool.submit(r.register_script(BUSY), args=[2_000_000])
-        time.sleep(0.1)  # Redis is now busy for 2 s: the write is sent, its answer and every probe's time out
+    # Busy past the write's read timeout (0.2 s) and then the probe's (the app's 1 s), which ends past 0.5 s.
+    with redis_busy(redis_url, 3.0):
         response = client.post("/dummy", json={"a": 1})
-        blocking.result(5)
     assert response.status_code == 503 and response.headers["Retry-After"] == "1"
     assert response.get_json()["error"] == "outcome_unknown", response.get_json()
 
