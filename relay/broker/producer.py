@@ -23,6 +23,7 @@ before the API answers: a 5xx means nothing was accepted, except
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -268,30 +269,24 @@ class Producer:
                 outcome = client.get(fence)
             except redis.ResponseError as exc:
                 # Redis refuses the claim (out of memory, loading, a long script): the outcome may still be readable.
-                outcome, unreachable = self._read_fence(client, fence), False
-                problem: Exception = exc
+                with contextlib.suppress(redis.RedisError):
+                    if (outcome := client.get(fence)) is not None:
+                        return outcome
+                problem, patience = exc, self.busy_seconds
             except redis.RedisError as exc:
-                # Busy (it answers late): keep asking. Unreachable: give up soon; the outcome is then unknown.
-                outcome, unreachable, problem = None, never_connected(exc), exc
-                if not unreachable:
-                    client = self.bulk_client
+                # Busy (it answers late): keep asking, on the longer read timeout. Unreachable: give up soon.
+                problem = exc
+                if never_connected(exc):
+                    patience = self.settle_seconds
+                else:
+                    patience, client = self.busy_seconds, self.bulk_client
             else:
                 if outcome is None:  # taken a moment ago, gone now: nothing tells what the write did
                     raise OutcomeUnknown("the write's fence vanished while its outcome was read")
                 return outcome
-            if outcome is not None:
-                return outcome
-            if time.monotonic() >= started + (self.settle_seconds if unreachable else self.busy_seconds):
+            if time.monotonic() >= started + patience:
                 raise OutcomeUnknown(f"the outcome of a write could not be found out ({problem})") from problem
             time.sleep(0.02)
-
-    @staticmethod
-    def _read_fence(client: redis.Redis, fence: str) -> bytes | None:
-        """The fence's value if Redis will say it now, else None."""
-        try:
-            return client.get(fence)
-        except redis.RedisError:
-            return None
 
     def ping(self) -> bool:
         """Tell whether Redis answers."""

@@ -274,7 +274,7 @@ def test_concurrent_large_batches_are_queued_whole_or_refused_truthfully(
     assert set(outcomes) <= {(202, None), (503, "queue_unavailable"), (503, "outcome_unknown")}, Counter(outcomes)
     client = redis.Redis.from_url(ingest_only.env["REDIS_URL"])
     _, records_key = pending_keys("persist")
-    pending = {key.decode() for key in client.hkeys(records_key)}
+    pending = pending_ids(client)
     per_batch = Counter(orjson.loads(orjson.loads(blob)["payload"])["batch"] for blob in client.hvals(records_key))
     for number, (body, answer, outcome) in enumerate(zip(bodies, answers, outcomes, strict=True)):
         size = len(orjson.loads(body))
