@@ -69,6 +69,13 @@ class Settings:
     redis_timeout_seconds: float = setting(
         "0.5", "Connect/read timeout on the request path; Redis down means 503 within ~1 s."
     )
+    redis_memory_high_water: float = setting(
+        "0.8",
+        "Share of Redis' `maxmemory` at which the ingestion API stops accepting (`503 queue_full`), so the "
+        "workers' own writes (a bookkeeping copy of each task message they hold, up to "
+        "`WORKER_PREFETCH_BYTES` per pool process; re-sends; locks) always fit and they can drain it "
+        "(1: up to `maxmemory`).",
+    )
     ingestion_api_port: int = setting("5000", "Port of the ingestion API (`POST /dummy`).")
     list_api_port: int = setting("5001", "Port of the list API (`GET /messages`, the live page at `/`).")
     ws_port: int = setting("8765", "Port of the websocket server.")
@@ -88,6 +95,11 @@ class Settings:
     )
     ws_url: str = setting(
         "ws://127.0.0.1:${WS_PORT}", "Public URL of the websocket server; the live page connects there.", True
+    )
+    list_database_timeout_seconds: float = setting(
+        "3",
+        "Connect and read timeout of the list API's database calls, and its wait for a pooled connection: "
+        "a hung database answers `503 database_unavailable` within about this long (0: wait as long as it takes).",
     )
     secret_key: str = setting(DEV_SECRET, "Signs pagination cursors (tamper-evident). Must be set in production.", True)
     max_message_bytes: int = setting(
@@ -157,7 +169,17 @@ class Settings:
     rate_limit: str = setting(
         "",
         "Messages one client (its token, else its address) may publish per period over both POST endpoints, "
-        "e.g. `100/second`; a failed token check costs one (empty: off).",
+        "e.g. `100/second` (empty: off).",
+    )
+    auth_failure_limit: str = setting(
+        "20/minute",
+        "Failed token checks one client address may make per period, over every service together (both "
+        "APIs and the websocket handshake); past it they are answered 429 (empty: off). Needs no `RATE_LIMIT`.",
+    )
+    request_body_timeout_seconds: float = setting(
+        "10",
+        "Seconds a request body may take to arrive after its head, plus one per 64 KiB received; a body "
+        "still incomplete then is answered 408 and its connection closed.",
     )
     proxy_count: int = setting(
         "0", "Reverse proxies in front of the APIs whose X-Forwarded-For to trust (client address)."

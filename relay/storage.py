@@ -85,14 +85,32 @@ class MessageSequence(db.Model):
     last_seq = sa.Column(sa.BigInteger, nullable=False)
 
 
-def _engine_options(uri: str) -> dict[str, Any]:
+# How long the worker's SQLite connections wait for the write lock: the worker waits a busy database out.
+WRITER_BUSY_SECONDS = 30.0
+
+
+def _engine_options(uri: str, timeout: float | None) -> dict[str, Any]:
+    """Engine options for ``uri``; ``timeout`` bounds every wait on the database, None leaves them unbounded.
+
+    The list API passes its ``LIST_DATABASE_TIMEOUT_SECONDS``: with MariaDB
+    hung (stopped, its disk stalled) a connect, a read of an answer, a write
+    of a query and the wait for a pooled connection each give up after it,
+    so requests answer ``503 database_unavailable`` instead of hanging with
+    the database (PyMySQL's timeouts are per socket operation, so a large
+    page that keeps arriving is not cut). The worker passes None: it waits
+    a database out however long it takes, its records safe in Redis.
+    """
     if uri.startswith("sqlite"):
-        return {"connect_args": {"timeout": 30}}
-    return {"pool_pre_ping": True, "pool_recycle": 280}
+        return {"connect_args": {"timeout": timeout or WRITER_BUSY_SECONDS}}
+    options: dict[str, Any] = {"pool_pre_ping": True, "pool_recycle": 280}
+    if timeout:
+        options["pool_timeout"] = timeout
+        options["connect_args"] = {"connect_timeout": timeout, "read_timeout": timeout, "write_timeout": timeout}
+    return options
 
 
-def _tune_sqlite(engine: sa.Engine, immediate: bool) -> None:
-    """Use WAL, and make writers take the write lock at BEGIN (``immediate``).
+def _tune_sqlite(engine: sa.Engine, immediate: bool, busy_seconds: float) -> None:
+    """Use WAL, wait up to ``busy_seconds`` for a lock, and make writers take the write lock at BEGIN (``immediate``).
 
     Without BEGIN IMMEDIATE two SQLite writers can both start a deferred
     transaction and one fails with "database is locked" instead of waiting.
@@ -103,22 +121,22 @@ def _tune_sqlite(engine: sa.Engine, immediate: bool) -> None:
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         dbapi_connection.execute("PRAGMA journal_mode=WAL")
-        dbapi_connection.execute("PRAGMA busy_timeout=30000")
+        dbapi_connection.execute(f"PRAGMA busy_timeout={int(busy_seconds * 1000)}")
 
     @sa.event.listens_for(engine, "begin")
     def on_begin(connection: sa.Connection) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
-def init_db(app: Flask, *, writer: bool = False) -> None:
-    """Attach the database and migrations to ``app``; ``writer`` marks the worker's app."""
+def init_db(app: Flask, *, writer: bool = False, timeout: float | None = None) -> None:
+    """Attach the database and migrations to ``app``; ``writer`` marks the worker's app, ``timeout`` bounds waits."""
     uri = app.config["SQLALCHEMY_DATABASE_URI"]
-    app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", _engine_options(uri))
+    app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", _engine_options(uri, timeout))
     db.init_app(app)
     migrate.init_app(app, db, directory=str(app.config.get("MIGRATIONS_DIR", "migrations")))
     if uri.startswith("sqlite"):
         with app.app_context():
-            _tune_sqlite(db.engine, immediate=writer)
+            _tune_sqlite(db.engine, immediate=writer, busy_seconds=timeout or WRITER_BUSY_SECONDS)
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:

@@ -127,12 +127,16 @@ def make_ingestion_app(redis_url: str) -> Callable[..., Flask]:
 
 
 @pytest.fixture
-def make_list_app(database_url: str) -> Iterator[Callable[..., Flask]]:
-    """Make list APIs on the clean database, settings by field name; their connections are closed afterwards."""
+def make_list_app(database_url: str, redis_url: str) -> Iterator[Callable[..., Flask]]:
+    """Make list APIs on the clean database, settings by field name; their connections are closed afterwards.
+
+    They count failed token checks on the clean Redis, never on one a developer runs on the default port.
+    """
     apps: list[Flask] = []
 
     def make(**settings: object) -> Flask:
-        app = list_api.create_app({"sqlalchemy_database_uri": database_url, "secret_key": "test-secret", **settings})
+        base = {"sqlalchemy_database_uri": database_url, "redis_url": redis_url, "secret_key": "test-secret"}
+        app = list_api.create_app({**base, **settings})
         apps.append(app)
         return app
 

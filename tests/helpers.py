@@ -305,3 +305,22 @@ def _answers(client: redis.Redis) -> bool:
         return bool(client.ping())
     except redis.TimeoutError:
         return False
+
+
+@contextlib.contextmanager
+def mariadb_user(url: str, privileges: str) -> Iterator[str]:
+    """A MariaDB user of its own with ``privileges`` on ``url``'s database (no SUPER); yield its URL, then drop it."""
+    from sqlalchemy.engine import make_url
+
+    server = make_url(url)
+    name, password = f"relay_{os.urandom(4).hex()}", os.urandom(8).hex()
+    admin = sa.create_engine(server)
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"CREATE USER '{name}'@'%%' IDENTIFIED BY '{password}'")
+        conn.exec_driver_sql(f"GRANT {privileges} ON `{server.database}`.* TO '{name}'@'%%'")
+    try:
+        yield server.set(username=name, password=password).render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f"DROP USER IF EXISTS '{name}'@'%%'")
+        admin.dispose()

@@ -3,12 +3,16 @@
     proxy = TcpProxy("127.0.0.1", 3306).start()   # listen on proxy.port, forward to 3306
     proxy.cut()       # reset every open connection and refuse new ones (the server looks down)
     proxy.restore()   # listen again on the same port and forward as before
+    proxy.freeze()    # keep every connection open and accept new ones, but forward nothing (a hung server)
+    proxy.thaw()      # forward again, what was held back included
     proxy.stop()
 
 Point the client at ``127.0.0.1:proxy.port`` instead of the server. A cut
 closes both sides of every forwarded connection with an RST (``SO_LINGER``
 0), so the client sees its connection drop mid-query, and closes the
-listening socket, so reconnects are refused until :meth:`restore`.
+listening socket, so reconnects are refused until :meth:`restore`. A
+freeze is a server that hangs (``SIGSTOP``, a stalled disk) rather than one
+that is gone: connections are made, bytes are sent, nothing comes back.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ class TcpProxy:
         self._sockets: set[socket.socket] = set()
         self._listener: socket.socket | None = None
         self._cut = False
+        self._flowing = threading.Event()  # cleared while frozen: the pumps hold what they read
+        self._flowing.set()
 
     def start(self) -> TcpProxy:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -62,6 +68,15 @@ class TcpProxy:
             doomed, self._sockets = self._sockets, set()
         for sock in doomed:
             _reset(sock)
+        self._flowing.set()  # a pump held by a freeze finds its sockets reset and ends
+
+    def freeze(self) -> None:
+        """Forward nothing, in either direction, until :meth:`thaw`: the server seems hung."""
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        """Forward again, starting with what was held back."""
+        self._flowing.set()
 
     def restore(self) -> None:
         """Accept and forward again, on the same port."""
@@ -96,6 +111,7 @@ class TcpProxy:
     def _pump(self, source: socket.socket, target: socket.socket) -> None:
         try:
             while data := source.recv(65536):
+                self._flowing.wait()
                 target.sendall(data)
         except OSError:
             pass

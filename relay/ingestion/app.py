@@ -1,7 +1,7 @@
 """Ingestion API: accepts messages and queues them for persistence and live delivery.
 
 Run: ``gunicorn -b 0.0.0.0:5000 "ingestion_api:create_app()"``.
-Reads ``REDIS_URL``, ``REDIS_TIMEOUT_SECONDS``, ``LIST_API_URL``,
+Reads ``REDIS_URL``, ``REDIS_TIMEOUT_SECONDS``, ``REDIS_MEMORY_HIGH_WATER``, ``LIST_API_URL``,
 ``MAX_MESSAGE_BYTES``, ``MAX_BATCH_MESSAGES``, ``MAX_BATCH_BYTES``,
 ``IDEMPOTENCY_TTL_SECONDS``, ``PERSIST_QUEUE``, ``LIVE_STREAM_KEY``,
 ``LIVE_WINDOW``, ``API_TOKENS``, ``RATE_LIMIT``, ``PROXY_COUNT`` and
@@ -12,7 +12,9 @@ Endpoints: ``POST /channels/<channel>/messages`` (one JSON object),
 the seed's ``POST /dummy`` and ``POST /dummy/batch`` (the same for the
 channel ``dummy``), ``GET /healthz``. A 202 means the message is in
 Redis (durable as Redis is configured); if Redis cannot be written the
-answer is 503 with ``Retry-After``, never a 202.
+answer is 503 with ``Retry-After``, never a 202. So is a Redis that could
+not keep the promise (``relay.broker.memory``): one whose
+``maxmemory-policy`` evicts, or one filled to ``REDIS_MEMORY_HIGH_WATER``.
 """
 
 from __future__ import annotations
@@ -28,12 +30,13 @@ from celery import Celery
 from flask import Flask, Response, current_app, g, request
 from flask_cors import CORS
 from prometheus_client import Counter
-from werkzeug.exceptions import ClientDisconnected
+from werkzeug.exceptions import ClientDisconnected, RequestTimeout
 
 from relay.broker.connection import connect
 from relay.broker.contract import idempotency_key, make_celery, queue_depth, send_records
 from relay.broker.group_commit import QueueBusy
 from relay.broker.linger import Linger
+from relay.broker.memory import MemoryWatch, Refusal
 from relay.broker.producer import BUSY_SECONDS, Idempotency, IdempotencyKeyReused, OutcomeUnknown, Producer
 from relay.logs import configure_logging
 from relay.metrics import GaugeCollector, init_metrics
@@ -48,7 +51,7 @@ from relay.records import (
 from relay.settings import Settings, load_settings
 from relay.web import openapi
 from relay.web.auth import bearer, token_ok
-from relay.web.base import ApiError, add_channel_rule, channel_name, init_web, json_response, unauthorized
+from relay.web.base import ApiError, add_channel_rule, channel_name, init_web, json_response, refused_token
 from relay.web.openapi import BEARER, RATE_LIMIT_HEADERS, error, json_content, operation, ref
 from relay.web.ratelimit import RateLimit, Verdict, client_for_address, client_for_token
 
@@ -85,6 +88,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         probe_client=connect(settings.redis_url, settings.redis_timeout_seconds, read_timeout=1.0),
         bulk_client=connect(settings.redis_url, settings.redis_timeout_seconds, read_timeout=BULK_READ_SECONDS),
     )
+    # Redis' memory and eviction policy, read at most once a second per process (relay.broker.memory).
+    info = connect(settings.redis_url, settings.redis_timeout_seconds)
+    app.extensions["redis_memory"] = MemoryWatch(lambda: info.info("memory"), settings.redis_memory_high_water)
     if settings.rate_limit:
         app.extensions["rate_limit"] = RateLimit(
             settings.rate_limit, settings.redis_url, settings.redis_timeout_seconds
@@ -184,8 +190,8 @@ def components(settings: Settings) -> dict[str, Any]:
             ),
             "TooManyRequests": error(
                 "Over this client's rate limit (`RATE_LIMIT`, counted in messages over every publishing "
-                "endpoint and channel together; a client is its token, else its address; failed token "
-                "checks count too). "
+                "endpoint and channel together; a client is its token, else its address), or too many "
+                "failed token checks from this address (`AUTH_FAILURE_LIMIT`, over every service together). "
                 "`Retry-After` is at least 1. Code `too_many_requests`.",
                 "too_many_requests",
                 ("Retry-After", *RATE_LIMIT_HEADERS),
@@ -252,16 +258,33 @@ def _publish_operation(
             ),
             "429": ref("responses", "TooManyRequests"),
             "503": error(
-                "The queue (Redis) does not answer; retry after `Retry-After` seconds. Code "
+                "The queue (Redis) does not answer or cannot take it; retry after `Retry-After` seconds. Code "
                 "`queue_unavailable`: nothing was queued. Code `outcome_unknown`: the write reached Redis but "
                 "whether it ran could not be found out (Redis went away before answering, or stayed too slow "
                 f"to answer for about {BUSY_SECONDS:g} s), so it may have been queued; a retry with the same "
-                "`Idempotency-Key` is safe (without one, a retry may store the message twice).",
+                "`Idempotency-Key` is safe (without one, a retry may store the message twice). "
+                f"{_MEMORY_CODES} Nothing was queued.",
                 "queue_unavailable",
                 ("Retry-After",),
             ),
         },
     }
+
+
+# The 503s of a Redis that could not keep a 202's promise (relay.broker.memory); /healthz says the first too.
+_EVICTING = (
+    "Code `redis_evicting`: Redis' `maxmemory-policy` is not `noeviction`, so it could drop queued "
+    "messages; refused until it is."
+)
+_MEMORY_CODES = (
+    f"{_EVICTING} Code `queue_full`: Redis' memory is at `REDIS_MEMORY_HIGH_WATER` of its `maxmemory`; "
+    "refused until the workers have drained the queue below it."
+)
+
+
+def _refused(refusal: Refusal) -> ApiError:
+    """The 503 of a Redis that could not keep the promise of a 202 (evicting, or full)."""
+    return ApiError(503, refusal.code, refusal.message, {"Retry-After": "1"})
 
 
 def _sender(celery: Celery, settings: Settings) -> Callable[[Sequence[dict[str, str]]], object]:
@@ -312,7 +335,7 @@ def _limit_headers(verdict: Verdict | None) -> dict[str, str]:
 
 
 def _client() -> str | None:
-    """Identify the publishing client, or raise 401 (429 once it keeps failing) for a bad token.
+    """Identify the publishing client, or raise 401 (429 past ``AUTH_FAILURE_LIMIT``) for a bad token.
 
     With ``API_TOKENS`` the client is its token, scoping rate limits and
     Idempotency-Keys; without, it is its address for rate limits, and None
@@ -324,12 +347,7 @@ def _client() -> str | None:
     token = bearer(request.headers.get("Authorization"))
     if token is not None and token_ok(token, tokens):
         return client_for_token(token)
-    limit = _rate_limit()
-    if limit is not None:
-        verdict = limit.charge(client_for_address(request.remote_addr))
-        if verdict is not None and not verdict.allowed:
-            raise _limited(verdict)
-    raise unauthorized()
+    raise refused_token()
 
 
 def _charge(client: str | None, cost: int) -> Verdict | None:
@@ -371,6 +389,8 @@ def _read_body(limit: int) -> bytes:
                 break
             chunks.append(chunk)
             size += len(chunk)
+    except RequestTimeout:  # the body did not arrive in time (relay/web/gunicorn_worker.py): 408 as it is
+        raise
     except (ClientDisconnected, OSError):
         raise incomplete from None
     except Exception:  # the server's own parse errors of a malformed chunked body (sizes, extensions, trailers)
@@ -403,6 +423,9 @@ def _accept(
 ) -> Response:
     """Queue ``records`` and answer 202, 200 for a repeat, or the error (nothing queued)."""
     idempotency = _idempotency(client, scope, body)
+    # Before the rate limit is charged: a message Redis cannot take costs the client nothing.
+    if (refusal := current_app.extensions["redis_memory"].refusal()) is not None:
+        raise _refused(refusal)
     verdict = _charge(client, len(records))
     ids = [r["id"] for r in records]
     g.message_ids = ids  # on this request's log lines, the access line included (relay/web/base.py)
@@ -555,9 +578,19 @@ def post_channel_batch(channel: str) -> Response:
     return _publish_batch(channel)
 
 
-@operation(openapi.health_operation("Redis", openapi.unavailable("redis_unavailable", "Redis")))
+_HEALTH_DOWN = error(
+    f"Redis does not answer; retry after `Retry-After` seconds. Code `redis_unavailable`. {_EVICTING}",
+    "redis_unavailable",
+    ("Retry-After",),
+)
+
+
+@operation(openapi.health_operation("Redis", _HEALTH_DOWN))
 def healthz() -> Response:
-    """Report whether Redis answers."""
-    if current_app.extensions["broker"].ping():
-        return json_response({"status": "ok"})
-    raise ApiError(503, "redis_unavailable", "Redis does not answer.", {"Retry-After": "1"})
+    """Report whether Redis answers and keeps what it is given (no evicting ``maxmemory-policy``)."""
+    if not current_app.extensions["broker"].ping():
+        raise ApiError(503, "redis_unavailable", "Redis does not answer.", {"Retry-After": "1"})
+    refusal = current_app.extensions["redis_memory"].refusal()
+    if refusal is not None and refusal.code == "redis_evicting":
+        raise _refused(refusal)
+    return json_response({"status": "ok"})

@@ -2,7 +2,8 @@
 
 Run: ``gunicorn -b 0.0.0.0:5001 "list_api:create_app()"``.
 Reads ``SQLALCHEMY_DATABASE_URI``, ``SECRET_KEY`` (cursor signing),
-``API_TOKENS`` and ``PROXY_COUNT`` through ``relay/settings.py``.
+``API_TOKENS``, ``PROXY_COUNT`` and ``LIST_DATABASE_TIMEOUT_SECONDS`` (how long a
+database call may hang before the answer is 503) through ``relay/settings.py``.
 
 ``GET /messages?limit=&cursor=&order=`` returns ``{"data", "has_more",
 "next_cursor"}`` in persistence order (``order=asc``, the default) or
@@ -69,7 +70,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config["SQLALCHEMY_DATABASE_URI"] = settings.sqlalchemy_database_uri
     app.extensions["cursor"] = CursorCodec(settings.secret_key)
     app.extensions["channel_cursor"] = ChannelCursorCodec(settings.secret_key)
-    storage.init_db(app)
+    storage.init_db(app, timeout=settings.list_database_timeout_seconds)
     init_web(app, settings)
     CORS(app, methods=["GET"], send_wildcard=True)
     app.add_url_rule("/messages", view_func=list_view, methods=["GET"])
@@ -180,6 +181,7 @@ def database_unavailable(exc: sa.exc.SQLAlchemyError) -> Response:
 
 DATABASE_UNAVAILABLE = ref("responses", "DatabaseUnavailable")
 UNAUTHORIZED = ref("responses", "Unauthorized")
+TOKEN_GUESSING = ref("responses", "TooManyFailedTokens")
 
 
 def _list_operation(operation_id: str, summary: str, description: str, channel: bool) -> dict[str, Any]:
@@ -205,6 +207,7 @@ def _page_responses(description: str, schema: str, codes: list[str]) -> dict[str
         },
         "400": error(f"A bad query. Codes: {openapi.codes(codes)}.", "bad_limit"),
         "401": UNAUTHORIZED,
+        "429": TOKEN_GUESSING,
         "503": DATABASE_UNAVAILABLE,
     }
 
@@ -295,6 +298,7 @@ def channels_view() -> Response:
         "responses": {
             "200": {"description": "The message.", "content": json_content(ref("schemas", "Message"))},
             "401": UNAUTHORIZED,
+            "429": TOKEN_GUESSING,
             "404": error(
                 "No stored message has this id (yet: a 202 is followed by storage within moments). Code `not_found`.",
                 "not_found",

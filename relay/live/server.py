@@ -16,7 +16,14 @@ the seam. Text frames from the server:
 * a message: ``{"id", "channel", "received_at", "payload"}`` (as in the list API);
 * ``{"type": "ready"}``: any replay is done, what follows is live;
 * ``{"type": "reset", "reason": ..., "oldest": <id or null>}``: the ``after``
-  id is unknown or older than the window; backfill from the list API.
+  id is unknown or older than the window (reason ``unknown_or_expired_id``,
+  before ``ready``); backfill from the list API. It also comes mid-stream,
+  reason ``server_fell_behind``, when the server itself fell further behind
+  than the live stream's cap (it was stopped, say) and entries were trimmed
+  before it read them (``relay/live/stream.py``): the messages between the
+  last one sent and ``oldest`` (the next one sent, the oldest this server
+  can still replay) were missed; backfill them from the list API. Messages
+  from ``oldest`` on follow with no gap; earlier ids no longer resume.
 
 Clients send nothing: a data frame closes the connection (1003), one larger
 than ``WS_MAX_CLIENT_FRAME_BYTES`` closes it (1009). A client that falls
@@ -30,7 +37,9 @@ memory stays bounded.
 ``GET /healthz`` on the same port answers 200 when Redis does, and
 ``GET /metrics`` serves Prometheus metrics. When
 ``API_TOKENS`` is set, the handshake needs a token (``?token=`` or
-``Authorization: Bearer``); without one it is refused with 401.
+``Authorization: Bearer``); without one it is refused with 401, and with
+429 (``Retry-After``) once the address is over ``AUTH_FAILURE_LIMIT``, a
+budget it shares with both APIs (``relay/web/ratelimit.py``).
 """
 
 from __future__ import annotations
@@ -59,11 +68,19 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from relay.live.stream import START, read_after, valid
 from relay.live.window import Backlog, Selection, Window, selected
 from relay.logs import configure_logging
-from relay.records import DEFAULT_CHANNEL, is_channel
+from relay.records import is_channel
 from relay.settings import Settings, load_settings
 from relay.web.auth import bearer, token_ok
+from relay.web.ratelimit import (
+    TOO_MANY_FAILURES,
+    RateLimit,
+    client_for_failed_auth,
+    failed_auth_limit,
+    forwarded_address,
+)
 
 log = logging.getLogger("wsserver")
 READY = orjson.dumps({"type": "ready"})
@@ -78,6 +95,7 @@ class Stats:
     dropped: int = 0
     slow_disconnects: int = 0
     replayed: int = 0
+    gaps: int = 0
 
 
 class Hub:
@@ -177,6 +195,20 @@ class Hub:
         log.warning("disconnecting slow client %s", connection.remote_address)
         self._spawn(connection.close(1013, "client too slow"))
 
+    def fell_behind(self, oldest: str | None) -> None:
+        """Tell every client that messages before ``oldest`` were missed (``reset``), in order with its frames.
+
+        The window is forgotten: a client resuming from an id before the gap
+        would otherwise be replayed across it without a word.
+        """
+        self.stats.gaps += 1
+        self.window.clear()
+        log.warning("live stream entries were trimmed before this server read them; sending reset, oldest %s", oldest)
+        frame = orjson.dumps({"type": "reset", "reason": "server_fell_behind", "oldest": oldest})
+        for backlog in self.catching_up.values():
+            backlog.extend([frame])
+        self._write(self.live, [frame])
+
     def join(self, connection: ServerConnection, after: str | None, selection: Selection = None) -> None:
         """Register a client; with ``after``, queue its replay (synchronously, so nothing slips between)."""
         if selection is not None:
@@ -236,6 +268,9 @@ class HubCollector(Collector):
         yield CounterMetricFamily(
             "ws_slow_disconnects", "Clients closed for falling behind.", value=stats.slow_disconnects
         )
+        yield CounterMetricFamily(
+            "ws_stream_gaps", "Times live stream entries were trimmed before this server read them.", value=stats.gaps
+        )
 
 
 def _after_param(path: str) -> str | None:
@@ -262,46 +297,37 @@ async def handler(hub: Hub, connection: ServerConnection) -> None:
         hub.leave(connection)
 
 
-def _valid(entries: Iterable[tuple[bytes, dict[bytes, bytes]]]) -> list[tuple[str, str, bytes]]:
-    """Turn stream entries into (message id, channel, frame), skipping any that lack the id or the frame.
-
-    An entry written before channels existed has no channel: it is the channel ``dummy``.
-    """
-    valid = []
-    for entry_id, fields in entries:
-        if b"id" in fields and b"frame" in fields:
-            channel = fields[b"channel"].decode() if b"channel" in fields else DEFAULT_CHANNEL
-            valid.append((fields[b"id"].decode(), channel, fields[b"frame"]))
-        else:
-            log.warning("skipping malformed live stream entry %s", entry_id)
-    return valid
-
-
 async def relay(hub: Hub, client: aioredis.Redis, stream: str) -> None:
-    """The one Redis reader: prime the window, then pass every new stream entry to the hub."""
+    """The one Redis reader: prime the window, then pass every new stream entry to the hub, and any gap."""
     last: str | None = None
+    caught_up = False
     backoff = 0.1
     while True:
         try:
             if last is None:
                 recent = await client.xrevrange(stream, count=hub.window.max_items)
-                hub.deliver(_valid(reversed(recent)))
-                last = recent[0][0].decode() if recent else "0-0"
-            response = await client.xread({stream: last}, count=READ_BATCH, block=1000)
+                hub.deliver(valid(reversed(recent)))
+                last = recent[0][0].decode() if recent else START
+            elif caught_up:
+                # Only wait here: what comes is read below, where a gap shows (a blocking read alone would hide it).
+                await client.xread({stream: last}, count=1, block=1000)
+            batch = await read_after(client, stream, last, READ_BATCH)
             backoff = 0.1
         except (RedisError, OSError) as exc:
             log.warning("reading the live stream failed (%s); retrying in %.1fs", exc, backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
             continue
-        for _stream, entries in response or []:
-            last = entries[-1][0].decode()
-            hub.deliver(_valid(entries))
+        if batch.gap:
+            hub.fell_behind(batch.entries[0][0] if batch.entries else None)
+        hub.deliver(batch.entries)
+        last, caught_up = batch.last, batch.size < READ_BATCH
 
 
 async def process_request(
     client: aioredis.Redis,
-    tokens: tuple[str, ...],
+    settings: Settings,
+    failures: RateLimit | None,
     hub_registry: CollectorRegistry,
     connection: ServerConnection,
     request: Request,
@@ -317,15 +343,33 @@ async def process_request(
         del response.headers["Content-Type"]
         response.headers["Content-Type"] = content_type
         return response
-    if tokens:
+    if settings.api_tokens:
         presented = bearer(request.headers.get("Authorization")) or parse_qs(url.query).get("token", [None])[0]
-        if not token_ok(presented, tokens):
-            body = {"error": "unauthorized", "message": "A valid token is required (?token= or Authorization)."}
-            return _json_response(connection, HTTPStatus.UNAUTHORIZED, body)
+        if not token_ok(presented, settings.api_tokens):
+            return await _refused_token(connection, request, failures, settings.proxy_count)
     if not all(map(is_channel, _selection_param(request.path) or ())):
         body = {"error": "bad_channel", "message": "A channel name is 1 to 64 characters of A-Z a-z 0-9 _ . : -"}
         return _json_response(connection, HTTPStatus.BAD_REQUEST, body)
     return None
+
+
+async def _refused_token(
+    connection: ServerConnection, request: Request, failures: RateLimit | None, proxy_count: int
+) -> Response:
+    """401, or 429 with ``Retry-After`` once the address is over ``AUTH_FAILURE_LIMIT``, as the APIs answer."""
+    verdict = None
+    if failures is not None:
+        remote = connection.remote_address[0] if connection.remote_address else None
+        address = forwarded_address(remote, request.headers.get("X-Forwarded-For"), proxy_count)
+        # The limits package is synchronous (redis-py): charge in a thread, off the loop every client shares.
+        verdict = await asyncio.to_thread(failures.charge, client_for_failed_auth(address))
+    if verdict is not None and not verdict.allowed:
+        body = {"error": "too_many_requests", "message": TOO_MANY_FAILURES}
+        response = _json_response(connection, HTTPStatus.TOO_MANY_REQUESTS, body)
+        response.headers["Retry-After"] = str(verdict.retry_after)
+        return response
+    body = {"error": "unauthorized", "message": "A valid token is required (?token= or Authorization)."}
+    return _json_response(connection, HTTPStatus.UNAUTHORIZED, body)
 
 
 async def _health(client: aioredis.Redis, connection: ServerConnection) -> Response:
@@ -358,7 +402,7 @@ async def run(settings: Settings, stop: asyncio.Future) -> None:
         functools.partial(handler, hub),
         settings.bind_host,
         settings.ws_port,
-        process_request=functools.partial(process_request, client, settings.api_tokens, hub_registry),
+        process_request=functools.partial(process_request, client, settings, failed_auth_limit(settings), hub_registry),
         compression="deflate" if settings.ws_compression == "deflate" else None,
         max_size=settings.ws_max_client_frame_bytes,
         ping_interval=settings.ws_ping_interval,

@@ -55,6 +55,12 @@ class Window:
             frame for _, channel, frame in itertools.islice(self._items, start, None) if selected(selection, channel)
         ]
 
+    def clear(self) -> None:
+        """Forget every frame: after a gap in the stream, resuming from one of them would hide the gap."""
+        self._items.clear()
+        self._position.clear()
+        self._bytes = 0
+
     @property
     def oldest(self) -> str | None:
         return self._items[0][0] if self._items else None

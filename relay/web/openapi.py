@@ -220,6 +220,13 @@ def _common_components() -> dict[str, Any]:
                 "unauthorized",
                 ("WWW-Authenticate",),
             ),
+            "TooManyFailedTokens": error(
+                "`API_TOKENS` is set and this address failed the token check more often than "
+                "`AUTH_FAILURE_LIMIT` allows (counted over every service together); a valid token still "
+                "passes. `Retry-After` is at least 1. Code `too_many_requests`.",
+                "too_many_requests",
+                ("Retry-After",),
+            ),
         },
         "securitySchemes": {
             "bearerAuth": {

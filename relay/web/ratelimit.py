@@ -1,11 +1,23 @@
-"""Per-client rate limits for publishing, counted in messages, shared across endpoints and processes.
+"""Per-client rate limits, counted in Redis: messages published, and failed token checks on every service.
 
 ``RATE_LIMIT`` (e.g. ``100/second``) is how many *messages* one client may
 publish per period, over ``POST /dummy`` and ``POST /dummy/batch`` together:
 a batch of 40 costs 40. A client is its bearer token when ``API_TOKENS`` is
 set (so clients behind one address do not share a budget), otherwise its
-address. A failed authentication costs its address one message, so
-guessing tokens is throttled as hard as publishing.
+address.
+
+``AUTH_FAILURE_LIMIT`` (default ``20/minute``) is how many failed token
+checks one address may make per period, over every service together: the
+ingestion API, the list API and the websocket server's handshake share one
+counter per address, so guessing cannot triple its budget by switching
+services; past it the answer is 429 with ``Retry-After`` instead of 401.
+It is a budget of its own, not a share of ``RATE_LIMIT``: protection
+against token guessing must not depend on an optional publishing limit (an
+operator with tokens and no ``RATE_LIMIT`` had none at all on any service),
+nor may a guesser's failures eat the messages of clients behind its address.
+A valid token always passes, even from an address over its budget (a client
+behind a guesser's NAT is not locked out). The websocket server imports this
+module too (no Flask here) and runs :meth:`RateLimit.charge` in a thread.
 
 Built on the ``limits`` package (the engine under Flask-Limiter) used
 directly: Flask-Limiter decides per request before the view runs, so it can
@@ -27,7 +39,11 @@ from limits import parse
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
+from relay.settings import Settings
+
 log = logging.getLogger(__name__)
+# The 429 message of a failed token check over AUTH_FAILURE_LIMIT, the same on every service.
+TOO_MANY_FAILURES = "Too many failed token checks from this address; retry after Retry-After seconds."
 
 
 @dataclass(frozen=True)
@@ -74,3 +90,25 @@ def client_for_token(token: str) -> str:
 def client_for_address(address: str | None) -> str:
     """The identity of an unauthenticated client: its address."""
     return f"address:{address or 'unknown'}"
+
+
+def client_for_failed_auth(address: str | None) -> str:
+    """The identity failed token checks are counted under: the address, apart from its publishing budget."""
+    return "auth-failure:" + client_for_address(address)
+
+
+def failed_auth_limit(settings: Settings) -> RateLimit | None:
+    """The failed-token budget of a service, or None when tokens or the limit are off."""
+    if not (settings.api_tokens and settings.auth_failure_limit):
+        return None
+    return RateLimit(settings.auth_failure_limit, settings.redis_url, settings.redis_timeout_seconds)
+
+
+def forwarded_address(remote: str | None, forwarded_for: str | None, proxy_count: int) -> str | None:
+    """The client's address behind ``proxy_count`` trusted proxies, as Werkzeug's ``ProxyFix`` reads it.
+
+    The ``proxy_count``-th address from the right of ``X-Forwarded-For``;
+    ``remote`` when there are no trusted proxies or the header has fewer hops.
+    """
+    hops = [hop.strip() for hop in (forwarded_for or "").split(",") if hop.strip()]
+    return hops[-proxy_count] if proxy_count and len(hops) >= proxy_count else remote

@@ -5,26 +5,35 @@ It never raises for a database problem, because the caller acknowledges the
 task message when it returns (see ``tasks.py``):
 
 * the records are written in chunks of ``chunk_size``, one transaction each;
-* a failed chunk is retried with exponential backoff;
-* while the database is unreachable the persister waits (backoff capped at
-  ``max_backoff``) for as long as it takes: an outage delays messages, it
-  never loses them;
-* when a chunk keeps failing with the database up (``attempts`` times), the
-  data is the problem: the chunk is split in halves until the records that
-  fail on their own are found, and those go to the dead-letter callback
-  with the error, while every other record is stored. Isolation does not
-  sleep: each half is tried once (retrying a rejected record only repeats
-  the rejection), except that a database outage met meanwhile is waited
-  out as above;
-* ``budget`` bounds the time one call spends once the database is up: when
+* a failed write is classified by ``about_the_record(exception)``, which
+  knows the drivers' error codes (``relay/db_errors.py``): only an error the
+  database reports about the rows written (a constraint, a trigger, a value
+  that does not fit) can make records poison. Every other error, known or
+  not, is an outage: the database is unreachable (``database_up`` fails), or
+  it answers but cannot write (disk full, read-only, no privilege, locked,
+  deadlocked);
+* an outage is waited out, retrying the write itself with exponential
+  backoff (capped at ``max_backoff``, one WARNING line per attempt) for as
+  long as it takes: it delays messages, it never loses them, and it never
+  counts towards ``attempts``. A database that answers ``SELECT 1`` while its
+  disk is full is still an outage: dead-letters are decided by what the
+  database says about a record, not by whether it answers;
+* a write failing with an error about the records is retried (``attempts``
+  times in all, with backoff); if it keeps failing, the data is the problem:
+  the chunk is split in halves until the records that fail on their own are
+  found, and those go to the dead-letter callback with the error, while
+  every other record is stored. Isolation does not sleep: each half is
+  tried once (retrying a rejected record only repeats the rejection),
+  except that an outage met meanwhile is waited out as above;
+* ``budget`` bounds the time one call spends, outages aside: when
   it runs out between two steps, the records not yet handled are returned
   in ``Outcome.deferred`` for the caller to queue again. The worker derives
   it from the visibility timeout, so isolating a batch full of poison never
   outlives its task messages' visibility (they would be redelivered and
   handled twice) and never holds up other messages for long.
 
-No Celery, Redis or Flask here: the three operations are passed in, so this
-is tested on its own.
+No Celery, Redis, Flask or database driver here: the operations and the
+classifier are passed in, so this is tested on its own.
 """
 
 from __future__ import annotations
@@ -59,6 +68,7 @@ class Persister:
         database_up: Callable[[], bool],
         dead_letter: Callable[[Record, str], object],
         *,
+        about_the_record: Callable[[Exception], bool],
         attempts: int = 3,
         chunk_size: int = 1000,
         first_backoff: float = 0.05,
@@ -70,6 +80,7 @@ class Persister:
         self.save = save
         self.database_up = database_up
         self.dead_letter = dead_letter
+        self.about_the_record = about_the_record
         self.attempts = attempts
         self.chunk_size = chunk_size
         self.first_backoff = first_backoff
@@ -93,16 +104,12 @@ class Persister:
     def _chunk(self, chunk: Sequence[Record], outcome: Outcome, deadline: float) -> None:
         failures = 0
         backoff = self.first_backoff
-        while (error := self._save(chunk, outcome)) is not None:
-            if not self._up():
-                log.warning("database unreachable (%s); waiting %.2fs with %d record(s)", error, backoff, len(chunk))
-                failures = 0
-            else:
-                failures += 1
-                if failures >= self.attempts:
-                    self._isolate(chunk, error, outcome, deadline)
-                    return
-                log.warning("write of %d record(s) failed (%s); retry %d", len(chunk), error, failures)
+        while (error := self._write(chunk, outcome)) is not None:
+            failures += 1
+            if failures >= self.attempts:
+                self._isolate(chunk, error, outcome, deadline)
+                return
+            log.warning("write of %d record(s) failed (%s); retry %d", len(chunk), error, failures)
             self.sleep(backoff)
             backoff = min(backoff * 2, self.max_backoff)
 
@@ -125,39 +132,33 @@ class Persister:
                 log.warning("isolation ran out of time; deferring %d record(s)", len(outcome.deferred))
                 return
             part = parts.popleft()
-            if (error := self._save(part, outcome)) is None:
+            if (error := self._write(part, outcome)) is None:
                 progressed = True
-            elif not self._up():
-                self._wait_for_database(error, len(part))
-                parts.appendleft(part)
             elif len(part) == 1:
-                # Once more at once: a deadlock or a connection lost with the database still up passes now;
-                # a record the database rejects fails again, and only then is dead-lettered.
-                if (error := self._save(part, outcome)) is None:
-                    progressed = True
-                elif not self._up():
-                    self._wait_for_database(error, 1)
-                    parts.appendleft(part)
-                else:
-                    self._dead_letter(part[0], error, outcome)
-                    progressed = True
+                self._dead_letter(part[0], error, outcome)
+                progressed = True
             else:
                 parts.extendleft(reversed(_halves(part)))
 
-    def _save(self, chunk: Sequence[Record], outcome: Outcome) -> str | None:
-        """Write ``chunk`` once; return the error, or None once it is stored."""
-        try:
-            outcome.stored += self.save(chunk)
-            return None
-        except Exception as exc:
-            outcome.retries += 1
-            # The driver's own message: SQLAlchemy's str() would add the SQL and every row's payload.
-            return f"{type(exc).__name__}: {getattr(exc, 'orig', None) or exc}"
-
-    def _wait_for_database(self, error: str, count: int) -> None:
+    def _write(self, chunk: Sequence[Record], outcome: Outcome) -> str | None:
+        """Write ``chunk``, waiting out any outage; return the error the database gave about its records, or None."""
         backoff = self.first_backoff
-        while not self._up():
-            log.warning("database unreachable (%s); waiting %.2fs with %d record(s)", error, backoff, count)
+        while True:
+            try:
+                outcome.stored += self.save(chunk)
+                return None
+            except Exception as exc:
+                outcome.retries += 1
+                # The driver's own message: SQLAlchemy's str() would add the SQL and every row's payload.
+                error = f"{type(exc).__name__}: {getattr(exc, 'orig', None) or exc}"
+                about_the_record = self._about_the_record(exc)
+            up = self._up()
+            if about_the_record and up:
+                return error
+            # Never the records' fault: retrying the write is the only way to learn the database writes again
+            # (a full disk answers SELECT 1).
+            problem = "database cannot write" if up else "database unreachable"
+            log.warning("%s (%s); waiting %.2fs with %d record(s)", problem, error, backoff, len(chunk))
             self.sleep(backoff)
             backoff = min(backoff * 2, self.max_backoff)
 
@@ -175,6 +176,13 @@ class Persister:
         try:
             return self.database_up()
         except Exception:
+            return False
+
+    def _about_the_record(self, exc: Exception) -> bool:
+        try:
+            return self.about_the_record(exc)
+        except Exception:  # a classifier that cannot tell does not make a record poison
+            log.exception("could not classify %r", exc)
             return False
 
 

@@ -8,7 +8,8 @@ Run it with ``celery -A tasks worker -Q persist`` (the queue name comes from
 ``RETENTION_DAYS``, ``RETENTION_INTERVAL_SECONDS``, ``RETENTION_BATCH_SIZE``,
 ``WORKER_METRICS_PORT``, ``BIND_HOST`` and ``PROMETHEUS_MULTIPROC_DIR`` through
 ``relay/settings.py``. The metrics port also answers ``GET /healthz``: 200 while the
-consumer runs and Redis answers, else 503 (starting, shutting down, no Redis).
+consumer runs and Redis answers, else 503 (starting, shutting down, no Redis, or a
+Redis whose ``maxmemory-policy`` evicts: ``redis_evicting``).
 
 Every task message is a plain Celery task (``relay.broker.contract``)
 carrying a list of records: one for a lone POST, many when the ingestion
@@ -35,14 +36,25 @@ Reliability, and why:
   long database outage (waited out with backoff) does not look like a loss;
 * records the database keeps rejecting go to the dead-letter list
   (``scripts/dead_letters.py``), once each even if their task message is
-  delivered twice;
+  delivered twice; only an error about the record counts as a rejection
+  (``relay/db_errors.py``): a database that answers but cannot write (disk
+  full, read-only) is an outage, waited out like one that does not answer;
 * a task's handling (outages aside) is bounded by a quarter of the
   visibility timeout: past it, the records not yet handled are sent again
   as new task messages and the task returns, so isolating poison records
   never outlives the visibility timeout nor holds up other messages for long;
 * memory is bounded in bytes: each pool process prefetches at most
   ``WORKER_PREFETCH_BYTES // PERSIST_MESSAGE_MAX_BYTES`` task messages, and
-  no task message carries more than ``PERSIST_MESSAGE_MAX_BYTES`` of records.
+  no task message carries more than ``PERSIST_MESSAGE_MAX_BYTES`` of records;
+* the workers free Redis' memory, so they must run when it is full: the
+  ingestion API stops at ``REDIS_MEMORY_HIGH_WATER`` of ``maxmemory``,
+  leaving their writes room (``relay.broker.memory``). Should Redis be at
+  ``maxmemory`` all the same (another tenant filled it), kombu's bookkeeping
+  write is refused (OOM, a kombu "channel error"); with
+  ``broker_channel_error_retry`` the consumer reconnects and tries again
+  (a few times a second, logging each attempt) instead of ending the
+  worker, and resumes once Redis has room; a task message popped before
+  its bookkeeping failed comes back from the pending set.
 """
 
 from __future__ import annotations
@@ -68,10 +80,11 @@ from celery.signals import (
 from flask import Flask
 from prometheus_client import Counter, Histogram
 
-from relay import storage
+from relay import db_errors, storage
 from relay.broker.connection import connect
 from relay.broker.contract import PERSIST_TASK, make_celery, queue_depth, retention_lock_key, send_records
 from relay.broker.dead_letters import DeadLetters
+from relay.broker.memory import Memory, evicting
 from relay.broker.pending import Pending
 from relay.logs import configure_logging
 from relay.metrics import health_and_metrics_app, serve_in_thread, service_registry
@@ -97,7 +110,13 @@ REQUEUED = Counter("requeued_lost_total", "Records re-queued by the reconciler a
 EXPIRED_REMOVED = Counter("expired_messages_removed_total", "Messages removed by retention (RETENTION_DAYS).")
 
 celery_app = make_celery(settings)
-celery_app.conf.update(worker_prefetch_multiplier=PREFETCH_PER_PROCESS, worker_hijack_root_logger=False)
+celery_app.conf.update(
+    worker_prefetch_multiplier=PREFETCH_PER_PROCESS,
+    worker_hijack_root_logger=False,
+    # Redis refusing kombu's bookkeeping (OOM at maxmemory: a ResponseError, which kombu counts as a
+    # channel error) restarts the consumer, which reconnects and retries, instead of ending the worker.
+    broker_channel_error_retry=True,
+)
 # Sending task messages again (the reconciler, deferred records, dead-letter replays) goes through an app
 # of its own with short timeouts and no reconnection loop, so a send to a Redis that is away fails in
 # seconds (the records stay pending) instead of holding a task or the reconciler up.
@@ -160,9 +179,11 @@ def _serve_metrics(**_kwargs: object) -> None:
         if not _consuming.is_set():
             return "not_consuming", "The worker is starting or shutting down: it takes no tasks."
         try:
-            client.ping()
+            memory = Memory.from_info(client.info("memory"))
         except (redis.RedisError, OSError):
             return "redis_unavailable", "Redis does not answer."
+        if (evicts := evicting(memory)) is not None:  # it may drop what the workers have yet to store
+            return evicts.code, evicts.message
         return None
 
     app = health_and_metrics_app(service_registry(settings.metrics_multiprocess), problem)
@@ -313,6 +334,7 @@ def persister() -> tuple[Persister, Pending]:
             storage.save_messages,
             _database_up,
             dead_letters.add,
+            about_the_record=db_errors.about_the_record,
             attempts=settings.persist_attempts,
             chunk_size=settings.persist_batch_size,
             budget=settings.celery_visibility_timeout / 4,

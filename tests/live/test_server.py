@@ -399,3 +399,73 @@ def test_the_websocket_server_imports_no_flask_or_sqlalchemy() -> None:
     code = "import sys, wsserver; print(sorted(m for m in ('flask', 'sqlalchemy') if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert loaded.stdout.strip() == "[]"
+
+
+def tally(sent: list[str], frames: list[dict]) -> tuple[int, int, int]:
+    """(messages received, missed with a reset naming the next one, missed silently); in order, none twice."""
+    position = {message_id: i for i, message_id in enumerate(sent)}
+    expected = received = announced = silent = 0
+    reset_oldest = None
+    for frame in frames:
+        if frame.get("type") == "reset":
+            reset_oldest = frame["oldest"]
+            continue
+        i = position[frame["id"]]
+        assert i >= expected, f"{frame['id']} out of order or twice"
+        if frame["id"] == reset_oldest:
+            announced += i - expected
+        else:
+            silent += i - expected
+        expected, received, reset_oldest = i + 1, received + 1, None
+    return received, announced, silent
+
+
+async def receive_through(ws: ClientConnection, last: str) -> list[dict]:
+    """Every frame until the message ``last``."""
+    frames = []
+    while not frames or frames[-1].get("id") != last:
+        frames.append(orjson.loads(await asyncio.wait_for(ws.recv(), 10)))
+    return frames
+
+
+@pytest.mark.faults
+def test_a_server_stalled_past_the_stream_cap_sends_reset_instead_of_a_silent_gap(start_ws, redis_url: str) -> None:
+    """SIGSTOP the server while more than the live stream holds is published: its clients are told, then go on."""
+    # The stream is capped at ~100 entries; the server's own window is larger so that, without the
+    # gap check, it would even replay across the gap to a client resuming from before it.
+    server = start_ws(LIVE_WINDOW="5000")
+    capped = Producer(redis.Redis.from_url(redis_url), "persist", "messages:live", 100, 60)
+
+    async def scenario() -> None:
+        async with connect(server.url) as ws, connect(f"{server.url}?channel=other") as other:
+            await receive_until_ready(ws)
+            await receive_until_ready(other)
+            before = await asyncio.to_thread(publish, capped, 10)
+            assert await receive_ids(ws, 10) == before
+            server.signal(signal.SIGSTOP)
+            try:
+                during = await asyncio.to_thread(publish, capped, 1000)
+            finally:
+                server.signal(signal.SIGCONT)
+            after = await asyncio.to_thread(publish, capped, 10)
+            sent = before + during + after
+            frames = await receive_through(ws, after[-1])
+            resets = [f for f in frames if f.get("type") == "reset"]
+            received, announced, silent = tally(sent, frames)
+            print(
+                f"FAULT wsserver stalled: sent={len(sent)} received={received} "
+                f"missed_with_reset={announced} missed_silently={silent} resets={len(resets)}"
+            )
+            assert silent == 0 and received + announced == len(sent)
+            assert [(f["reason"], f["oldest"] in during) for f in resets] == [("server_fell_behind", True)]
+            # A client of another channel may have missed messages of its own: it is told too.
+            assert orjson.loads(await asyncio.wait_for(other.recv(), 10)) == resets[0]
+        # Resuming from before the gap would cross it: reset; from after it, an exact replay.
+        async with connect(f"{server.url}?after={before[-1]}") as ws:
+            assert [f["reason"] for f in await receive_until_ready(ws)] == ["unknown_or_expired_id"]
+        async with connect(f"{server.url}?after={resets[0]['oldest']}") as ws:
+            replay = await receive_until_ready(ws)
+            assert [f["id"] for f in replay] == sent[sent.index(resets[0]["oldest"]) + 1 :]
+
+    asyncio.run(scenario())
+    assert "trimmed before this server read them" in server.log()

@@ -43,3 +43,14 @@ def test_backlog_tracks_its_size() -> None:
     backlog.extend([b"f"])
     assert backlog.bytes == 6
     assert backlog.popleft() == b"ab" and backlog.bytes == 4
+
+
+def test_a_cleared_window_resumes_only_from_what_follows() -> None:
+    window = Window(max_items=10, max_bytes=10_000)
+    for i in range(3):
+        window.append(f"id{i}", "dummy", b"old")
+    window.clear()
+    assert window.after("id2") is None and window.oldest is None
+    for i in range(3, 6):
+        window.append(f"id{i}", "dummy", f"frame{i}".encode())
+    assert window.oldest == "id3" and window.after("id3") == [b"frame4", b"frame5"]

@@ -177,6 +177,19 @@ def test_redis_keeps_queued_messages_across_a_crash() -> None:
     assert any(volume.endswith(":/data") for volume in SERVICES["redis"]["volumes"])
 
 
+def test_redis_high_water_mark_leaves_the_workers_room_to_drain() -> None:
+    """Above REDIS_MEMORY_HIGH_WATER of the default maxmemory fit: the task messages of the header's
+    four worker containers (WORKER_PREFETCH_BYTES per pool process), a reconciler round (1,000 records of
+    at most PERSIST_MESSAGE_MAX_BYTES each) and a second of ingestion at 100 MB/s (docs/operations.md#redis-full)."""
+    maxmemory = option(argv(SERVICES["redis"]["command"]), "--maxmemory")
+    assert maxmemory == "${REDIS_MAXMEMORY:-2gb}", maxmemory
+    room = (1 - float(ENV["REDIS_MEMORY_HIGH_WATER"])) * 2 * 1024**3
+    concurrency = int(ENV["WORKER_CONCURRENCY"].removeprefix("${WORKER_CONCURRENCY:-").removesuffix("}"))
+    workers = 4 * concurrency * int(ENV["WORKER_PREFETCH_BYTES"])
+    reconciler = 1000 * int(ENV["PERSIST_MESSAGE_MAX_BYTES"])
+    assert room >= workers + reconciler + 100 * 1024**2, (room, workers, reconciler)
+
+
 # --- the image --------------------------------------------------------------------------------
 
 

@@ -613,7 +613,9 @@ def test_normal_clients_still_work_after_the_abuse(stack: Stack) -> None:
             assert orjson.loads(await asyncio.wait_for(ws.recv(), 5)) == {"type": "ready"}
             await ws.send("x" * 5000)
             with pytest.raises(ConnectionClosed) as info:
-                await asyncio.wait_for(ws.recv(), 5)
+                # The message posted above may still come live (the server's read of it can follow this join).
+                while True:
+                    assert orjson.loads(await asyncio.wait_for(ws.recv(), 5))["payload"] == {"after": "abuse"}
             assert info.value.rcvd.code == 1009
 
     asyncio.run(scenario())

@@ -54,6 +54,7 @@ FAMILIES = {
         "ws_frames_dropped",
         "ws_frames_replayed",
         "ws_slow_disconnects",
+        "ws_stream_gaps",
     },
 }
 

@@ -57,6 +57,15 @@ def test_listing_requires_a_token_when_configured(make_list_app: Callable[..., F
     assert client.get("/").status_code == 200
 
 
+def test_failed_token_checks_on_the_list_api_are_limited_per_address(make_list_app: Callable[..., Flask]) -> None:
+    client = make_list_app(api_tokens=("right",), auth_failure_limit="3/minute").test_client()
+    wrong = [client.get("/messages", headers={"Authorization": "Bearer guess"}) for _ in range(5)]
+    assert [r.status_code for r in wrong] == [401] * 3 + [429] * 2
+    assert wrong[-1].get_json()["error"] == "too_many_requests" and int(wrong[-1].headers["Retry-After"]) >= 1
+    assert client.get("/messages", headers={"Authorization": "Bearer right"}).status_code == 200
+    assert client.get("/healthz").status_code == 200, "open endpoints are never refused"
+
+
 def test_open_when_no_tokens_are_configured(redis_url: str) -> None:
     client = in_process_ingestion_app(redis_url).test_client()
     assert client.post("/dummy", json={"a": 1}).status_code == 202
@@ -113,7 +122,8 @@ def test_rate_limit_counts_messages_across_both_endpoints(redis_url: str) -> Non
 
 
 def test_failed_token_checks_are_rate_limited_per_address(redis_url: str) -> None:
-    client = in_process_ingestion_app(redis_url, rate_limit="5/minute", api_tokens=("right",)).test_client()
+    """AUTH_FAILURE_LIMIT, a budget of its own: RATE_LIMIT unset does not leave token guessing unlimited."""
+    client = in_process_ingestion_app(redis_url, auth_failure_limit="5/minute", api_tokens=("right",)).test_client()
     wrong = [client.post("/dummy", json={}, headers={"Authorization": "Bearer guess"}) for _ in range(8)]
     assert [r.status_code for r in wrong] == [401] * 5 + [429] * 3
     assert all(int(r.headers["Retry-After"]) >= 1 for r in wrong[5:])

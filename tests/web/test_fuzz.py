@@ -174,11 +174,15 @@ def ingestion_app(
 
 @pytest.fixture(params=["open", "guarded"])
 def list_app(
-    sqlite_url: str, totals: dict[str, Counter[int]], monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+    sqlite_url: str,
+    redis_url: str,
+    totals: dict[str, Counter[int]],
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> Iterator[Recorder]:
     headers = guard(monkeypatch, request.param)
     clear_database(sqlite_url)
-    app = list_api.create_app({"sqlalchemy_database_uri": sqlite_url, "secret_key": SECRET})
+    app = list_api.create_app({"sqlalchemy_database_uri": sqlite_url, "redis_url": redis_url, "secret_key": SECRET})
     assert app.test_client().get("/openapi.json").get_json() == LISTING, "the app serves another document"
     stamp = dt.datetime(2026, 11, 29, 8, 0, 0)
     records = [

@@ -7,9 +7,10 @@ response, status, headers and body, against the document the app serves
 every documented operation, and a 405 for every wrong method on every path,
 so a status cannot be documented without being seen.
 
-Rows with ``env="tokens"`` set ``API_TOKENS``, ``env="limited"`` set
-``RATE_LIMIT``, and ``env="down"`` point the app at a Redis port nobody
-listens on, or a database that cannot be opened.
+Rows with ``env="tokens"`` set ``API_TOKENS``, ``env="guessing"`` that and a
+low ``AUTH_FAILURE_LIMIT``, ``env="limited"`` set ``RATE_LIMIT``, and
+``env="down"`` point the app at a Redis port nobody listens on, or a
+database that cannot be opened.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class Row:
     path: str
     status: int
     code: str | None = None  # the ``error`` of an error answer
-    env: str = "normal"  # "normal", "tokens", "limited" or "down"
+    env: str = "normal"  # "normal", "tokens", "guessing", "limited" or "down"
     times: int = 1  # send it this many times; the last answer is checked
     kwargs: dict[str, Any] = field(default_factory=dict)  # for the test client's ``open``
     headers_present: tuple[str, ...] = ()
@@ -91,6 +92,7 @@ INGESTION_CASES = [
     Row("POST", "/dummy", 401, "unauthorized", env="tokens", kwargs=body(b"{}", Authorization="Bearer wrong")),
     Row("POST", "/dummy", 202, env="tokens", kwargs=body(b"{}", **BEARER)),
     Row("POST", "/dummy", 429, "too_many_requests", env="limited", times=3, kwargs=body(b"{}")),
+    Row("POST", "/dummy", 429, "too_many_requests", env="guessing", times=3, headers_present=("Retry-After",)),
     Row("POST", "/dummy", 503, "queue_unavailable", env="down", kwargs=body(b"{}"), headers_present=("Retry-After",)),
     Row("POST", "/dummy/batch", 202, kwargs=body(b'[{"n": 1}, {"n": 2}]')),
     Row("POST", "/dummy/batch", 200, times=2, kwargs=body(b'[{"n": 1}]', **KEY)),
@@ -146,12 +148,14 @@ LIST_CASES = [
     Row("GET", "/messages", 401, "unauthorized", env="tokens"),
     Row("GET", "/messages", 401, "unauthorized", env="tokens", kwargs={"headers": {"Authorization": "Bearer no"}}),
     Row("GET", "/messages", 200, env="tokens", kwargs={"headers": BEARER}),
+    Row("GET", "/messages", 429, "too_many_requests", env="guessing", times=3, headers_present=("Retry-After",)),
     Row("GET", "/messages", 503, "database_unavailable", env="down", headers_present=("Retry-After",)),
     Row("GET", f"/messages/{STORED}", 200),
     Row("GET", f"/messages/{UNKNOWN_ID}", 404, "not_found"),
     Row("GET", "/messages/not-an-id", 404, "not_found"),
     Row("GET", f"/messages/{STORED}", 401, "unauthorized", env="tokens"),
     Row("GET", f"/messages/{STORED}", 200, env="tokens", kwargs={"headers": BEARER}),
+    Row("GET", f"/messages/{STORED}", 429, "too_many_requests", env="guessing", times=3),
     Row("GET", f"/messages/{UNKNOWN_ID}", 503, "database_unavailable", env="down"),
     Row("GET", "/healthz", 200),
     Row("GET", "/healthz", 503, "database_unavailable", env="down", headers_present=("Retry-After",)),
@@ -165,6 +169,7 @@ LIST_CASES = [
     Row("GET", "/channels", 400, "unknown_parameter", kwargs={"query_string": "order=desc"}),
     Row("GET", "/channels", 401, "unauthorized", env="tokens"),
     Row("GET", "/channels", 200, env="tokens", kwargs={"headers": BEARER}),
+    Row("GET", "/channels", 429, "too_many_requests", env="guessing", times=3),
     Row("GET", "/channels", 503, "database_unavailable", env="down", headers_present=("Retry-After",)),
     Row("GET", f"/channels/{CHANNEL}/messages", 200, kwargs={"query_string": "limit=1"}, headers_present=("Link",)),
     Row("GET", "/channels/nobody-here/messages", 200),
@@ -175,6 +180,7 @@ LIST_CASES = [
     *(Row("GET", f"/channels/{name}/messages", 400, "bad_channel") for name in ("", "a%20b", "x" * 65)),
     Row("GET", f"/channels/{CHANNEL}/messages", 401, "unauthorized", env="tokens"),
     Row("GET", f"/channels/{CHANNEL}/messages", 200, env="tokens", kwargs={"headers": BEARER}),
+    Row("GET", f"/channels/{CHANNEL}/messages", 429, "too_many_requests", env="guessing", times=3),
     Row("GET", f"/channels/{CHANNEL}/messages", 503, "database_unavailable", env="down"),
 ]
 
@@ -223,8 +229,11 @@ def configure(monkeypatch: pytest.MonkeyPatch, env: str) -> None:
     """Set the environment a row needs before its app is created."""
     monkeypatch.delenv("API_TOKENS", raising=False)
     monkeypatch.delenv("RATE_LIMIT", raising=False)
-    if env == "tokens":
+    monkeypatch.delenv("AUTH_FAILURE_LIMIT", raising=False)
+    if env in ("tokens", "guessing"):
         monkeypatch.setenv("API_TOKENS", TOKEN)
+    if env == "guessing":
+        monkeypatch.setenv("AUTH_FAILURE_LIMIT", "2/minute")
     elif env == "limited":
         monkeypatch.setenv("RATE_LIMIT", "2/minute")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import random
 import subprocess
 import sys
@@ -12,15 +13,25 @@ import pytest
 import redis
 import sqlalchemy as sa
 from flask import Flask
+from sqlalchemy.engine import make_url
 
 from relay import storage
 from relay.broker.contract import make_celery, queue_depth
 from relay.broker.dead_letters import DeadLetters
 from relay.broker.producer import Producer
+from relay.db_errors import about_the_record
 from relay.records import make_record
 from relay.settings import load_settings
 from relay.worker.persistence import Persister
-from tests.helpers import POISON_TRIGGER, ROOT, persist_pending, python_env, take_tasks
+from tests.helpers import (
+    POISON_TRIGGER,
+    ROOT,
+    clear_database,
+    mariadb_user,
+    persist_pending,
+    python_env,
+    take_tasks,
+)
 
 
 def records(count: int, poison: Sequence[int] = ()) -> list[dict[str, str]]:
@@ -30,17 +41,29 @@ def records(count: int, poison: Sequence[int] = ()) -> list[dict[str, str]]:
     ]
 
 
-class Store:
-    """A stand-in database for the policy tests: rejects poison, can be 'down'."""
+class DiskFull(Exception):
+    """What a database that answers but cannot write raises, as far as the policy knows."""
 
-    def __init__(self, down_for: int = 0) -> None:
+
+def rejected(exc: Exception) -> bool:
+    """The stand-in classifier: a ValueError is the database rejecting a record, anything else is the database's."""
+    return isinstance(exc, ValueError)
+
+
+class Store:
+    """A stand-in database for the policy tests: rejects poison, can be 'down', or up but unable to write ('full')."""
+
+    def __init__(self, down_for: int = 0, full_for: int = 0) -> None:
         self.rows: dict[str, dict] = {}
         self.down_for = down_for
+        self.full_for = full_for
         self.sleeps: list[float] = []
 
     def save(self, chunk: Sequence[dict]) -> int:
         if self.down_for > 0:
             raise ConnectionError("database is down")
+        if self.full_for > 0:
+            raise DiskFull("database or disk is full")
         if any('"poison"' in r["payload"] for r in chunk):
             raise ValueError("rejected by a constraint")
         new = [r for r in chunk if r["id"] not in self.rows]
@@ -53,11 +76,19 @@ class Store:
     def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
         self.down_for -= 1
+        self.full_for -= 1
 
 
 def test_poison_records_are_isolated_and_the_rest_stored() -> None:
     store, dead = Store(), []
-    persister = Persister(store.save, store.up, lambda r, e: dead.append((r, e)), chunk_size=64, sleep=store.sleep)
+    persister = Persister(
+        store.save,
+        store.up,
+        lambda r, e: dead.append((r, e)),
+        about_the_record=rejected,
+        chunk_size=64,
+        sleep=store.sleep,
+    )
     batch = records(100, poison=(3, 70))
     outcome = persister.persist(batch)
     assert outcome.stored == 98 and outcome.dead_lettered == 2
@@ -68,10 +99,79 @@ def test_poison_records_are_isolated_and_the_rest_stored() -> None:
 
 def test_an_outage_is_waited_out_and_nothing_is_dead_lettered() -> None:
     store, dead = Store(down_for=40), []
-    persister = Persister(store.save, store.up, lambda r, e: dead.append(r), max_backoff=2.0, sleep=store.sleep)
+    persister = Persister(
+        store.save, store.up, lambda r, e: dead.append(r), about_the_record=rejected, max_backoff=2.0, sleep=store.sleep
+    )
     outcome = persister.persist(records(10))
     assert outcome.stored == 10 and not dead
     assert len(store.sleeps) == 40 and max(store.sleeps) == 2.0
+
+
+def test_a_database_that_answers_but_cannot_write_is_waited_out_and_nothing_is_dead_lettered(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 27: a full disk answers SELECT 1; 40 failed writes are an outage, never counted as poison attempts."""
+    store, dead = Store(full_for=40), []
+    persister = Persister(
+        store.save, store.up, lambda r, e: dead.append(r), about_the_record=rejected, max_backoff=2.0, sleep=store.sleep
+    )
+    logger = logging.getLogger("relay.worker.persistence")
+    # Alembic's logging setup, run by the migrations of an earlier test, disables the loggers that exist.
+    disabled, logger.disabled = logger.disabled, False
+    try:
+        with caplog.at_level(logging.WARNING, logger=logger.name):
+            outcome = persister.persist(records(10))
+    finally:
+        logger.disabled = disabled
+    assert (outcome.stored, outcome.dead_lettered, dead) == (10, 0, [])
+    assert len(store.sleeps) == 40 and max(store.sleeps) == 2.0, "the outage's backoff, capped"
+    assert {r.levelname for r in caplog.records} == {"WARNING"}, "waiting is not an error"
+    assert "database cannot write (DiskFull: database or disk is full)" in caplog.records[0].getMessage()
+
+
+def test_poison_met_once_the_database_writes_again_is_still_dead_lettered() -> None:
+    """A full disk first, then a batch with two rejected records: the wait, then the usual isolation."""
+    store, dead = Store(full_for=5), []
+    persister = Persister(
+        store.save, store.up, lambda r, e: dead.append(r["id"]), about_the_record=rejected, sleep=store.sleep
+    )
+    batch = records(100, poison=(3, 70))
+    outcome = persister.persist(batch)
+    assert (outcome.stored, outcome.dead_lettered) == (98, 2)
+    assert sorted(dead) == sorted([batch[3]["id"], batch[70]["id"]])
+    assert store.sleeps == [0.05, 0.1, 0.2, 0.4, 0.8, 0.05, 0.1], "the outage, then two retries of the rejected chunk"
+
+
+def test_a_database_filling_up_during_isolation_dead_letters_only_the_rejected_records() -> None:
+    """The disk fills halfway through isolating poison: the parts met meanwhile wait, they are not taken for poison."""
+    store, dead, saves = Store(), [], []
+
+    def save(chunk: Sequence[dict]) -> int:
+        saves.append(len(chunk))
+        if len(saves) == 6:
+            store.full_for = 4
+        return store.save(chunk)
+
+    persister = Persister(
+        save, store.up, lambda r, e: dead.append(r["id"]), about_the_record=rejected, sleep=store.sleep
+    )
+    batch = records(64, poison=(5, 40))
+    outcome = persister.persist(batch)
+    assert sorted(dead) == sorted([batch[5]["id"], batch[40]["id"]]) and outcome.stored == 62
+    assert store.sleeps == [0.05, 0.1, 0.05, 0.1, 0.2, 0.4]
+
+
+def test_an_error_the_classifier_cannot_place_is_not_poison() -> None:
+    """A classifier that raises says nothing about the record: the write is retried as in an outage."""
+    store, dead = Store(full_for=3), []
+
+    def classify(exc: Exception) -> bool:
+        raise LookupError("no idea")
+
+    persister = Persister(
+        store.save, store.up, lambda r, e: dead.append(r), about_the_record=classify, sleep=store.sleep
+    )
+    assert persister.persist(records(4)).stored == 4 and not dead and len(store.sleeps) == 3
 
 
 def test_a_transient_failure_is_retried() -> None:
@@ -83,7 +183,9 @@ def test_a_transient_failure_is_retried() -> None:
             raise RuntimeError("deadlock found; try restarting transaction")
         return len(chunk)
 
-    outcome = Persister(flaky_save, lambda: True, lambda r, e: None, sleep=lambda s: None).persist(records(5))
+    outcome = Persister(
+        flaky_save, lambda: True, lambda r, e: None, about_the_record=rejected, sleep=lambda s: None
+    ).persist(records(5))
     assert outcome.stored == 5 and outcome.retries == 1 and calls == [5, 5]
 
 
@@ -92,7 +194,14 @@ def test_isolating_poison_sleeps_only_before_it_starts() -> None:
     store, dead = Store(), []
     poison = set(random.Random(14).sample(range(1000), 300))
     batch = records(1000, poison=poison)
-    persister = Persister(store.save, store.up, lambda r, e: dead.append(r["id"]), attempts=3, sleep=store.sleep)
+    persister = Persister(
+        store.save,
+        store.up,
+        lambda r, e: dead.append(r["id"]),
+        about_the_record=rejected,
+        attempts=3,
+        sleep=store.sleep,
+    )
     outcome = persister.persist(batch)
     assert store.sleeps == [0.05, 0.1], "only the first attempts of the whole chunk back off"
     assert (outcome.stored, outcome.dead_lettered, outcome.deferred) == (700, 300, [])
@@ -106,7 +215,14 @@ def clocked_persister(store: Store, dead: list[str], now: list[float], **options
         now[0] += 0.01
         return store.save(chunk)
 
-    return Persister(slow_save, store.up, lambda r, e: dead.append(r["id"]), clock=lambda: now[0], **options)
+    return Persister(
+        slow_save,
+        store.up,
+        lambda r, e: dead.append(r["id"]),
+        about_the_record=rejected,
+        clock=lambda: now[0],
+        **options,
+    )
 
 
 def test_isolation_past_its_budget_defers_the_rest_and_each_record_is_handled_once() -> None:
@@ -151,7 +267,9 @@ def test_an_outage_during_isolation_is_waited_out() -> None:
             store.down_for = 5
         return store.save(chunk)
 
-    persister = Persister(save, store.up, lambda r, e: dead.append(r["id"]), sleep=store.sleep)
+    persister = Persister(
+        save, store.up, lambda r, e: dead.append(r["id"]), about_the_record=rejected, sleep=store.sleep
+    )
     batch = records(64, poison=(5, 40))
     outcome = persister.persist(batch)
     assert sorted(dead) == sorted([batch[5]["id"], batch[40]["id"]]) and outcome.stored == 62
@@ -182,7 +300,12 @@ def test_real_database_rejection_goes_to_the_dead_letter_list_and_replays(
     try:
         with db_app.app_context():
             persister = Persister(
-                storage.save_messages, lambda: True, dead_letters.add, chunk_size=20, sleep=lambda s: None
+                storage.save_messages,
+                lambda: True,
+                dead_letters.add,
+                about_the_record=about_the_record,
+                chunk_size=20,
+                sleep=lambda s: None,
             )
             outcome = persister.persist(batch)
             assert (outcome.stored, outcome.dead_lettered) == (47, 3)
@@ -210,6 +333,55 @@ def test_real_database_rejection_goes_to_the_dead_letter_list_and_replays(
     assert dead_letters.replay() == 2 and dead_letters.count() == 0
     assert sorted(r["id"] for [r] in take_tasks(client)) == sorted(batch[i]["id"] for i in (10, 40))
     assert client.zcard("persist:pending") == 3, "replayed records are pending until stored"
+
+
+@pytest.mark.mysql
+def test_a_mariadb_refusing_writes_is_waited_out_and_nothing_is_dead_lettered(mysql_url: str) -> None:
+    """The worker's user may read but not write (error 1142, SELECT 1 answering): waited out until granted.
+
+    A revoked privilege stands for every database that answers but will not
+    write (``read_only``, a quota): per user, so the server other tests share
+    is untouched. Table privileges apply to open connections at their next
+    statement, so the grant ends the outage without a reconnect.
+    """
+    clear_database(mysql_url)
+    batch, dead, sleeps = records(30), [], []
+    with mariadb_user(mysql_url, "SELECT") as url:
+        user, database = make_url(url).username, make_url(mysql_url).database
+        admin = sa.create_engine(mysql_url)
+
+        def grant_writes() -> None:
+            with admin.begin() as conn:
+                for table in ("messages", "channels", "message_sequence"):
+                    conn.exec_driver_sql(f"GRANT INSERT, UPDATE ON `{database}`.`{table}` TO '{user}'@'%%'")
+
+        def sleep(seconds: float) -> None:
+            sleeps.append(seconds)
+            if len(sleeps) == 4:
+                grant_writes()
+
+        def up() -> bool:
+            storage.db.session.execute(sa.text("SELECT 1"))
+            return True
+
+        app = storage.create_app({"SQLALCHEMY_DATABASE_URI": url, "TESTING": True})
+        with app.app_context():
+            persister = Persister(
+                storage.save_messages,
+                up,
+                lambda r, e: dead.append((r["id"], e)),
+                about_the_record=about_the_record,
+                chunk_size=10,
+                sleep=sleep,
+            )
+            try:
+                outcome = persister.persist(batch)
+            finally:
+                storage.db.session.remove()
+                storage.db.engine.dispose()
+                admin.dispose()
+    assert len(sleeps) >= 4 and not dead, "waited while writes were refused, never dead-lettered for it"
+    assert (outcome.stored, outcome.dead_lettered) == (30, 0)
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["replay"]])
