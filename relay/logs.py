@@ -17,7 +17,7 @@ import logging
 import orjson
 
 # Fields a log call may pass with ``extra=``; relay/web/base.py's access lines use the request ones.
-CONTEXT_KEYS = ("request_id", "method", "path", "status", "ms", "message_id", "message_ids", "count", "error")
+CONTEXT_KEYS = ("request_id", "method", "path", "status", "ms", "message_id", "message_ids", "count", "error", "sub")
 
 
 class JsonFormatter(logging.Formatter):

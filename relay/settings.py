@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent  # the checkout: index.html, migrations/, var/
+MIN_JWT_SECRET_BYTES = 32  # an HS256 key as long as its hash, as RFC 7518 (3.2) requires
 DEV_SECRET = "dev-only-insecure-secret"  # noqa: S105 (placeholder; production refuses it)
 # Written by scripts/run.sh (scripts/local_stack.py): the settings of the stack it runs from this checkout.
 LOCAL_STACK_FILE = PROJECT_DIR / "var" / "local-stack.env"
@@ -164,8 +165,22 @@ class Settings:
     ws_ping_interval: float = setting("20", "Seconds between keepalive pings; a client that misses one is dropped.")
     ws_window_max_bytes: int = setting("67108864", "Memory cap of a websocket server's replay window, in bytes.")
     api_tokens: tuple[str, ...] = setting(
-        "", "Comma-separated bearer tokens; when set, POST, listing and websockets need one."
+        "",
+        "Comma-separated static bearer tokens, each allowed everything (for services); with these or a JWT key "
+        "set, publishing, listing and websockets need a token.",
     )
+    jwt_secret: str = setting(
+        "",
+        "Shared secret that accepts signed tokens (JWT, HS256) with per-channel capabilities, at least 32 bytes "
+        "in production (empty: off).",
+    )
+    jwt_public_key: str = setting(
+        "",
+        "PEM public key that accepts signed tokens (JWT) made with its private key: RS256 for RSA, ES256 for EC "
+        "(empty: off).",
+    )
+    jwt_audience: str = setting("", "When set, a signed token's `aud` must name it.")
+    jwt_issuer: str = setting("", "When set, a signed token's `iss` must be it.")
     rate_limit: str = setting(
         "",
         "Messages one client (its token, else its address) may publish per period over both POST endpoints, "
@@ -306,6 +321,8 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
             raise ValueError(f"required settings are unset: {', '.join(missing)}")
         if raw["SECRET_KEY"] == DEV_SECRET:
             raise ValueError("SECRET_KEY still has the development placeholder")
+        if raw["JWT_SECRET"] and len(raw["JWT_SECRET"].encode()) < MIN_JWT_SECRET_BYTES:
+            raise ValueError(f"JWT_SECRET must be at least {MIN_JWT_SECRET_BYTES} bytes (HS256, RFC 7518 3.2)")
     values: dict[str, object] = {name.lower(): _parse(text, name, _TYPES[name.lower()]) for name, text in raw.items()}
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

@@ -276,13 +276,37 @@ def list_messages(
     return rows[:limit], len(rows) > limit
 
 
-def list_channels(after: str | None, limit: int) -> tuple[list[sa.Row], bool]:
-    """Return up to ``limit`` channels named after ``after``, in name order, and whether more exist."""
+def list_channels(after: str | None, limit: int, patterns: Sequence[str] | None = None) -> tuple[list[sa.Row], bool]:
+    """Return up to ``limit`` channels named after ``after``, in name order, and whether more exist.
+
+    ``patterns`` (None: every channel) keeps the channels a grant may read:
+    exact names, prefixes ending in ``*``, or ``*`` alone (every channel).
+    """
     query = sa.select(Channel.name, Channel.messages, Channel.last_message_at).order_by(Channel.name)
     if after is not None:
         query = query.where(Channel.name > after)
+    if patterns is not None:
+        query = query.where(sa.or_(sa.false(), *(_name_matches(pattern) for pattern in patterns)))
     rows = list(db.session.execute(query.limit(limit + 1)))
     return rows[:limit], len(rows) > limit
+
+
+def _name_matches(pattern: str) -> sa.ColumnElement[bool]:
+    """A channel name equal to ``pattern``, or starting with it when it ends in ``*``.
+
+    A prefix is a range on the primary key, ``prefix <= name < successor``,
+    not ``LIKE``: ``_`` (a LIKE wildcard) is a channel character, and
+    SQLite's ``LIKE`` ignores case where the grant does not. Both databases
+    compare names byte by byte (BINARY; ``utf8mb4_bin``), and channel names
+    are ASCII, so the successor of a prefix is its last character plus one.
+    """
+    if not pattern.endswith("*"):
+        return Channel.name == pattern
+    prefix = pattern[:-1]
+    if not prefix:  # "*": every channel
+        return sa.true()
+    successor = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+    return sa.and_(Channel.name >= prefix, Channel.name < successor)
 
 
 def channel_json(row: sa.Row) -> dict[str, Any]:

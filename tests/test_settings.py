@@ -46,6 +46,15 @@ def test_production_refuses_the_development_secret() -> None:
     assert load_settings(env).is_production
 
 
+def test_production_refuses_a_short_jwt_secret() -> None:
+    env = {name: "x" for name, var in ENV_VARS.items() if var.required_in_production}
+    env.update(APP_ENV="production", SECRET_KEY="a-real-secret", JWT_SECRET="too-short")
+    with pytest.raises(ValueError, match="JWT_SECRET must be at least 32 bytes"):
+        load_settings(env)
+    env["JWT_SECRET"] = "x" * 32
+    assert load_settings(env).jwt_secret == "x" * 32
+
+
 def test_malformed_number_names_the_variable() -> None:
     with pytest.raises(ValueError, match="MAX_MESSAGE_BYTES"):
         load_settings({"MAX_MESSAGE_BYTES": "lots"})

@@ -4,7 +4,7 @@ Run: ``gunicorn -b 0.0.0.0:5000 "ingestion_api:create_app()"``.
 Reads ``REDIS_URL``, ``REDIS_TIMEOUT_SECONDS``, ``REDIS_MEMORY_HIGH_WATER``, ``LIST_API_URL``,
 ``MAX_MESSAGE_BYTES``, ``MAX_BATCH_MESSAGES``, ``MAX_BATCH_BYTES``,
 ``IDEMPOTENCY_TTL_SECONDS``, ``PERSIST_QUEUE``, ``LIVE_STREAM_KEY``,
-``LIVE_WINDOW``, ``API_TOKENS``, ``RATE_LIMIT``, ``PROXY_COUNT`` and
+``LIVE_WINDOW``, ``API_TOKENS``, ``JWT_*``, ``RATE_LIMIT``, ``PROXY_COUNT`` and
 ``CORS_ORIGINS`` through ``relay/settings.py``.
 
 Endpoints: ``POST /channels/<channel>/messages`` (one JSON object),
@@ -50,10 +50,10 @@ from relay.records import (
 )
 from relay.settings import Settings, load_settings
 from relay.web import openapi
-from relay.web.auth import bearer, token_ok
-from relay.web.base import ApiError, add_channel_rule, channel_name, init_web, json_response, refused_token
-from relay.web.openapi import BEARER, RATE_LIMIT_HEADERS, error, json_content, operation, ref
-from relay.web.ratelimit import RateLimit, Verdict, client_for_address, client_for_token
+from relay.web.access import PUBLISH, authorize, request_grant
+from relay.web.base import ApiError, add_channel_rule, channel_name, init_web, json_response
+from relay.web.openapi import RATE_LIMIT_HEADERS, error, json_content, operation, ref
+from relay.web.ratelimit import RateLimit, Verdict, client_for_address
 
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # also the header's schema in the document
 _READ_CHUNK = 65536
@@ -170,7 +170,8 @@ def components(settings: Settings) -> dict[str, Any]:
                 "required": False,
                 "description": "Any 1..255 printable ASCII characters chosen by the client. A repeat with the "
                 "same body within `IDEMPOTENCY_TTL_SECONDS` (24 h) answers 200 with the first answer and queues "
-                "nothing; the same key with another body is 422. Keys are scoped to the client's token, the "
+                "nothing; the same key with another body is 422. Keys are scoped to the client (a signed token's "
+                "`sub`, or the static token), the "
                 "channel and single-or-batch (`POST /dummy` shares its keys with `/channels/dummy/messages`).",
                 "schema": {"type": "string", "pattern": _IDEMPOTENCY_KEY.pattern},
             }
@@ -190,7 +191,8 @@ def components(settings: Settings) -> dict[str, Any]:
             ),
             "TooManyRequests": error(
                 "Over this client's rate limit (`RATE_LIMIT`, counted in messages over every publishing "
-                "endpoint and channel together; a client is its token, else its address), or too many "
+                "endpoint and channel together; a client is its signed token's `sub`, or its static token, else "
+                "its address), or too many "
                 "failed token checks from this address (`AUTH_FAILURE_LIMIT`, over every service together). "
                 "`Retry-After` is at least 1. Code `too_many_requests`.",
                 "too_many_requests",
@@ -223,12 +225,13 @@ def _publish_operation(
     if answer == "Accepted":
         headers["Location"] = ref("headers", "Location")
     accepted = json_content(ref("schemas", answer))
+    where = "the channel in the path" if channel else f"the channel `{DEFAULT_CHANNEL}`"
     return {
         "operationId": operation_id,
         "tags": ["messages"],
         "summary": summary,
-        "description": description,
-        "security": BEARER,
+        "description": description + openapi.needs(PUBLISH, where),
+        "security": openapi.security(PUBLISH),
         "parameters": [*([ref("parameters", "Channel")] if channel else []), ref("parameters", "IdempotencyKey")],
         "requestBody": {"required": True, "content": body},
         "responses": {
@@ -249,6 +252,7 @@ def _publish_operation(
                 "malformed_json",
             ),
             "401": ref("responses", "Unauthorized"),
+            "403": openapi.forbidden(PUBLISH, where),
             "413": ref("responses", "TooLarge"),
             "415": ref("responses", "UnsupportedMediaType"),
             "422": error(
@@ -334,20 +338,18 @@ def _limit_headers(verdict: Verdict | None) -> dict[str, str]:
     }
 
 
-def _client() -> str | None:
-    """Identify the publishing client, or raise 401 (429 past ``AUTH_FAILURE_LIMIT``) for a bad token.
+def _publisher(channel: str) -> tuple[str, str | None]:
+    """The channel a request publishes to and its client, or raise 401 (429), 400 ``bad_channel`` or 403.
 
-    With ``API_TOKENS`` the client is its token, scoping rate limits and
-    Idempotency-Keys; without, it is its address for rate limits, and None
-    for idempotency (one anonymous tenant: a retry from a new address still matches).
+    The client (``Grant.client``) scopes rate limits and Idempotency-Keys: a
+    signed token's ``sub``, a static token's digest (as before signed tokens
+    existed), or None when no token is needed: rate limits then count per
+    address, and idempotency has one anonymous tenant (a retry from a new
+    address still matches).
     """
-    tokens = _settings().api_tokens
-    if not tokens:
-        return None
-    token = bearer(request.headers.get("Authorization"))
-    if token is not None and token_ok(token, tokens):
-        return client_for_token(token)
-    raise refused_token()
+    request_grant()  # a token that does not authenticate is refused before the request is looked at
+    channel = channel_name(channel)
+    return channel, authorize(PUBLISH, channel).client
 
 
 def _charge(client: str | None, cost: int) -> Verdict | None:
@@ -479,8 +481,7 @@ def _idempotency_scope(kind: str, channel: str) -> str:
 
 def _publish_one(channel: str) -> Response:
     """Accept one JSON object into ``channel``."""
-    client = _client()
-    channel = channel_name(channel)
+    channel, client = _publisher(channel)
     body = _read_body(_settings().max_message_bytes)
     try:
         record = make_record(parse_message(body), utc_now(), _settings().max_message_bytes, channel)
@@ -494,8 +495,7 @@ def _publish_one(channel: str) -> Response:
 def _publish_batch(channel: str) -> Response:
     """Accept an array of objects into ``channel``, all or nothing."""
     settings = _settings()
-    client = _client()
-    channel = channel_name(channel)
+    channel, client = _publisher(channel)
     body = _read_body(settings.max_batch_bytes)
     received_at = utc_now()
     try:

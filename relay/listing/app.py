@@ -2,7 +2,8 @@
 
 Run: ``gunicorn -b 0.0.0.0:5001 "list_api:create_app()"``.
 Reads ``SQLALCHEMY_DATABASE_URI``, ``SECRET_KEY`` (cursor signing),
-``API_TOKENS``, ``PROXY_COUNT`` and ``LIST_DATABASE_TIMEOUT_SECONDS`` (how long a
+``API_TOKENS`` and ``JWT_*`` (who may read which channel: relay/web/access.py),
+``PROXY_COUNT`` and ``LIST_DATABASE_TIMEOUT_SECONDS`` (how long a
 database call may hang before the answer is 503) through ``relay/settings.py``.
 
 ``GET /messages?limit=&cursor=&order=`` returns ``{"data", "has_more",
@@ -29,22 +30,16 @@ from flask import Flask, Response, current_app, request
 from flask_cors import CORS
 
 from relay import storage
+from relay.auth import EVERY_CHANNEL
 from relay.listing.cursor import ChannelCursorCodec, CursorCodec, InvalidCursor
 from relay.logs import configure_logging
 from relay.metrics import init_metrics
 from relay.records import is_message_id
 from relay.settings import PROJECT_DIR, Settings, load_settings
 from relay.web import openapi
-from relay.web.base import (
-    ApiError,
-    add_channel_rule,
-    channel_name,
-    error_response,
-    init_web,
-    json_response,
-    protect,
-)
-from relay.web.openapi import BEARER, error, json_content, operation, ref
+from relay.web.access import HISTORY, authorize, request_grant
+from relay.web.base import ApiError, add_channel_rule, channel_name, error_response, init_web, json_response
+from relay.web.openapi import error, json_content, operation, ref
 from relay.web.query import Choice, Integer, Query, Text
 
 LIMIT = Integer("limit", "Messages per page.", "bad_limit", minimum=1, maximum=1000, default=100)
@@ -79,7 +74,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     add_channel_rule(app, "/channels/<channel:channel>/messages", channel_messages_view, ["GET"])
     app.add_url_rule("/healthz", view_func=healthz, methods=["GET"])
     app.add_url_rule("/", view_func=index, methods=["GET"])
-    protect(app, settings.api_tokens, {"list_view", "message_view", "channels_view", "channel_messages_view"})
     init_metrics(app, "list_api", settings.metrics_multiprocess)
     app.register_error_handler(sa.exc.SQLAlchemyError, database_unavailable)
     openapi.init_openapi(
@@ -184,21 +178,25 @@ UNAUTHORIZED = ref("responses", "Unauthorized")
 TOKEN_GUESSING = ref("responses", "TooManyFailedTokens")
 
 
+EVERY = f"every channel (the pattern `{EVERY_CHANNEL}`)"
+
+
 def _list_operation(operation_id: str, summary: str, description: str, channel: bool) -> dict[str, Any]:
     codes = [*LIST_QUERY.codes(), "bad_cursor", *(["bad_channel"] if channel else [])]
+    where = "the channel in the path" if channel else EVERY
     return {
         "operationId": operation_id,
         "tags": ["messages"],
         "summary": summary,
-        "description": description,
-        "security": BEARER,
+        "description": description + openapi.needs(HISTORY, where),
+        "security": openapi.security(HISTORY),
         "parameters": ([ref("parameters", "Channel")] if channel else []) + LIST_QUERY.openapi(),
-        "responses": _page_responses("One page.", "Page", codes),
+        "responses": {**_page_responses("One page.", "Page", codes), "403": openapi.forbidden(HISTORY, where)},
     }
 
 
 def _page_responses(description: str, schema: str, codes: list[str]) -> dict[str, Any]:
-    """The answers of a paginated listing: a page with ``Link``, a bad query, no token, no database."""
+    """The answers of a paginated listing: a page with ``Link``, a bad query, no valid token, no database."""
     return {
         "200": {
             "description": description,
@@ -249,6 +247,7 @@ def _messages_page(channel: str | None) -> Response:
 )
 def list_view() -> Response:
     """Return one page of messages of every channel."""
+    authorize(HISTORY, None)
     return _messages_page(None)
 
 
@@ -264,7 +263,10 @@ def list_view() -> Response:
 )
 def channel_messages_view(channel: str) -> Response:
     """Return one page of one channel's messages."""
-    return _messages_page(channel_name(channel))
+    request_grant()  # a token that does not authenticate is refused before the name is looked at
+    channel = channel_name(channel)
+    authorize(HISTORY, channel)
+    return _messages_page(channel)
 
 
 @operation(
@@ -273,17 +275,21 @@ def channel_messages_view(channel: str) -> Response:
         "tags": ["channels"],
         "summary": "List the channels",
         "description": "Every channel that has stored messages, by name, with how many are stored and when "
-        "the newest arrived. Paginated like the messages; any other query parameter is a 400.",
-        "security": BEARER,
+        "the newest arrived. Paginated like the messages; any other query parameter is a 400. When tokens "
+        f"are required, only the channels the token may read (`{HISTORY}` in its `channels` claim) are "
+        "listed: a token that may read none gets empty pages, never a 403.",
+        "security": openapi.security(HISTORY),
         "parameters": CHANNELS_QUERY.openapi(),
         "responses": _page_responses("One page of channels.", "ChannelPage", [*CHANNELS_QUERY.codes(), "bad_cursor"]),
     }
 )
 def channels_view() -> Response:
     """Return one page of channels."""
+    grant = request_grant()
     query = CHANNELS_QUERY.parse(request.args)
     codec = current_app.extensions["channel_cursor"]
-    rows, has_more = storage.list_channels(_decode(codec, query["cursor"]), query["limit"])
+    patterns = None if grant.can(HISTORY, None) else grant.patterns_for(HISTORY)
+    rows, has_more = storage.list_channels(_decode(codec, query["cursor"]), query["limit"], patterns)
     next_cursor = codec.encode(rows[-1].name) if rows else query["cursor"]
     return _page([storage.channel_json(row) for row in rows], has_more, next_cursor, {"limit": query["limit"]})
 
@@ -293,7 +299,11 @@ def channels_view() -> Response:
         "operationId": "getMessage",
         "tags": ["messages"],
         "summary": "Read one stored message",
-        "security": BEARER,
+        "description": "One message by its id."
+        + openapi.needs(HISTORY, "the message's channel")
+        + " A message of a channel the token may not read is a 404, exactly as an unknown id: "
+        "whether it exists does not leak.",
+        "security": openapi.security(HISTORY),
         "parameters": [{"name": "message_id", "in": "path", "required": True, "schema": ref("schemas", "MessageId")}],
         "responses": {
             "200": {"description": "The message.", "content": json_content(ref("schemas", "Message"))},
@@ -308,9 +318,10 @@ def channels_view() -> Response:
     }
 )
 def message_view(message_id: str) -> Response:
-    """Return one message by id."""
+    """Return one message by id; one the token may not read is not found, as an unknown id is."""
+    grant = request_grant()
     row = storage.get_message(message_id) if is_message_id(message_id) else None
-    if row is None:
+    if row is None or not grant.can(HISTORY, row.channel):
         raise ApiError(404, "not_found", f"No stored message has id {message_id!r}.")
     return json_response(storage.message_json(row))
 

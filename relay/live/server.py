@@ -35,11 +35,19 @@ disconnected (1013; it resumes or resets). With
 drains (counted). Either way slow clients never hold back the others and
 memory stays bounded.
 ``GET /healthz`` on the same port answers 200 when Redis does, and
-``GET /metrics`` serves Prometheus metrics. When
-``API_TOKENS`` is set, the handshake needs a token (``?token=`` or
-``Authorization: Bearer``); without one it is refused with 401, and with
-429 (``Retry-After``) once the address is over ``AUTH_FAILURE_LIMIT``, a
-budget it shares with both APIs (``relay/web/ratelimit.py``).
+``GET /metrics`` serves Prometheus metrics.
+
+Access (``relay/auth``, ``relay/live/access.py``). When ``API_TOKENS`` or a
+``JWT_*`` key is set, the handshake needs a token (``?token=`` or
+``Authorization: Bearer``) allowing ``subscribe`` on each selected channel,
+or on ``*`` without ``?channel=``. Without a valid one it is refused with
+401 (``unauthorized`` or ``token_expired``), with 429 (``Retry-After``) once
+the address is over ``AUTH_FAILURE_LIMIT``, a budget it shares with both
+APIs (``relay/web/ratelimit.py``); a valid token without the capability
+gets 403 ``forbidden``. Refusals carry ``Access-Control-Allow-Origin: *``
+so a page can ask why its socket was refused (browsers hide the status).
+An open connection whose token expires is closed with 4401 at ``exp``:
+reconnect with a fresh token and ``after`` to lose nothing.
 """
 
 from __future__ import annotations
@@ -52,7 +60,7 @@ import signal
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import orjson
 import redis.asyncio as aioredis
@@ -68,12 +76,12 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from relay.auth import Authenticator, Forbidden, MissingToken, Unauthorized
+from relay.live.access import TOKEN_EXPIRED, BadChannel, LiveConnection, seconds_left, subscription
 from relay.live.stream import START, read_after, valid
 from relay.live.window import Backlog, Selection, Window, selected
 from relay.logs import configure_logging
-from relay.records import is_channel
 from relay.settings import Settings, load_settings
-from relay.web.auth import bearer, token_ok
 from relay.web.ratelimit import (
     TOO_MANY_FAILURES,
     RateLimit,
@@ -273,24 +281,17 @@ class HubCollector(Collector):
         )
 
 
-def _after_param(path: str) -> str | None:
-    values = parse_qs(urlsplit(path).query).get("after")
-    return values[0] if values else None
-
-
-def _selection_param(path: str) -> Selection:
-    """The channels asked for with ``channel=`` (repeated); None when none is named: every channel."""
-    names = parse_qs(urlsplit(path).query, keep_blank_values=True).get("channel")
-    return frozenset(names) if names else None
-
-
-async def handler(hub: Hub, connection: ServerConnection) -> None:
-    """Serve one browser: join (replaying if resuming), then wait until it leaves."""
-    path = connection.request.path
-    hub.join(connection, _after_param(path), _selection_param(path))
+async def handler(hub: Hub, connection: LiveConnection) -> None:
+    """Serve one browser: join (replaying if resuming), then wait until it leaves or its token expires (4401)."""
+    joined = connection.subscription  # set by process_request: a handler never runs without it
+    hub.join(connection, joined.after, joined.selection)
     try:
-        async for _ in connection:
-            await connection.close(1003, "this server does not accept messages")
+        async with asyncio.timeout(seconds_left(joined.grant)):
+            async for _ in connection:
+                await connection.close(1003, "this server does not accept messages")
+    except TimeoutError:
+        hub.leave(connection)  # nothing more is sent once the token has run out
+        await connection.close(TOKEN_EXPIRED, "token expired")
     except ConnectionClosed:
         pass
     finally:
@@ -327,12 +328,13 @@ async def relay(hub: Hub, client: aioredis.Redis, stream: str) -> None:
 async def process_request(
     client: aioredis.Redis,
     settings: Settings,
+    authenticator: Authenticator,
     failures: RateLimit | None,
     hub_registry: CollectorRegistry,
-    connection: ServerConnection,
+    connection: LiveConnection,
     request: Request,
 ) -> Response | None:
-    """Answer ``/healthz`` and ``/metrics`` over plain HTTP, refuse handshakes without a valid token."""
+    """Answer ``/healthz`` and ``/metrics`` over plain HTTP; accept a handshake only for what its token allows."""
     url = urlsplit(request.path)
     if url.path == "/healthz":
         return await _health(client, connection)
@@ -343,18 +345,23 @@ async def process_request(
         del response.headers["Content-Type"]
         response.headers["Content-Type"] = content_type
         return response
-    if settings.api_tokens:
-        presented = bearer(request.headers.get("Authorization")) or parse_qs(url.query).get("token", [None])[0]
-        if not token_ok(presented, settings.api_tokens):
-            return await _refused_token(connection, request, failures, settings.proxy_count)
-    if not all(map(is_channel, _selection_param(request.path) or ())):
-        body = {"error": "bad_channel", "message": "A channel name is 1 to 64 characters of A-Z a-z 0-9 _ . : -"}
-        return _json_response(connection, HTTPStatus.BAD_REQUEST, body)
+    try:
+        connection.subscription = subscription(authenticator, request)
+    except Unauthorized as refused:
+        return await _refused_token(connection, request, failures, settings.proxy_count, refused)
+    except Forbidden as refused:  # a valid token, not for this channel
+        return _refusal(connection, HTTPStatus.FORBIDDEN, {"error": refused.code, "message": refused.message})
+    except BadChannel as refused:
+        return _refusal(connection, HTTPStatus.BAD_REQUEST, {"error": "bad_channel", "message": str(refused)})
     return None
 
 
 async def _refused_token(
-    connection: ServerConnection, request: Request, failures: RateLimit | None, proxy_count: int
+    connection: ServerConnection,
+    request: Request,
+    failures: RateLimit | None,
+    proxy_count: int,
+    refused: Unauthorized,
 ) -> Response:
     """401, or 429 with ``Retry-After`` once the address is over ``AUTH_FAILURE_LIMIT``, as the APIs answer."""
     verdict = None
@@ -365,11 +372,23 @@ async def _refused_token(
         verdict = await asyncio.to_thread(failures.charge, client_for_failed_auth(address))
     if verdict is not None and not verdict.allowed:
         body = {"error": "too_many_requests", "message": TOO_MANY_FAILURES}
-        response = _json_response(connection, HTTPStatus.TOO_MANY_REQUESTS, body)
+        response = _refusal(connection, HTTPStatus.TOO_MANY_REQUESTS, body)
         response.headers["Retry-After"] = str(verdict.retry_after)
         return response
-    body = {"error": "unauthorized", "message": "A valid token is required (?token= or Authorization)."}
-    return _json_response(connection, HTTPStatus.UNAUTHORIZED, body)
+    response = _refusal(connection, HTTPStatus.UNAUTHORIZED, {"error": refused.code, "message": refused.message})
+    # As the APIs challenge (relay/web/access.py, RFC 6750): an error code only when a token was presented.
+    challenge = 'Bearer realm="messages"'
+    response.headers["WWW-Authenticate"] = (
+        challenge if isinstance(refused, MissingToken) else f'{challenge}, error="invalid_token"'
+    )
+    return response
+
+
+def _refusal(connection: ServerConnection, status: HTTPStatus, body: dict) -> Response:
+    """A refused handshake's JSON, readable cross-origin: a page's ``fetch`` of its socket URL learns why."""
+    response = _json_response(connection, status, body)
+    response.headers["Access-Control-Allow-Origin"] = "*"
+    return response
 
 
 async def _health(client: aioredis.Redis, connection: ServerConnection) -> Response:
@@ -393,6 +412,7 @@ def _json_response(connection: ServerConnection, status: HTTPStatus, body: dict)
 async def run(settings: Settings, stop: asyncio.Future) -> None:
     """Serve until ``stop`` resolves, then close every connection gracefully (1001)."""
     client = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=5)
+    authenticator = Authenticator.from_settings(settings)  # before the reader: a bad JWT_PUBLIC_KEY fails at start
     hub = Hub(settings)
     hub_registry = CollectorRegistry()
     hub_registry.register(HubCollector(hub))
@@ -402,7 +422,10 @@ async def run(settings: Settings, stop: asyncio.Future) -> None:
         functools.partial(handler, hub),
         settings.bind_host,
         settings.ws_port,
-        process_request=functools.partial(process_request, client, settings, failed_auth_limit(settings), hub_registry),
+        process_request=functools.partial(
+            process_request, client, settings, authenticator, failed_auth_limit(settings), hub_registry
+        ),
+        create_connection=LiveConnection,
         compression="deflate" if settings.ws_compression == "deflate" else None,
         max_size=settings.ws_max_client_frame_bytes,
         ping_interval=settings.ws_ping_interval,

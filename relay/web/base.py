@@ -15,15 +15,15 @@ import uuid
 from typing import Any
 
 import orjson
-from flask import Flask, Response, current_app, g, has_request_context, request
+from flask import Flask, Response, g, has_request_context, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import BaseConverter
 
+from relay.auth import Authenticator
 from relay.records import is_channel
 from relay.settings import Settings
-from relay.web.auth import bearer, token_ok
-from relay.web.ratelimit import TOO_MANY_FAILURES, client_for_failed_auth, failed_auth_limit
+from relay.web.ratelimit import failed_auth_limit
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("access")
@@ -100,6 +100,8 @@ def init_web(app: Flask, settings: Settings) -> None:
     """Install the JSON error handlers, security headers, proxy handling and the channel converter."""
     app.url_map.converters["channel"] = ChannelSegment
     app.extensions["auth_failure_limit"] = failed_auth_limit(settings)
+    # Who may do what (relay/web/access.py); a malformed JWT_PUBLIC_KEY stops the app here, at start.
+    app.extensions["authenticator"] = Authenticator.from_settings(settings)
     if settings.proxy_count:
         # Behind a reverse proxy, take the client address from X-Forwarded-For (rate limits).
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_count, x_proto=settings.proxy_count)
@@ -139,6 +141,8 @@ def init_web(app: Flask, settings: Settings) -> None:
         }
         if "message_ids" in g:
             context["message_ids"] = g.message_ids
+        if "subject" in g:
+            context["sub"] = g.subject  # the signed token's subject (relay/web/access.py), never the token
         access_log.info("%s %s %s", request.method, request.path, response.status_code, extra=context)
         return response
 
@@ -150,36 +154,3 @@ def init_web(app: Flask, settings: Settings) -> None:
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
         return response
-
-
-def unauthorized() -> ApiError:
-    """The 401 for a missing or wrong bearer token."""
-    return ApiError(
-        401, "unauthorized", "A valid bearer token is required.", {"WWW-Authenticate": 'Bearer realm="messages"'}
-    )
-
-
-def refused_token() -> ApiError:
-    """The answer to a missing or wrong token: 401, or 429 once the address is over ``AUTH_FAILURE_LIMIT``.
-
-    Each refusal is charged to the address (``relay/web/ratelimit.py``); if
-    Redis does not answer, the refusal is a plain 401.
-    """
-    limit = current_app.extensions.get("auth_failure_limit")
-    verdict = limit.charge(client_for_failed_auth(request.remote_addr)) if limit is not None else None
-    if verdict is not None and not verdict.allowed:
-        return ApiError(429, "too_many_requests", TOO_MANY_FAILURES, {"Retry-After": str(verdict.retry_after)})
-    return unauthorized()
-
-
-def protect(app: Flask, tokens: tuple[str, ...], endpoints: set[str]) -> None:
-    """Require a token on ``endpoints`` of ``app`` when ``tokens`` is non-empty."""
-    if not tokens:
-        return
-
-    @app.before_request
-    def require_token() -> Response | None:
-        guarded = request.endpoint in endpoints and request.method != "OPTIONS"
-        if guarded and not token_ok(bearer(request.headers.get("Authorization")), tokens):
-            raise refused_token()
-        return None

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from flask import Flask
 
+from relay.auth import CAPABILITIES, EVERY_CHANNEL
 from relay.records import CHANNEL_PATTERN, DEFAULT_CHANNEL
 from relay.settings import Settings
 from relay.web.base import json_response
@@ -32,7 +33,6 @@ EXAMPLE_ID = "019ace2e-7b1a-7c3e-9f10-2b4c6d8e0a12"
 EXAMPLE_TIME = "2026-11-29T07:40:21.123456Z"
 _RFC3339_MICROS = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$"
 RATE_LIMIT_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
-BEARER = [{"bearerAuth": []}, {}]  # a token when API_TOKENS is set, nothing otherwise
 _OPERATION = "openapi_operation"  # the attribute operation() sets on a view function (ours)
 # Flask's "<converter:name>" path segments, written as OpenAPI's "{name}".
 _PATH_PARAMETER = re.compile(r"<(?:\w+:)?(\w+)>")
@@ -75,6 +75,34 @@ def unavailable(code: str, what: str) -> dict[str, Any]:
 def codes(names: list[str] | tuple[str, ...]) -> str:
     """Error codes as the descriptions list them: "`a`, `b`"."""
     return ", ".join(f"`{name}`" for name in names)
+
+
+def security(capability: str) -> list[dict[str, list[str]]]:
+    """An operation's ``security``: a bearer token with ``capability`` when tokens are configured, else nothing.
+
+    OpenAPI 3.1 lets a requirement list roles for an ``http`` scheme: the
+    capability is listed there, machine-readable, as well as in prose.
+    """
+    return [{"bearerAuth": [capability]}, {}]
+
+
+def needs(capability: str, where: str) -> str:
+    """The sentence an operation's description ends with: the capability it needs, and on what."""
+    return (
+        f" When tokens are required, it needs `{capability}` on {where}: a signed token's `channels` claim "
+        "must allow it (a static `API_TOKENS` token may do everything)."
+    )
+
+
+def forbidden(capability: str, where: str) -> dict[str, Any]:
+    """The 403 of a valid token that lacks ``capability`` on ``where``."""
+    return error(
+        f"The token is valid but its `channels` claim does not allow `{capability}` on {where}; the message "
+        "names the channel and the capability. Not a failed token check (not counted against "
+        "`AUTH_FAILURE_LIMIT`). Code `forbidden`.",
+        "forbidden",
+        ("WWW-Authenticate",),
+    )
 
 
 def operation(build: Build) -> Callable[[View], View]:
@@ -129,6 +157,19 @@ SHARED_OPERATIONS: dict[str, dict[str, Any]] = {
         },
     },
 }
+
+
+_BEARER_DESCRIPTION = (
+    "Needed only when the server sets `API_TOKENS`, `JWT_SECRET` or `JWT_PUBLIC_KEY`; open otherwise. Two kinds, "
+    "both usable at once: a static `API_TOKENS` token may do everything (for services); a signed token (JWT: "
+    "HS256 with `JWT_SECRET`, RS256 or ES256 with `JWT_PUBLIC_KEY`) needs `sub` and `exp`, honours `nbf`, must "
+    "carry `aud`/`iss` when `JWT_AUDIENCE`/`JWT_ISSUER` are set, and says in its `channels` claim what its "
+    "holder may do: an object mapping a pattern (a channel name, a prefix ending in `*`, or "
+    f"`{EVERY_CHANNEL}` alone for every channel) to a list of capabilities among "
+    + ", ".join(f"`{c}`" for c in CAPABILITIES)
+    + f', e.g. `{{"orders.*": ["publish", "history"]}}`. Reading every channel at once needs `{EVERY_CHANNEL}`. '
+    "Each operation lists the capability it needs as its requirement's role."
+)
 
 
 def _common_components() -> dict[str, Any]:
@@ -202,7 +243,9 @@ def _common_components() -> dict[str, Any]:
                 )
             },
             "WWW-Authenticate": {
-                "description": "The scheme to use: `Bearer`.",
+                "description": "The scheme to use, `Bearer`, and on a refusal why (RFC 6750): "
+                '`error="invalid_token"` (401, a token was presented) or `error="insufficient_scope"` (403, with '
+                "the missing capability as its scope).",
                 "required": True,
                 "schema": {"type": "string", "pattern": "^Bearer"},
             },
@@ -215,13 +258,17 @@ def _common_components() -> dict[str, Any]:
                 ("Allow",),
             ),
             "Unauthorized": error(
-                "`API_TOKENS` is set and the request has no `Authorization: Bearer <token>` with one of them. "
-                "Code `unauthorized`.",
+                "Tokens are required (`API_TOKENS`, `JWT_SECRET` or `JWT_PUBLIC_KEY` is set) and the request "
+                "has no valid `Authorization: Bearer <token>`: missing, malformed, not one of `API_TOKENS`, "
+                "badly signed, signed with an algorithm not accepted here (alg none never is), for another "
+                "audience or issuer, or not yet valid: code `unauthorized`. Expired (past `exp`): code "
+                '`token_expired`, get a fresh one. `WWW-Authenticate` is `Bearer realm="messages"`, with '
+                '`error="invalid_token"` when a token was presented (RFC 6750).',
                 "unauthorized",
                 ("WWW-Authenticate",),
             ),
             "TooManyFailedTokens": error(
-                "`API_TOKENS` is set and this address failed the token check more often than "
+                "Tokens are required and this address failed the token check more often than "
                 "`AUTH_FAILURE_LIMIT` allows (counted over every service together); a valid token still "
                 "passes. `Retry-After` is at least 1. Code `too_many_requests`.",
                 "too_many_requests",
@@ -232,7 +279,8 @@ def _common_components() -> dict[str, Any]:
             "bearerAuth": {
                 "type": "http",
                 "scheme": "bearer",
-                "description": "Needed only when the server sets `API_TOKENS` (comma-separated); open otherwise.",
+                "bearerFormat": "JWT, or a static token",
+                "description": _BEARER_DESCRIPTION,
             }
         },
     }

@@ -2,9 +2,9 @@
 
 ``RATE_LIMIT`` (e.g. ``100/second``) is how many *messages* one client may
 publish per period, over ``POST /dummy`` and ``POST /dummy/batch`` together:
-a batch of 40 costs 40. A client is its bearer token when ``API_TOKENS`` is
-set (so clients behind one address do not share a budget), otherwise its
-address.
+a batch of 40 costs 40. A client is its signed token's ``sub``, or its
+static token (so clients behind one address do not share a budget), or
+its address when no token is needed (``relay.auth.Grant.client``).
 
 ``AUTH_FAILURE_LIMIT`` (default ``20/minute``) is how many failed token
 checks one address may make per period, over every service together: the
@@ -29,7 +29,6 @@ through: the queue write then answers 503 anyway.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import time
@@ -82,11 +81,6 @@ class RateLimit:
         return Verdict(allowed, self.item.amount, stats.remaining, math.ceil(stats.reset_time), retry_after)
 
 
-def client_for_token(token: str) -> str:
-    """The rate-limit and idempotency identity of a bearer token (a digest: tokens are never stored)."""
-    return "token:" + hashlib.sha256(token.encode()).hexdigest()[:32]
-
-
 def client_for_address(address: str | None) -> str:
     """The identity of an unauthenticated client: its address."""
     return f"address:{address or 'unknown'}"
@@ -98,8 +92,12 @@ def client_for_failed_auth(address: str | None) -> str:
 
 
 def failed_auth_limit(settings: Settings) -> RateLimit | None:
-    """The failed-token budget of a service, or None when tokens or the limit are off."""
-    if not (settings.api_tokens and settings.auth_failure_limit):
+    """The failed-token budget of a service, or None when the limit is off or no token is needed.
+
+    A token is needed when ``API_TOKENS``, ``JWT_SECRET`` or ``JWT_PUBLIC_KEY`` is set.
+    """
+    needed = settings.api_tokens or settings.jwt_secret or settings.jwt_public_key
+    if not (needed and settings.auth_failure_limit):
         return None
     return RateLimit(settings.auth_failure_limit, settings.redis_url, settings.redis_timeout_seconds)
 

@@ -12,7 +12,7 @@ from flask import Flask
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from relay.web.auth import bearer, token_ok
+from relay.auth import bearer, token_ok
 from tests.helpers import in_process_ingestion_app
 from tests.stack import WsServer
 

@@ -4,8 +4,10 @@ schemathesis generates requests, valid and invalid, for every operation of
 each document: the document's examples, the coverage phase's boundary and
 type-confusion cases (and wrong methods), then random ones. Each request
 goes in process (WSGI) to an app on a real Redis or a real SQLite file, run
-twice: open, and guarded (``API_TOKENS`` and a low ``RATE_LIMIT``, the client
-sending its token). Every answer must be documented: no 5xx, every 4xx the
+three times: open, guarded (``API_TOKENS`` and a low ``RATE_LIMIT``, the
+client sending its token), and signed (``JWT_SECRET`` and the same limit, the
+client sending a signed token that may publish to or read a few channels
+only, so that 403s and hidden messages get fuzzed too). Every answer must be documented: no 5xx, every 4xx the
 JSON error shape, status, headers, content type and body as the document says.
 
 Each document is the one an app of that API serves at ``/openapi.json``
@@ -31,6 +33,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import jwt
 import orjson
 import pytest
 import schemathesis
@@ -47,6 +50,9 @@ from tests.helpers import clear_database, in_process_ingestion_app, openapi_docu
 MAX_EXAMPLES = int(os.environ.get("FUZZ_MAX_EXAMPLES", "100"))
 SECRET = "fuzz-secret"
 TOKEN = "fuzz-token"
+JWT_SECRET = "fuzz-jwt-secret-of-at-least-32-bytes"
+# What the signed variant's token allows: some channels of the stored ones (c0, c1, c2), not all.
+SIGNED_CHANNELS = {"c0": ["history"], "c1*": ["history", "subscribe"], "dummy": ["publish"], "news.*": ["publish"]}
 EXAMPLE_ID = "019ace2e-7b1a-7c3e-9f10-2b4c6d8e0a12"  # the id in the document's examples
 INGESTION = openapi_document("ingestion_api")
 LISTING = openapi_document("list_api")
@@ -151,16 +157,20 @@ def record(recorder: Recorder, totals: dict[str, Counter[int]], name: str) -> No
 
 def guard(monkeypatch: pytest.MonkeyPatch, mode: str) -> dict[str, str]:
     """Set the access environment of ``mode``; return the headers a client then sends."""
-    monkeypatch.delenv("API_TOKENS", raising=False)
-    monkeypatch.delenv("RATE_LIMIT", raising=False)
+    for name in ("API_TOKENS", "RATE_LIMIT", "JWT_SECRET", "JWT_PUBLIC_KEY", "JWT_AUDIENCE", "JWT_ISSUER"):
+        monkeypatch.delenv(name, raising=False)
     if mode == "open":
         return {}
-    monkeypatch.setenv("API_TOKENS", TOKEN)
     monkeypatch.setenv("RATE_LIMIT", "50/minute")  # reached within an operation's run: 429s get fuzzed too
+    if mode == "signed":
+        monkeypatch.setenv("JWT_SECRET", JWT_SECRET)
+        claims = {"sub": "fuzzer", "exp": int(dt.datetime.now(dt.UTC).timestamp()) + 3600, "channels": SIGNED_CHANNELS}
+        return {"Authorization": f"Bearer {jwt.encode(claims, JWT_SECRET, algorithm='HS256')}"}
+    monkeypatch.setenv("API_TOKENS", TOKEN)
     return {"Authorization": f"Bearer {TOKEN}"}
 
 
-@pytest.fixture(params=["open", "guarded"])
+@pytest.fixture(params=["open", "guarded", "signed"])
 def ingestion_app(
     redis_url: str, totals: dict[str, Counter[int]], monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> Iterator[Recorder]:
@@ -172,7 +182,7 @@ def ingestion_app(
     record(recorder, totals, "ingestion_api")
 
 
-@pytest.fixture(params=["open", "guarded"])
+@pytest.fixture(params=["open", "guarded", "signed"])
 def list_app(
     sqlite_url: str,
     redis_url: str,

@@ -7,7 +7,8 @@ response, status, headers and body, against the document the app serves
 every documented operation, and a 405 for every wrong method on every path,
 so a status cannot be documented without being seen.
 
-Rows with ``env="tokens"`` set ``API_TOKENS``, ``env="guessing"`` that and a
+Rows with ``env="tokens"`` set ``API_TOKENS``, ``env="signed"`` set
+``JWT_SECRET`` (signed tokens with channel capabilities), ``env="guessing"`` that and a
 low ``AUTH_FAILURE_LIMIT``, ``env="limited"`` set ``RATE_LIMIT``, and
 ``env="down"`` point the app at a Redis port nobody listens on, or a
 database that cannot be opened.
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jwt
 import orjson
 import pytest
 from flask import Flask
@@ -42,6 +44,18 @@ from tests.helpers import openapi_document as spec
 
 TOKEN = "openapi-test-token"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
+JWT_SECRET = "openapi-test-jwt-secret-of-32-bytes"
+
+
+def signed(channels: dict[str, list[str]], ttl: int = 3600) -> dict[str, str]:
+    """The ``Authorization`` header of a signed token (``env="signed"``) allowing ``channels``."""
+    claims = {"sub": "openapi-test", "exp": int(dt.datetime.now(dt.UTC).timestamp()) + ttl, "channels": channels}
+    return {"Authorization": f"Bearer {jwt.encode(claims, JWT_SECRET, algorithm='HS256')}"}
+
+
+PUBLISH_ANY = signed({"*": ["publish"]})
+PUBLISH_ELSEWHERE = signed({"elsewhere": ["publish", "history"], "*": ["subscribe"]})
+EXPIRED = signed({"*": ["publish", "history"]}, ttl=-60)
 JSON = "application/json"
 UNKNOWN_ID = "019ace2e-0000-7000-8000-000000000000"
 STORED = "{stored}"  # replaced by the id of a stored message
@@ -56,7 +70,7 @@ class Row:
     path: str
     status: int
     code: str | None = None  # the ``error`` of an error answer
-    env: str = "normal"  # "normal", "tokens", "guessing", "limited" or "down"
+    env: str = "normal"  # "normal", "tokens", "signed", "guessing", "limited" or "down"
     times: int = 1  # send it this many times; the last answer is checked
     kwargs: dict[str, Any] = field(default_factory=dict)  # for the test client's ``open``
     headers_present: tuple[str, ...] = ()
@@ -91,6 +105,10 @@ INGESTION_CASES = [
     Row("POST", "/dummy", 401, "unauthorized", env="tokens", kwargs=body(b"{}")),
     Row("POST", "/dummy", 401, "unauthorized", env="tokens", kwargs=body(b"{}", Authorization="Bearer wrong")),
     Row("POST", "/dummy", 202, env="tokens", kwargs=body(b"{}", **BEARER)),
+    Row("POST", "/dummy", 202, env="signed", kwargs=body(b"{}", **PUBLISH_ANY)),
+    Row("POST", "/dummy", 401, "token_expired", env="signed", kwargs=body(b"{}", **EXPIRED)),
+    Row("POST", "/dummy", 401, "unauthorized", env="signed", kwargs=body(b"{}")),
+    Row("POST", "/dummy", 403, "forbidden", env="signed", kwargs=body(b"{}", **PUBLISH_ELSEWHERE)),
     Row("POST", "/dummy", 429, "too_many_requests", env="limited", times=3, kwargs=body(b"{}")),
     Row("POST", "/dummy", 429, "too_many_requests", env="guessing", times=3, headers_present=("Retry-After",)),
     Row("POST", "/dummy", 503, "queue_unavailable", env="down", kwargs=body(b"{}"), headers_present=("Retry-After",)),
@@ -115,6 +133,9 @@ INGESTION_CASES = [
     Row("POST", "/dummy/batch", 415, "unsupported_media_type", kwargs=body(b"[{}]", "text/plain")),
     Row("POST", "/dummy/batch", 401, "unauthorized", env="tokens", kwargs=body(b"[{}]")),
     Row("POST", "/dummy/batch", 202, env="tokens", kwargs=body(b"[{}]", **BEARER)),
+    Row("POST", "/dummy/batch", 202, env="signed", kwargs=body(b"[{}]", **PUBLISH_ANY)),
+    Row("POST", "/dummy/batch", 401, "token_expired", env="signed", kwargs=body(b"[{}]", **EXPIRED)),
+    Row("POST", "/dummy/batch", 403, "forbidden", env="signed", kwargs=body(b"[{}]", **PUBLISH_ELSEWHERE)),
     Row("POST", "/dummy/batch", 429, "too_many_requests", env="limited", times=3, kwargs=body(b"[{}]")),
     Row("POST", "/dummy/batch", 503, "queue_unavailable", env="down", kwargs=body(b"[{}]")),
     Row("GET", "/healthz", 200),
@@ -148,6 +169,9 @@ LIST_CASES = [
     Row("GET", "/messages", 401, "unauthorized", env="tokens"),
     Row("GET", "/messages", 401, "unauthorized", env="tokens", kwargs={"headers": {"Authorization": "Bearer no"}}),
     Row("GET", "/messages", 200, env="tokens", kwargs={"headers": BEARER}),
+    Row("GET", "/messages", 200, env="signed", kwargs={"headers": signed({"*": ["history"]})}),
+    Row("GET", "/messages", 401, "token_expired", env="signed", kwargs={"headers": EXPIRED}),
+    Row("GET", "/messages", 403, "forbidden", env="signed", kwargs={"headers": signed({"dummy": ["history"]})}),
     Row("GET", "/messages", 429, "too_many_requests", env="guessing", times=3, headers_present=("Retry-After",)),
     Row("GET", "/messages", 503, "database_unavailable", env="down", headers_present=("Retry-After",)),
     Row("GET", f"/messages/{STORED}", 200),
@@ -155,6 +179,10 @@ LIST_CASES = [
     Row("GET", "/messages/not-an-id", 404, "not_found"),
     Row("GET", f"/messages/{STORED}", 401, "unauthorized", env="tokens"),
     Row("GET", f"/messages/{STORED}", 200, env="tokens", kwargs={"headers": BEARER}),
+    Row("GET", f"/messages/{STORED}", 200, env="signed", kwargs={"headers": signed({"dum*": ["history"]})}),
+    # The stored message is on "dummy": for a token that may not read it, it does not exist.
+    Row("GET", f"/messages/{STORED}", 404, "not_found", env="signed", kwargs={"headers": PUBLISH_ELSEWHERE}),
+    Row("GET", f"/messages/{STORED}", 401, "token_expired", env="signed", kwargs={"headers": EXPIRED}),
     Row("GET", f"/messages/{STORED}", 429, "too_many_requests", env="guessing", times=3),
     Row("GET", f"/messages/{UNKNOWN_ID}", 503, "database_unavailable", env="down"),
     Row("GET", "/healthz", 200),
@@ -169,6 +197,8 @@ LIST_CASES = [
     Row("GET", "/channels", 400, "unknown_parameter", kwargs={"query_string": "order=desc"}),
     Row("GET", "/channels", 401, "unauthorized", env="tokens"),
     Row("GET", "/channels", 200, env="tokens", kwargs={"headers": BEARER}),
+    Row("GET", "/channels", 200, env="signed", kwargs={"headers": signed({CHANNEL: ["history"]})}),
+    Row("GET", "/channels", 401, "token_expired", env="signed", kwargs={"headers": EXPIRED}),
     Row("GET", "/channels", 429, "too_many_requests", env="guessing", times=3),
     Row("GET", "/channels", 503, "database_unavailable", env="down", headers_present=("Retry-After",)),
     Row("GET", f"/channels/{CHANNEL}/messages", 200, kwargs={"query_string": "limit=1"}, headers_present=("Link",)),
@@ -180,6 +210,9 @@ LIST_CASES = [
     *(Row("GET", f"/channels/{name}/messages", 400, "bad_channel") for name in ("", "a%20b", "x" * 65)),
     Row("GET", f"/channels/{CHANNEL}/messages", 401, "unauthorized", env="tokens"),
     Row("GET", f"/channels/{CHANNEL}/messages", 200, env="tokens", kwargs={"headers": BEARER}),
+    Row("GET", f"/channels/{CHANNEL}/messages", 200, env="signed", kwargs={"headers": signed({"news.*": ["history"]})}),
+    Row("GET", f"/channels/{CHANNEL}/messages", 403, "forbidden", env="signed", kwargs={"headers": PUBLISH_ELSEWHERE}),
+    Row("GET", f"/channels/{CHANNEL}/messages", 401, "token_expired", env="signed", kwargs={"headers": EXPIRED}),
     Row("GET", f"/channels/{CHANNEL}/messages", 429, "too_many_requests", env="guessing", times=3),
     Row("GET", f"/channels/{CHANNEL}/messages", 503, "database_unavailable", env="down"),
 ]
@@ -230,8 +263,12 @@ def configure(monkeypatch: pytest.MonkeyPatch, env: str) -> None:
     monkeypatch.delenv("API_TOKENS", raising=False)
     monkeypatch.delenv("RATE_LIMIT", raising=False)
     monkeypatch.delenv("AUTH_FAILURE_LIMIT", raising=False)
+    for name in ("JWT_SECRET", "JWT_PUBLIC_KEY", "JWT_AUDIENCE", "JWT_ISSUER"):
+        monkeypatch.delenv(name, raising=False)
     if env in ("tokens", "guessing"):
         monkeypatch.setenv("API_TOKENS", TOKEN)
+    elif env == "signed":
+        monkeypatch.setenv("JWT_SECRET", JWT_SECRET)
     if env == "guessing":
         monkeypatch.setenv("AUTH_FAILURE_LIMIT", "2/minute")
     elif env == "limited":

@@ -1,14 +1,13 @@
-"""Optional bearer-token access control, shared by the HTTP APIs and the websocket server.
+"""Presented tokens: reading ``Authorization: Bearer``, and comparing static ``API_TOKENS``.
 
-When ``API_TOKENS`` is set (comma-separated), publishing, listing and
-subscribing need one of the tokens: ``Authorization: Bearer <token>``, or
-for browsers' websockets a ``?token=`` query parameter. Unset means open, as
-in the original design. Tokens are compared in constant time and never logged.
-No Flask here (the websocket server uses it too); ``web.protect`` applies it to the APIs.
+Static tokens are compared in constant time and never logged; a request
+presents one as ``Authorization: Bearer <token>``, or for browsers'
+websockets as a ``?token=`` query parameter.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import Iterable
 
@@ -29,3 +28,8 @@ def bearer(header: str | None) -> str | None:
         return None
     scheme, _, token = header.partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def client_for_token(token: str) -> str:
+    """The rate-limit and idempotency identity of a static token (a digest: tokens are never stored)."""
+    return "token:" + hashlib.sha256(token.encode()).hexdigest()[:32]

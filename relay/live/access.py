@@ -1,0 +1,72 @@
+"""Who may follow which channels over the websocket: the handshake's one reading of the request.
+
+:func:`subscription` parses the handshake's query once (``token``,
+``channel``, ``after``; or the token from ``Authorization: Bearer``),
+authenticates the token and checks ``subscribe`` on each selected channel,
+or on ``*`` for a websocket without ``?channel=``. ``process_request``
+stores the result on the :class:`LiveConnection` (``serve``'s documented
+``create_connection`` hook) for the handler, which parses nothing again
+and closes the connection with :data:`TOKEN_EXPIRED` when the grant runs
+out (:func:`seconds_left`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import ServerConnection
+from websockets.http11 import Request
+
+from relay.auth import Authenticator, Grant, bearer
+from relay.live.window import Selection
+from relay.records import is_channel
+
+TOKEN_EXPIRED = 4401  # close code: the token ran out; reconnect with a fresh one and ``after``
+
+
+class BadChannel(ValueError):
+    """A ``channel=`` that is not a channel name (400 ``bad_channel``)."""
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """What an accepted handshake asked for and was allowed: its grant, its channels, where to resume."""
+
+    grant: Grant
+    selection: Selection  # None: every channel
+    after: str | None
+
+
+class LiveConnection(ServerConnection):
+    """A server connection that carries its :class:`Subscription` from the handshake to the handler."""
+
+    subscription: Subscription
+
+
+def subscription(authenticator: Authenticator, request: Request) -> Subscription:
+    """Read the handshake ``request`` once and return what it may follow.
+
+    Raises ``Unauthorized`` (no valid token), :class:`BadChannel`, or
+    ``Forbidden`` (a valid token without ``subscribe`` on a selected channel,
+    or on ``*`` when none is selected), in that order.
+    """
+    query = parse_qs(urlsplit(request.path).query, keep_blank_values=True)
+    token = bearer(request.headers.get("Authorization")) or (query.get("token") or [""])[0] or None
+    grant = authenticator.authenticate(token)
+    names = query.get("channel")
+    selection = frozenset(names) if names else None
+    if not all(map(is_channel, selection or ())):
+        raise BadChannel("A channel name is 1 to 64 characters of A-Z a-z 0-9 _ . : -")
+    for channel in sorted(selection) if selection is not None else [None]:
+        grant.require("subscribe", channel)
+    after = (query.get("after") or [""])[0] or None
+    return Subscription(grant, selection, after)
+
+
+def seconds_left(grant: Grant, now: float | None = None) -> float | None:
+    """Seconds until ``grant`` expires (at least 0), or None when it never does."""
+    if grant.expires_at is None:
+        return None
+    return max(0.0, grant.expires_at - (time.time() if now is None else now))
