@@ -10,7 +10,9 @@ Reads ``REDIS_URL``, ``REDIS_TIMEOUT_SECONDS``, ``REDIS_MEMORY_HIGH_WATER``, ``L
 Endpoints: ``POST /channels/<channel>/messages`` (one JSON object),
 ``POST /channels/<channel>/messages/batch`` (an array of 1..1000 objects),
 the seed's ``POST /dummy`` and ``POST /dummy/batch`` (the same for the
-channel ``dummy``), ``GET /healthz``. A 202 means the message is in
+channel ``dummy``), ``GET /healthz``. A repeated ``Idempotency-Key`` gets the
+first answer again, 202, body and ``Location``, marked ``Idempotent-Replayed: true``.
+A 202 means the message is in
 Redis (durable as Redis is configured); if Redis cannot be written the
 answer is 503 with ``Retry-After``, never a 202. So is a Redis that could
 not keep the promise (``relay.broker.memory``): one whose
@@ -55,6 +57,9 @@ from relay.web.base import ApiError, add_channel_rule, channel_name, init_web, j
 from relay.web.openapi import RATE_LIMIT_HEADERS, error, json_content, operation, ref
 from relay.web.ratelimit import RateLimit, Verdict, client_for_address
 
+# What a browser's script may read of an answer beyond the CORS-safelisted fields.
+EXPOSED_HEADERS = ["Location", "Idempotent-Replayed", "Retry-After", *RATE_LIMIT_HEADERS]
+
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # also the header's schema in the document
 _READ_CHUNK = 65536
 PUBLISH_ENDPOINTS = frozenset({"post_message", "post_batch", "post_channel_message", "post_channel_batch"})
@@ -96,7 +101,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
             settings.rate_limit, settings.redis_url, settings.redis_timeout_seconds
         )
     init_web(app, settings)
-    CORS(app, origins=list(settings.cors_origins), methods=["POST"], expose_headers=["Location"])
+    CORS(app, origins=list(settings.cors_origins), methods=["POST"], expose_headers=EXPOSED_HEADERS)
     app.add_url_rule("/dummy", view_func=post_message, methods=["POST"])
     app.add_url_rule("/dummy/batch", view_func=post_batch, methods=["POST"])
     add_channel_rule(app, "/channels/<channel:channel>/messages", post_channel_message, ["POST"])
@@ -125,7 +130,17 @@ def components(settings: Settings) -> dict[str, Any]:
                 "description": "Where the message will be readable: `<LIST_API_URL>/messages/<id>`.",
                 "required": True,
                 "schema": {"type": "string", "format": "uri"},
-            }
+            },
+            "Idempotent-Replayed": {
+                "description": "`true` on a repeat of an `Idempotency-Key`: this is the first answer again, and "
+                "nothing new was queued. Absent on a first answer.",
+                "schema": {"type": "string", "enum": ["true"]},
+            },
+            "RetryAfterRateLimited": {
+                "description": "Seconds to wait before the budget has room: at least 1. Absent on "
+                "`batch_over_rate_limit`, which no wait cures.",
+                "schema": {"type": "integer", "minimum": 1},
+            },
         },
         "schemas": {
             "Payload": {
@@ -169,9 +184,9 @@ def components(settings: Settings) -> dict[str, Any]:
                 "in": "header",
                 "required": False,
                 "description": "Any 1..255 printable ASCII characters chosen by the client. A repeat with the "
-                "same body within `IDEMPOTENCY_TTL_SECONDS` (24 h) answers 200 with the first answer and queues "
-                "nothing; the same key with another body is 422. Keys are scoped to the client (a signed token's "
-                "`sub`, or the static token), the "
+                "same body within `IDEMPOTENCY_TTL_SECONDS` (24 h) answers the first answer again (202, its body "
+                "and `Location`) with `Idempotent-Replayed: true`, and queues nothing; the same key with another "
+                "body is 422. Keys are scoped to the client (a signed token's `sub`, or the static token), the "
                 "channel and single-or-batch (`POST /dummy` shares its keys with `/channels/dummy/messages`).",
                 "schema": {"type": "string", "pattern": _IDEMPOTENCY_KEY.pattern},
             }
@@ -180,8 +195,7 @@ def components(settings: Settings) -> dict[str, Any]:
             "TooLarge": error(
                 f"The body is over `MAX_MESSAGE_BYTES` ({settings.max_message_bytes}) for a message, or "
                 f"`MAX_BATCH_BYTES` ({settings.max_batch_bytes}) for a batch, however it is framed: code "
-                "`too_large`. A batch with more messages than `RATE_LIMIT` allows per period: code "
-                "`batch_over_rate_limit`.",
+                "`too_large`.",
                 "too_large",
             ),
             "UnsupportedMediaType": error(
@@ -189,17 +203,25 @@ def components(settings: Settings) -> dict[str, Any]:
                 "Code `unsupported_media_type`.",
                 "unsupported_media_type",
             ),
-            "TooManyRequests": error(
-                "Over this client's rate limit (`RATE_LIMIT`, counted in messages over every publishing "
-                "endpoint and channel together; a client is its signed token's `sub`, or its static token, else "
-                "its address), or too many "
-                "failed token checks from this address (`AUTH_FAILURE_LIMIT`, over every service together). "
-                "`Retry-After` is at least 1. Code `too_many_requests`.",
-                "too_many_requests",
-                ("Retry-After", *RATE_LIMIT_HEADERS),
-            ),
+            "TooManyRequests": _too_many_requests(),
         },
     }
+
+
+def _too_many_requests() -> dict[str, Any]:
+    """The 429: over the budget now (retry later), or a batch the budget can never hold (no Retry-After)."""
+    answer = error(
+        "Over this client's rate limit (`RATE_LIMIT`, counted in messages over every publishing "
+        "endpoint and channel together; a client is its signed token's `sub`, or its static token, else "
+        "its address), or too many failed token checks from this address (`AUTH_FAILURE_LIMIT`, over every "
+        "service together): code `too_many_requests`, with `Retry-After` at least 1. A batch of more messages "
+        "than `RATE_LIMIT` allows in a whole period, which no wait lets through: code `batch_over_rate_limit`, "
+        "without `Retry-After`; send smaller batches.",
+        "too_many_requests",
+        RATE_LIMIT_HEADERS,
+    )
+    answer["headers"]["Retry-After"] = ref("headers", "RetryAfterRateLimited")
+    return answer
 
 
 # The 400 codes both publishing operations share (body reading, JSON parsing, the Idempotency-Key).
@@ -224,6 +246,7 @@ def _publish_operation(
     headers = {name: ref("headers", name) for name in RATE_LIMIT_HEADERS}
     if answer == "Accepted":
         headers["Location"] = ref("headers", "Location")
+    headers["Idempotent-Replayed"] = ref("headers", "Idempotent-Replayed")
     accepted = json_content(ref("schemas", answer))
     where = "the channel in the path" if channel else f"the channel `{DEFAULT_CHANNEL}`"
     return {
@@ -235,14 +258,10 @@ def _publish_operation(
         "parameters": [*([ref("parameters", "Channel")] if channel else []), ref("parameters", "IdempotencyKey")],
         "requestBody": {"required": True, "content": body},
         "responses": {
-            "200": {
-                "description": "A repeat of an `Idempotency-Key` seen in the last `IDEMPOTENCY_TTL_SECONDS`: "
-                "the first answer again; nothing new is queued.",
-                "headers": headers,
-                "content": accepted,
-            },
             "202": {
-                "description": "Queued on Redis: it will be stored exactly once.",
+                "description": "Queued on Redis: it will be stored exactly once. A repeat of an `Idempotency-Key` "
+                "seen in the last `IDEMPOTENCY_TTL_SECONDS` gets the first answer again (its body and "
+                "`Location`) with `Idempotent-Replayed: true`; nothing new is queued.",
                 "headers": headers,
                 "content": accepted,
             },
@@ -323,19 +342,19 @@ def _rate_limit() -> RateLimit | None:
 
 def _limited(verdict: Verdict) -> ApiError:
     message = f"Too many messages from this client (limit {_settings().rate_limit}); retry after Retry-After seconds."
+    return ApiError(429, "too_many_requests", message, {"Retry-After": str(verdict.retry_after), **verdict.headers()})
+
+
+def _never_fits(limit: RateLimit, client: str, cost: int) -> ApiError:
+    """The 429 of a batch larger than a whole period's budget: no Retry-After, since waiting cannot help."""
+    verdict = limit.peek(client)
     return ApiError(
-        429, "too_many_requests", message, {"Retry-After": str(verdict.retry_after), **_limit_headers(verdict)}
+        429,
+        "batch_over_rate_limit",
+        f"This batch has {cost} messages but the rate limit allows {limit.amount} per client in a whole period "
+        f"({_settings().rate_limit}), so it can never be accepted; send batches of at most {limit.amount}.",
+        verdict.headers() if verdict is not None else {},
     )
-
-
-def _limit_headers(verdict: Verdict | None) -> dict[str, str]:
-    if verdict is None:
-        return {}
-    return {
-        "X-RateLimit-Limit": str(verdict.limit),
-        "X-RateLimit-Remaining": str(verdict.remaining),
-        "X-RateLimit-Reset": str(verdict.reset_at),
-    }
 
 
 def _publisher(channel: str) -> tuple[str, str | None]:
@@ -353,17 +372,14 @@ def _publisher(channel: str) -> tuple[str, str | None]:
 
 
 def _charge(client: str | None, cost: int) -> Verdict | None:
-    """Take ``cost`` messages from the client's budget, or raise 429 (413 if it can never fit)."""
+    """Take ``cost`` messages from the client's budget, or raise 429 (``batch_over_rate_limit`` if it never fits)."""
     limit = _rate_limit()
     if limit is None:
         return None
+    client = client or client_for_address(request.remote_addr)
     if cost > limit.amount:
-        raise ApiError(
-            413,
-            "batch_over_rate_limit",
-            f"This batch has {cost} messages; the rate limit allows {_settings().rate_limit}. Send smaller batches.",
-        )
-    verdict = limit.charge(client or client_for_address(request.remote_addr), cost)
+        raise _never_fits(limit, client, cost)
+    verdict = limit.charge(client, cost)
     if verdict is not None and not verdict.allowed:
         raise _limited(verdict)
     return verdict
@@ -423,7 +439,7 @@ def _accept(
     body: bytes,
     scope: str,
 ) -> Response:
-    """Queue ``records`` and answer 202, 200 for a repeat, or the error (nothing queued)."""
+    """Queue ``records`` and answer 202 (the first answer again for a repeat), or the error (nothing queued)."""
     idempotency = _idempotency(client, scope, body)
     # Before the rate limit is charged: a message Redis cannot take costs the client nothing.
     if (refusal := current_app.extensions["redis_memory"].refusal()) is not None:
@@ -432,6 +448,8 @@ def _accept(
     ids = [r["id"] for r in records]
     g.message_ids = ids  # on this request's log lines, the access line included (relay/web/base.py)
     try:
+        # The Idempotency-Key keeps the first body, as every release has kept it (a process of the release
+        # before, during a rolling upgrade, replays it too); only a 202 is ever kept, so its status is not.
         result = current_app.extensions["broker"].enqueue(records, answer, idempotency)
     except IdempotencyKeyReused:
         raise ApiError(
@@ -459,10 +477,12 @@ def _accept(
         LIVE_PUBLISH_FAILURES.inc(len(records))
         current_app.logger.warning("live publish failed")
     headers = {"Location": location} if location else {}
-    if result.repeated and "id" in result.answer:
-        headers["Location"] = f"{_settings().list_api_url}/messages/{result.answer['id']}"
-    headers.update(_limit_headers(verdict))
-    return json_response(result.answer, 200 if result.repeated else 202, headers)
+    if result.repeated:
+        headers["Idempotent-Replayed"] = "true"  # as Stripe marks its replays
+        if "id" in result.answer:  # a single message: its Location, rebuilt from the id
+            headers["Location"] = f"{_settings().list_api_url}/messages/{result.answer['id']}"
+    headers.update(verdict.headers() if verdict is not None else {})
+    return json_response(result.answer, 202, headers)
 
 
 def _invalid(exc: InvalidMessage) -> ApiError:

@@ -13,13 +13,15 @@ page, the last one included, so a follower that reached the end continues
 later from the same place and, thanks to the commit-ordered ``seq`` (see
 ``relay/storage.py``), never misses a row. ``GET /channels/<channel>/messages``
 is the same for one channel; ``GET /channels`` lists the channels, by name,
-with their counts. ``GET /messages/<id>`` returns one message;
+with their counts. ``GET /messages/<id>`` returns one message (stored
+messages never change: cacheable for a year, with a strong ``ETag`` and 304s);
 ``GET /healthz`` checks the database; ``GET /`` serves ``index.html`` with the
 public URLs of this stack (``LIST_API_URL``, ``INGESTION_API_URL``, ``WS_URL``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -76,6 +78,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.add_url_rule("/", view_func=index, methods=["GET"])
     init_metrics(app, "list_api", settings.metrics_multiprocess)
     app.register_error_handler(sa.exc.SQLAlchemyError, database_unavailable)
+    app.after_request(_never_cache_errors)
     openapi.init_openapi(
         app,
         "Message list API",
@@ -101,7 +104,18 @@ def components(settings: Settings) -> dict[str, Any]:
             "Link": {
                 "description": 'The next page, `<url>; rel="next"`: only when `has_more` is true.',
                 "schema": {"type": "string", "pattern": '^<[^>]+>; rel="next"$'},
-            }
+            },
+            "MessageCacheControl": {
+                "description": f"`public, max-age={MESSAGE_MAX_AGE}, immutable`; `private` instead of `public` when "
+                "tokens are required (then also `Vary: Authorization`).",
+                "required": True,
+                "schema": {"type": "string", "pattern": f"^(public|private), max-age={MESSAGE_MAX_AGE}, immutable$"},
+            },
+            "ETag": {
+                "description": "A strong validator of the message's bytes; send it back in `If-None-Match` for a 304.",
+                "required": True,
+                "schema": {"type": "string", "pattern": '^"[0-9a-f]{32}"$'},
+            },
         },
         "schemas": {
             "Message": {
@@ -163,6 +177,17 @@ def _page_schema(item: str, most: int, cursor: str) -> dict[str, Any]:
             "next_cursor": {"type": ["string", "null"], "description": cursor},
         },
     }
+
+
+# A stored message never changes: caches may keep it a year without asking again (RFC 8246 immutable).
+MESSAGE_MAX_AGE = 365 * 24 * 3600
+
+
+def _never_cache_errors(response: Response) -> Response:
+    """Mark every error uncacheable: a 404 is cacheable by default (RFC 9111), and the message may be stored soon."""
+    if response.status_code >= 400:
+        response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 def database_unavailable(exc: sa.exc.SQLAlchemyError) -> Response:
@@ -306,11 +331,22 @@ def channels_view() -> Response:
         "security": openapi.security(HISTORY),
         "parameters": [{"name": "message_id", "in": "path", "required": True, "schema": ref("schemas", "MessageId")}],
         "responses": {
-            "200": {"description": "The message.", "content": json_content(ref("schemas", "Message"))},
+            "200": {
+                "description": "The message. It never changes: cacheable for a year (`Cache-Control` `immutable`, "
+                "`private` when tokens are required, since access is per token), with a strong `ETag`.",
+                "headers": {"Cache-Control": ref("headers", "MessageCacheControl"), "ETag": ref("headers", "ETag")},
+                "content": json_content(ref("schemas", "Message")),
+            },
+            "304": {
+                "description": "`If-None-Match` names the message's `ETag` (or is `*`): the copy the client has "
+                "is current. No body.",
+                "headers": {"Cache-Control": ref("headers", "MessageCacheControl"), "ETag": ref("headers", "ETag")},
+            },
             "401": UNAUTHORIZED,
             "429": TOKEN_GUESSING,
             "404": error(
-                "No stored message has this id (yet: a 202 is followed by storage within moments). Code `not_found`.",
+                "No stored message has this id (yet: a 202 is followed by storage within moments). Code `not_found`. "
+                "Like every error, `Cache-Control: no-store`.",
                 "not_found",
             ),
             "503": DATABASE_UNAVAILABLE,
@@ -323,7 +359,13 @@ def message_view(message_id: str) -> Response:
     row = storage.get_message(message_id) if is_message_id(message_id) else None
     if row is None or not grant.can(HISTORY, row.channel):
         raise ApiError(404, "not_found", f"No stored message has id {message_id!r}.")
-    return json_response(storage.message_json(row))
+    response = json_response(storage.message_json(row))
+    response.set_etag(hashlib.sha256(response.get_data()).hexdigest()[:32])  # strong: these bytes never change
+    visibility = "private" if current_app.extensions["authenticator"].required else "public"
+    response.headers["Cache-Control"] = f"{visibility}, max-age={MESSAGE_MAX_AGE}, immutable"
+    if visibility == "private":
+        response.vary.add("Authorization")  # a browser's cache must not answer one token with another's read
+    return response.make_conditional(request)
 
 
 @operation(openapi.health_operation("the database", DATABASE_UNAVAILABLE))

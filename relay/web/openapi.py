@@ -28,11 +28,19 @@ from relay.auth import CAPABILITIES, EVERY_CHANNEL
 from relay.records import CHANNEL_PATTERN, DEFAULT_CHANNEL
 from relay.settings import Settings
 from relay.web.base import json_response
+from relay.web.ratelimit import POLICY
 
 EXAMPLE_ID = "019ace2e-7b1a-7c3e-9f10-2b4c6d8e0a12"
 EXAMPLE_TIME = "2026-11-29T07:40:21.123456Z"
 _RFC3339_MICROS = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$"
-RATE_LIMIT_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
+# The IETF fields (draft-ietf-httpapi-ratelimit-headers) and the older X-RateLimit-* kept for existing clients.
+RATE_LIMIT_HEADERS = (
+    "RateLimit-Policy",
+    "RateLimit",
+    "X-RateLimit-Limit",
+    "X-RateLimit-Remaining",
+    "X-RateLimit-Reset",
+)
 _OPERATION = "openapi_operation"  # the attribute operation() sets on a view function (ours)
 # Flask's "<converter:name>" path segments, written as OpenAPI's "{name}".
 _PATH_PARAMETER = re.compile(r"<(?:\w+:)?(\w+)>")
@@ -234,12 +242,28 @@ def _common_components() -> dict[str, Any]:
                 "schema": {"type": "integer", "minimum": 0},
             },
             "Allow": {"description": "The methods this path takes.", "required": True, "schema": text},
+            "RateLimit-Policy": {
+                "description": "The budget, as draft-ietf-httpapi-ratelimit-headers writes it: "
+                f'`"{POLICY}";q=<messages>;w=<seconds>`, `q` messages per client per `w` seconds '
+                "(`RATE_LIMIT`; a batch of n costs n). Only when `RATE_LIMIT` is set.",
+                "schema": {"type": "string", "pattern": f'^"{POLICY}";q=[0-9]+;w=[0-9]+$'},
+            },
+            "RateLimit": {
+                "description": f'What is left of it: `"{POLICY}";r=<messages>;t=<seconds>`, `r` messages left now '
+                "and `t` seconds until the window has room again (draft-ietf-httpapi-ratelimit-headers). Only when "
+                "`RATE_LIMIT` is set.",
+                "schema": {"type": "string", "pattern": f'^"{POLICY}";r=[0-9]+;t=[0-9]+$'},
+            },
             **{
-                f"X-RateLimit-{name}": {"description": f"{meaning} (only when `RATE_LIMIT` is set).", "schema": count}
+                f"X-RateLimit-{name}": {
+                    "description": f"{meaning} (only when `RATE_LIMIT` is set; `RateLimit` and `RateLimit-Policy` "
+                    "say the same in the IETF draft's syntax).",
+                    "schema": count,
+                }
                 for name, meaning in (
-                    ("Limit", "Requests allowed in the window"),
-                    ("Remaining", "Requests left in the window"),
-                    ("Reset", "When the window resets, as a Unix time"),
+                    ("Limit", "Messages allowed in the window"),
+                    ("Remaining", "Messages left in the window"),
+                    ("Reset", "When the window has room again, as a Unix time"),
                 )
             },
             "WWW-Authenticate": {

@@ -41,6 +41,8 @@ from limits.strategies import MovingWindowRateLimiter
 from relay.settings import Settings
 
 log = logging.getLogger(__name__)
+# The name the IETF fields give the publishing budget (draft-ietf-httpapi-ratelimit-headers: a policy is named).
+POLICY = "publish"
 # The 429 message of a failed token check over AUTH_FAILURE_LIMIT, the same on every service.
 TOO_MANY_FAILURES = "Too many failed token checks from this address; retry after Retry-After seconds."
 
@@ -54,6 +56,25 @@ class Verdict:
     remaining: int
     reset_at: int  # Unix time when the window has room again
     retry_after: int  # whole seconds, at least 1 (meaningful when not allowed)
+    reset_after: int = 0  # whole seconds until the window has room again (0: it has now)
+    window: int = 0  # the period of the limit, in seconds
+
+    def headers(self) -> dict[str, str]:
+        """The response fields that report it: the IETF draft's structured fields, and the older ``X-RateLimit-*``.
+
+        ``RateLimit-Policy`` is the budget (``q`` per ``w`` seconds) and
+        ``RateLimit`` what is left of it (``r``) and the seconds until the
+        window has room again (``t``), both as Structured Fields (RFC 9651)
+        in the syntax of draft-ietf-httpapi-ratelimit-headers-11. ``X-RateLimit-Reset``
+        is a Unix time, as clients written before the draft read it.
+        """
+        return {
+            "RateLimit-Policy": f'"{POLICY}";q={self.limit};w={self.window}',
+            "RateLimit": f'"{POLICY}";r={self.remaining};t={self.reset_after}',
+            "X-RateLimit-Limit": str(self.limit),
+            "X-RateLimit-Remaining": str(self.remaining),
+            "X-RateLimit-Reset": str(self.reset_at),
+        }
 
 
 class RateLimit:
@@ -69,16 +90,36 @@ class RateLimit:
         """Most messages one client may publish per period."""
         return self.item.amount
 
+    @property
+    def window(self) -> int:
+        """The period of the limit, in seconds."""
+        return self.item.get_expiry()
+
     def charge(self, client: str, cost: int = 1) -> Verdict | None:
         """Take ``cost`` from ``client``'s budget; None when Redis does not answer (let through)."""
+        return self._verdict(client, cost)
+
+    def peek(self, client: str) -> Verdict | None:
+        """``client``'s budget as it stands, taking nothing; None when Redis does not answer."""
+        return self._verdict(client, 0)
+
+    def _verdict(self, client: str, cost: int) -> Verdict | None:
         try:
-            allowed = self.limiter.hit(self.item, client, cost=cost)
+            allowed = self.limiter.hit(self.item, client, cost=cost) if cost else True
             stats = self.limiter.get_window_stats(self.item, client)
         except Exception:  # the storage's own errors vary by driver; never turn them into 500s
             log.warning("rate limit storage unavailable; letting the request through", exc_info=True)
             return None
-        retry_after = max(1, math.ceil(stats.reset_time - time.time()))
-        return Verdict(allowed, self.item.amount, stats.remaining, math.ceil(stats.reset_time), retry_after)
+        reset_after = max(0, math.ceil(stats.reset_time - time.time()))
+        return Verdict(
+            allowed,
+            self.item.amount,
+            stats.remaining,
+            math.ceil(stats.reset_time),
+            max(1, reset_after),
+            reset_after,
+            self.window,
+        )
 
 
 def client_for_address(address: str | None) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -82,11 +84,13 @@ def test_wrong_method_and_unknown_path_are_json_errors(client: FlaskClient) -> N
 
 
 def test_idempotency_key_repeat_returns_the_same_id_and_queues_once(client: FlaskClient, r: redis.Redis) -> None:
+    """A repeat is the first answer again, status included, marked as a replay (as Stripe does)."""
     headers = {"Idempotency-Key": "order-42"}
     first = client.post("/dummy", json={"a": 1}, headers=headers)
     again = client.post("/dummy", json={"a": 1}, headers=headers)
     other = client.post("/dummy", json={"a": 1}, headers={"Idempotency-Key": "order-43"})
-    assert first.status_code == 202 and again.status_code == 200
+    assert first.status_code == 202 and again.status_code == 202
+    assert "Idempotent-Replayed" not in first.headers and again.headers["Idempotent-Replayed"] == "true"
     assert again.get_json() == first.get_json()
     assert again.headers["Location"] == first.headers["Location"]
     assert other.get_json()["id"] != first.get_json()["id"]
@@ -263,7 +267,8 @@ def test_idempotency_keys_are_per_channel_and_dummy_is_its_channel(client: Flask
     assert other_channel.get_json()["channel"] == "b" and other_channel.get_json()["id"] != first.get_json()["id"]
     via_dummy = client.post("/dummy", json={"x": 1}, headers=key)
     via_channel = client.post("/channels/dummy/messages", json={"x": 1}, headers=key)
-    assert via_dummy.status_code == 202 and via_channel.status_code == 200
+    assert via_dummy.status_code == 202 and via_channel.status_code == 202
+    assert via_channel.headers["Idempotent-Replayed"] == "true"
     assert via_channel.get_json() == via_dummy.get_json()
     assert len(queued_records(r)) == 3
     assert r.exists("idempotency:anonymous:post_message:a:k-1", "idempotency:anonymous:post_message:b:k-1") == 2
@@ -284,3 +289,68 @@ def test_tokens_guard_the_channel_routes(make_ingestion_app: Callable[..., Flask
     assert client.post("/channels/a/messages/batch", json=[{}]).status_code == 401
     ok = client.post("/channels/a/messages", json={}, headers={"Authorization": "Bearer s3cret"})
     assert ok.status_code == 202
+
+
+def test_a_replayed_batch_is_the_first_202_without_a_location(client: FlaskClient, r: redis.Redis) -> None:
+    key = {"Idempotency-Key": "batch-7"}
+    first = client.post("/channels/c/messages/batch", json=[{"n": 1}, {"n": 2}], headers=key)
+    again = client.post("/channels/c/messages/batch", json=[{"n": 1}, {"n": 2}], headers=key)
+    assert (first.status_code, again.status_code) == (202, 202)
+    assert again.get_json() == first.get_json() and again.headers["Idempotent-Replayed"] == "true"
+    assert "Location" not in first.headers and "Location" not in again.headers
+    assert len(queued_records(r)) == 1
+
+
+def test_a_key_kept_by_the_previous_release_replays_as_202(client: FlaskClient, r: redis.Redis) -> None:
+    """Keys hold the first body alone, in every release: one written before replays were 202 replays as 202."""
+    body = {
+        "id": "019ace2e-7b1a-7c3e-9f10-2b4c6d8e0a12",
+        "received_at": "2026-11-29T07:40:21.123456Z",
+        "channel": "dummy",
+    }
+    fingerprint = hashlib.sha256(b'{"a": 1}').hexdigest()
+    r.set("idempotency:anonymous:post_message:old-1", fingerprint + ":" + orjson.dumps(body).decode(), ex=60)
+    again = client.post(
+        "/dummy", data=b'{"a": 1}', content_type="application/json", headers={"Idempotency-Key": "old-1"}
+    )
+    assert again.status_code == 202 and again.get_json() == body
+    assert again.headers["Location"] == f"http://lists.example/messages/{body['id']}"
+    assert again.headers["Idempotent-Replayed"] == "true" and queued_records(r) == []
+
+
+# The IETF fields as Structured Fields (RFC 9651): one string item naming the policy, with integer parameters.
+RATE_LIMIT_POLICY = re.compile(r'^"publish";q=(\d+);w=(\d+)$')
+RATE_LIMIT = re.compile(r'^"publish";r=(\d+);t=(\d+)$')
+
+
+def test_answers_carry_the_ietf_rate_limit_fields_and_the_old_ones(make_ingestion_app: Callable[..., Flask]) -> None:
+    """draft-ietf-httpapi-ratelimit-headers: `RateLimit-Policy` is the budget, `RateLimit` what is left of it."""
+    client = make_ingestion_app(rate_limit="3/minute").test_client()
+    accepted = client.post("/dummy/batch", json=[{}, {}])
+    assert accepted.status_code == 202
+    assert RATE_LIMIT_POLICY.match(accepted.headers["RateLimit-Policy"]).groups() == ("3", "60")
+    remaining, reset = RATE_LIMIT.match(accepted.headers["RateLimit"]).groups()
+    assert remaining == "1" and 0 < int(reset) <= 60
+    assert accepted.headers["X-RateLimit-Limit"] == "3" and accepted.headers["X-RateLimit-Remaining"] == "1"
+    assert int(accepted.headers["X-RateLimit-Reset"]) > time.time()
+    refused = client.post("/dummy/batch", json=[{}, {}])
+    assert refused.status_code == 429 and refused.get_json()["error"] == "too_many_requests"
+    assert RATE_LIMIT.match(refused.headers["RateLimit"]).group(1) == "1"
+    assert int(refused.headers["Retry-After"]) >= 1
+    exposed = client.post("/dummy", json={}, headers={"Origin": "null"}).headers
+    assert {"RateLimit", "RateLimit-Policy", "Idempotent-Replayed"} <= {
+        name.strip() for name in exposed.get("Access-Control-Expose-Headers", "").split(",")
+    }
+
+
+def test_a_batch_larger_than_the_whole_budget_is_429_with_no_retry_after(
+    make_ingestion_app: Callable[..., Flask], r: redis.Redis
+) -> None:
+    """Nothing is too large: the batch can never fit the per-period budget, and no wait would change that."""
+    client = make_ingestion_app(rate_limit="3/minute").test_client()
+    refused = client.post("/channels/c/messages/batch", json=[{}] * 4)
+    assert refused.status_code == 429 and refused.get_json()["error"] == "batch_over_rate_limit"
+    assert "never" in refused.get_json()["message"] and "Retry-After" not in refused.headers
+    assert RATE_LIMIT_POLICY.match(refused.headers["RateLimit-Policy"]).groups() == ("3", "60")
+    assert RATE_LIMIT.match(refused.headers["RateLimit"]).group(1) == "3", "it cost nothing"
+    assert queued_records(r) == []

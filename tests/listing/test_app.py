@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -191,3 +192,48 @@ def test_channels_are_listed_by_name_with_counts_and_pages(app: Flask, client: F
 def test_a_malformed_channel_in_a_listing_is_400_bad_channel(client: FlaskClient, path: str) -> None:
     response = client.get(path)
     assert response.status_code == 400 and response.get_json()["error"] == "bad_channel"
+
+
+def test_a_stored_message_is_cacheable_forever_with_a_strong_etag(app: Flask, client: FlaskClient) -> None:
+    """A stored message never changes: public, a year, immutable; its ETag is strong and stable."""
+    [message_id] = store(app, 1)
+    response = client.get(f"/messages/{message_id}")
+    assert response.headers["Cache-Control"] == "public, max-age=31536000, immutable"
+    etag = response.headers["ETag"]
+    assert etag.startswith('"') and etag.endswith('"'), "strong (no W/ prefix)"
+    assert client.get(f"/messages/{message_id}").headers["ETag"] == etag
+
+
+def test_if_none_match_of_the_etag_is_304_without_a_body(app: Flask, client: FlaskClient) -> None:
+    [message_id, other_id] = store(app, 2)
+    etag = client.get(f"/messages/{message_id}").headers["ETag"]
+    fresh = client.get(f"/messages/{message_id}", headers={"If-None-Match": etag})
+    assert fresh.status_code == 304 and fresh.get_data() == b""
+    assert fresh.headers["ETag"] == etag and "immutable" in fresh.headers["Cache-Control"]
+    changed = client.get(f"/messages/{other_id}", headers={"If-None-Match": etag})
+    assert changed.status_code == 200 and changed.get_json()["id"] == other_id
+
+
+def test_with_tokens_a_message_is_cached_privately_and_never_304_before_the_token_check(
+    make_list_app: Callable[..., Flask],
+) -> None:
+    """Access is per token: shared caches must not keep it, and a validator is no way around a 401."""
+    app = make_list_app(api_tokens=("reader",))
+    [message_id] = store(app, 1)
+    client = app.test_client()
+    response = client.get(f"/messages/{message_id}", headers={"Authorization": "Bearer reader"})
+    assert response.headers["Cache-Control"] == "private, max-age=31536000, immutable"
+    assert "Authorization" in response.headers["Vary"]
+    unauthorized = client.get(f"/messages/{message_id}", headers={"If-None-Match": response.headers["ETag"]})
+    assert unauthorized.status_code == 401 and unauthorized.headers["Cache-Control"] == "no-store"
+
+
+def test_errors_of_one_message_are_never_cached(
+    client: FlaskClient, make_list_app: Callable[..., Flask], tmp_path: Path
+) -> None:
+    """A 404 is cacheable by default (RFC 9111), yet the message may be stored a moment later."""
+    missing = client.get("/messages/01a22649-0717-7cb0-a31f-94907ddc217f")
+    assert missing.status_code == 404 and missing.headers["Cache-Control"] == "no-store"
+    down = make_list_app(sqlalchemy_database_uri=f"sqlite:///{tmp_path}/missing/dir/x.db").test_client()
+    unavailable = down.get("/messages/01a22649-0717-7cb0-a31f-94907ddc217f")
+    assert unavailable.status_code == 503 and unavailable.headers["Cache-Control"] == "no-store"

@@ -44,7 +44,9 @@ def test_every_accepted_message_is_listed_exactly_once(stack: Stack) -> None:
         requests.post(f"{stack.ingest_url}/dummy", json={"k": 1}, headers={"Idempotency-Key": "e2e-1"}, timeout=5)
         for _ in range(3)
     ]
-    assert [r.status_code for r in repeat] == [202, 200, 200]
+    assert [r.status_code for r in repeat] == [202, 202, 202]
+    assert [r.headers.get("Idempotent-Replayed") for r in repeat] == [None, "true", "true"]
+    assert {r.json()["id"] for r in repeat} == {repeat[0].json()["id"]}
     expected = set(single_ids) | set(batch_ids) | {repeat[0].json()["id"]}
     assert len(expected) == 501
 

@@ -116,7 +116,7 @@ def test_rate_limit_counts_messages_across_both_endpoints(redis_url: str) -> Non
     assert client.post("/dummy", json={"n": 10}).status_code == 202
     assert client.post("/dummy", json={"n": 11}).status_code == 429
     too_big = client.post("/dummy/batch", json=[{}] * 11)
-    assert too_big.status_code == 413 and too_big.get_json()["error"] == "batch_over_rate_limit"
+    assert too_big.status_code == 429 and too_big.get_json()["error"] == "batch_over_rate_limit"
     queued = redis.Redis.from_url(redis_url).hlen("persist:pending:records")
     assert queued == 10, "exactly the allowed messages were queued"
 
