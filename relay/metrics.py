@@ -1,8 +1,8 @@
 """Prometheus exposition for every service, and the ``/metrics`` endpoint of the Flask apps.
 
 Each service defines its own families where it uses them (the ingestion
-API's in ``ingestion_api.py``, the worker's in ``tasks.py``, the websocket
-server's in ``wsserver.py``); only the HTTP families of the two APIs live
+API's in ``relay/ingestion``, the worker's in ``relay/worker/metrics.py``,
+the websocket server's in ``relay/live``); only the HTTP families of the two APIs live
 here, created by :func:`init_metrics`. So a service exports its families and
 no other's: in multiprocess mode prometheus-client writes every family a
 process creates to its files, even one never incremented.
@@ -39,13 +39,26 @@ from prometheus_client.registry import Collector
 WsgiApp = Callable[[dict, Callable], Iterable[bytes]]
 
 
+# The methods a label may name; any other (a scanner's PROPFIND, a typo) is "other", so a client
+# cannot grow the number of series by inventing methods.
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    """``method`` as a bounded label value: a known HTTP method, else ``other``."""
+    return method if method in HTTP_METHODS else "other"
+
+
 @functools.cache
 def http_families() -> tuple[Counter, Histogram]:
     """The HTTP families of the Flask services, created once and only in processes that serve them."""
+    # By method too: a CORS preflight (OPTIONS) on a publish route is not a publish.
     requests = Counter(
-        "http_requests_total", "HTTP requests by app, endpoint and status.", ["app", "endpoint", "status"]
+        "http_requests_total",
+        "HTTP requests by app, endpoint, method and status.",
+        ["app", "endpoint", "method", "status"],
     )
-    duration = Histogram("http_request_duration_seconds", "HTTP request latency.", ["app", "endpoint"])
+    duration = Histogram("http_request_duration_seconds", "HTTP request latency.", ["app", "endpoint", "method"])
     return requests, duration
 
 
@@ -96,11 +109,11 @@ def init_metrics(app: Flask, name: str, multiprocess: bool, gauges: Iterable[Gau
 
     @app.after_request
     def count(response: Response) -> Response:
-        endpoint = request.endpoint or "unknown"
-        requests.labels(name, endpoint, str(response.status_code)).inc()
+        endpoint, method = request.endpoint or "unknown", method_label(request.method)
+        requests.labels(name, endpoint, method, str(response.status_code)).inc()
         started = g.get("metrics_started")
         if started is not None:
-            duration.labels(name, endpoint).observe(time.perf_counter() - started)
+            duration.labels(name, endpoint, method).observe(time.perf_counter() - started)
         return response
 
     def metrics_view() -> Response:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -191,13 +191,16 @@ def _channel_upsert(dialect: str) -> sa.Executable:
 _UPSERTS = {dialect: _channel_upsert(dialect) for dialect in ("sqlite", "mysql")}
 
 
-def save_messages(records: Sequence[Mapping[str, str]]) -> int:
+def save_messages(
+    records: Sequence[Mapping[str, str]], on_stored: Callable[[Sequence[Mapping[str, Any]]], object] | None = None
+) -> int:
     """Store queue records exactly once, in one transaction; return how many were new.
 
     Records whose id is already stored (a redelivered task) are skipped, so
     calling this twice with the same records stores them once. The id check
     runs after the sequence lock is taken, so concurrent workers holding the
-    same record cannot both insert it.
+    same record cannot both insert it. ``on_stored`` gets the new rows
+    (with ``received_at`` and ``persisted_at``) once they are committed.
     """
     unique = list({r["id"]: r for r in reversed(records)}.values())[::-1]
     if not unique:
@@ -228,6 +231,8 @@ def save_messages(records: Sequence[Mapping[str, str]]) -> int:
     except BaseException:
         session.rollback()
         raise
+    if on_stored is not None and rows:
+        on_stored(rows)
     return len(rows)
 
 

@@ -42,7 +42,30 @@ def test_ingestion_metrics_count_accepted_rejected_and_queue_depth(make_ingestio
     assert metric(text, "messages_accepted_total", 'endpoint="post_batch"') >= 2
     assert metric(text, "messages_rejected_total", 'error="400"') >= 1
     assert metric(text, "persist_queue_depth") == 4  # three single tasks and one batch task
-    assert 'http_requests_total{app="ingestion_api",endpoint="post_message",status="202"}' in text
+    assert 'http_requests_total{app="ingestion_api",endpoint="post_message",method="POST",status="202"}' in text
+
+
+def test_http_requests_are_counted_by_method_so_a_preflight_is_not_a_publish(
+    make_ingestion_app: Callable[..., Flask],
+) -> None:
+    """A CORS preflight counts as OPTIONS, not as a POST; an unknown method as "other" (bounded labels)."""
+    client = make_ingestion_app().test_client()
+    preflight = {"Origin": "https://example.com", "Access-Control-Request-Method": "POST"}
+    before = client.get("/metrics").text
+    client.options("/dummy", headers=preflight)
+    client.open("/dummy", method="PROPFIND")
+    client.open("/dummy", method="X-INVENTED-1")
+    text = client.get("/metrics").text
+
+    def count(method: str, status: str, endpoint: str = "post_message") -> float:
+        labels = f'app="ingestion_api",endpoint="{endpoint}",method="{method}",status="{status}"'
+        return metric(text, "http_requests_total", labels) - metric(before, "http_requests_total", labels)
+
+    assert count("OPTIONS", "200") == 1
+    assert count("POST", "200") == count("POST", "202") == 0
+    assert count("other", "405", endpoint="unknown") == 2  # a 405 matched no endpoint
+    assert "PROPFIND" not in text and "X-INVENTED" not in text
+    assert 'http_request_duration_seconds_count{app="ingestion_api",endpoint="post_message",method="OPTIONS"}' in text
 
 
 def test_list_api_serves_metrics(make_list_app: Callable[..., Flask]) -> None:
@@ -50,7 +73,7 @@ def test_list_api_serves_metrics(make_list_app: Callable[..., Flask]) -> None:
     client = app.test_client()
     client.get("/messages")
     text = client.get("/metrics").text
-    assert metric(text, "http_requests_total", 'app="list_api",endpoint="list_view",status="200"') >= 1
+    assert metric(text, "http_requests_total", 'app="list_api",endpoint="list_view",method="GET",status="200"') >= 1
 
 
 @pytest.mark.e2e
@@ -79,7 +102,14 @@ def test_gunicorn_workers_and_celery_pool_aggregate_metrics(
         assert metric(text, "messages_accepted_total", 'endpoint="post_message"') == 40
         scrape = f"http://127.0.0.1:{metrics_port}/metrics"
         wait_until(lambda: metric(requests.get(scrape, timeout=2).text, "persisted_messages_total") == 40)
-        assert metric(requests.get(scrape, timeout=2).text, "persist_batch_records_count") >= 1
+        scraped = requests.get(scrape, timeout=2).text
+        assert metric(scraped, "persist_batch_records_count") >= 1
+        # One latency observation per stored message, summed over the pool's processes.
+        assert metric(scraped, "message_stored_latency_seconds_count") == 40
+        assert 0 < metric(scraped, "message_stored_latency_seconds_sum") < 40 * 30
+        # The backlog gauges are read from Redis once per scrape, never once per process.
+        for gauge in ("pending_records", "dead_letter_records"):
+            assert [line for line in scraped.splitlines() if line.startswith(gauge + " ")] == [f"{gauge} 0.0"]
         lines = [json.loads(line) for line in worker.log().splitlines() if line.startswith("{")]
         stored = [entry for entry in lines if entry["message"].startswith("stored ")]
         assert stored and all(entry["service"] == "worker" and entry["message_ids"] for entry in stored)

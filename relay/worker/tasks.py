@@ -78,7 +78,6 @@ from celery.signals import (
     worker_shutting_down,
 )
 from flask import Flask
-from prometheus_client import Counter, Histogram
 
 from relay import db_errors, storage
 from relay.broker.connection import connect
@@ -90,6 +89,16 @@ from relay.logs import configure_logging
 from relay.metrics import health_and_metrics_app, serve_in_thread, service_registry
 from relay.records import parse_time, utc_now
 from relay.settings import load_settings
+from relay.worker.metrics import (
+    DEAD_LETTERS,
+    EXPIRED_REMOVED,
+    PERSIST_BATCH,
+    PERSIST_RETRIES,
+    PERSISTED,
+    REQUEUED,
+    backlog_gauges,
+    observe_stored,
+)
 from relay.worker.persistence import Persister
 
 log = logging.getLogger(__name__)
@@ -98,16 +107,6 @@ settings = load_settings()
 # Task messages a pool process may hold prefetched: bounded in bytes, since no task message carries
 # more than PERSIST_MESSAGE_MAX_BYTES of records.
 PREFETCH_PER_PROCESS = max(1, settings.worker_prefetch_bytes // settings.persist_message_max_bytes)
-
-# The worker's own metric families (relay/metrics.py explains why each service defines its own).
-PERSISTED = Counter("persisted_messages_total", "Messages stored by the worker (new rows).")
-PERSIST_BATCH = Histogram(
-    "persist_batch_records", "Records per persistence task.", buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 5000)
-)
-PERSIST_RETRIES = Counter("persist_retries_total", "Failed database writes that were retried.")
-DEAD_LETTERS = Counter("dead_letters_total", "Messages moved to the dead-letter list.")
-REQUEUED = Counter("requeued_lost_total", "Records re-queued by the reconciler after being lost in flight.")
-EXPIRED_REMOVED = Counter("expired_messages_removed_total", "Messages removed by retention (RETENTION_DAYS).")
 
 celery_app = make_celery(settings)
 celery_app.conf.update(
@@ -168,7 +167,7 @@ def _join_background(**_kwargs: object) -> None:
 
 @worker_init.connect
 def _serve_metrics(**_kwargs: object) -> None:
-    """Serve the pool's metrics (aggregated over processes) and ``/healthz`` from the main process."""
+    """Serve the pool's metrics (aggregated over processes), the backlog gauges and ``/healthz``."""
     if not settings.worker_metrics_port:
         return
     if not settings.metrics_multiprocess:
@@ -186,7 +185,10 @@ def _serve_metrics(**_kwargs: object) -> None:
             return evicts.code, evicts.message
         return None
 
-    app = health_and_metrics_app(service_registry(settings.metrics_multiprocess), problem)
+    # The backlog gauges read Redis at each scrape (relay/worker/metrics.py): one value, not one per process.
+    pending = Pending(client, settings.persist_queue, send)
+    gauges = backlog_gauges(pending, DeadLetters(client, settings.dead_letter_key, pending))
+    app = health_and_metrics_app(service_registry(settings.metrics_multiprocess, gauges), problem)
     try:
         serve_in_thread(app, settings.bind_host, settings.worker_metrics_port)
     except OSError:
@@ -331,7 +333,7 @@ def persister() -> tuple[Persister, Pending]:
         pending = Pending(client, settings.persist_queue, send)
         dead_letters = DeadLetters(client, settings.dead_letter_key, pending)
         writer = Persister(
-            storage.save_messages,
+            functools.partial(storage.save_messages, on_stored=observe_stored),
             _database_up,
             dead_letters.add,
             about_the_record=db_errors.about_the_record,

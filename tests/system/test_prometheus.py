@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import RedisServer, Service, celery_worker, free_port, gunicorn, python_env, wait_http_ok, wait_until
 from tests.stack import wsserver
+from tests.test_alerts import ALERT_NAMES
 
 pytestmark = pytest.mark.e2e
 
@@ -46,6 +47,9 @@ FAMILIES = {
         "dead_letters",
         "requeued_lost",
         "expired_messages_removed",
+        "message_stored_latency_seconds",
+        "pending_records",
+        "dead_letter_records",
     },
     "wsserver": {
         "ws_connections",
@@ -157,14 +161,21 @@ def test_promtool_finds_no_problem_in_any_endpoint(targets: Targets, service: st
 
 
 def test_a_real_prometheus_scrapes_every_service_cleanly(targets: Targets, tmp_path: Path) -> None:
-    """Every target up with no scrape error, and the worker's counters queryable."""
+    """Every target up with no scrape error, the worker's counters queryable, and the shipped alert rules
+    evaluated without error on series that all exist (none quiet because it names a missing metric)."""
+    from tests.test_alerts import ALERTS_FILE, rule_metric_names
+
     binary = prometheus_binary("prometheus")
     config = tmp_path / "prometheus.yml"
     jobs = "".join(
         f"  - job_name: {name}\n    static_configs:\n      - targets: ['{url.split('/')[2]}']\n"
         for name, url in targets.urls.items()
     )
-    config.write_text(f"global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n{jobs}")
+    shutil.copy(ALERTS_FILE, tmp_path / "alerts.yml")
+    config.write_text(
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n"
+        f"rule_files: [alerts.yml]\nscrape_configs:\n{jobs}"
+    )
     checked = subprocess.run([prometheus_binary("promtool"), "check", "config", str(config)], capture_output=True)
     assert checked.returncode == 0, checked
     port = free_port()
@@ -186,6 +197,21 @@ def test_a_real_prometheus_scrapes_every_service_cleanly(targets: Targets, tmp_p
         assert [float(r["value"][1]) for r in query["data"]["result"]] == [5.0]
         query = requests.get(f"{api}/query", params={"query": "count(up == 1)"}, timeout=5).json()
         assert float(query["data"]["result"][0]["value"][1]) == len(targets.urls)
+        for name in rule_metric_names():
+            found = requests.get(f"{api}/query", params={"query": f"count({name})"}, timeout=5).json()
+            assert found["data"]["result"], f"an alert rule queries {name}, which no service exports"
+
+        def rules_evaluated() -> list[dict]:
+            groups = requests.get(f"{api}/rules", timeout=2).json()["data"]["groups"]
+            rules = [rule for group in groups for rule in group["rules"]]
+            return rules if rules and all(rule["lastEvaluation"][:4] != "0001" for rule in rules) else []
+
+        wait_until(rules_evaluated, timeout=30, what="every alert rule evaluated once")
+        rules = rules_evaluated()
+        assert {rule["name"] for rule in rules} == ALERT_NAMES
+        assert all(rule["health"] == "ok" and not rule.get("lastError") for rule in rules), rules
+        # A healthy stack with a few messages through it: nothing fires.
+        assert [rule["name"] for rule in rules if rule["state"] == "firing"] == []
     finally:
         server.stop()
         print(f"--- prometheus log ---\n{server.log()[-3000:]}", file=sys.stderr)
@@ -254,6 +280,16 @@ def test_shipped_scrape_config_targets_every_replica_of_every_service_directly()
     assert SERVICES["prometheus"]["volumes"][0].startswith("./deploy/prometheus.yml:/etc/prometheus/prometheus.yml")
 
 
+def test_compose_prometheus_loads_the_shipped_alert_rules() -> None:
+    """The rules file deploy/prometheus.yml names is mounted beside it in the monitoring profile."""
+    from tests.system.test_compose import ROOT, SERVICES
+
+    (rule_file,) = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())["rule_files"]
+    assert (ROOT / "deploy" / rule_file).is_file()
+    assert f"./deploy/{rule_file}:/etc/prometheus/{rule_file}:ro" in SERVICES["prometheus"]["volumes"]
+    assert SERVICES["prometheus"]["profiles"] == ["monitoring"]
+
+
 def test_grafana_dashboard_queries_only_families_the_services_export() -> None:
     from tests.system.test_compose import ROOT
 
@@ -264,3 +300,6 @@ def test_grafana_dashboard_queries_only_families_the_services_export() -> None:
     used = {re.sub(r"_(total|bucket|count|sum)$", "", word) for word in words}
     assert used <= set().union(*FAMILIES.values()), used
     assert {"http_request_duration_seconds", "persisted_messages", "persist_queue_depth", "dead_letters"} <= used
+    # The series the alerts watch have panels too.
+    assert {"message_stored_latency_seconds", "pending_records", "dead_letter_records", "http_requests"} <= used
+    assert any("method" in e for e in exprs), "requests are shown by method (a preflight is not a publish)"
