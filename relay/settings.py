@@ -50,7 +50,7 @@ class Settings:
     """Every setting: its type, its variable's default and meaning, and whether production needs it.
 
     This class is the only declaration. A field's variable is its name in
-    upper case; :data:`ENV_VARS`, the docs' table (``docs/_ext/envvars.py``)
+    upper case; :data:`ENV_VARS`, the docs' table (``scripts/settings_table.py``)
     and ``python -m relay.settings`` derive from it.
     """
 
@@ -279,12 +279,15 @@ def local_stack_env(path: Path = LOCAL_STACK_FILE) -> dict[str, str]:
 def uses_local_stack(environ: Mapping[str, str]) -> bool:
     """Say whether a process with ``environ`` takes its unset settings from the running local stack.
 
-    Not in production, and never under pytest (``PYTEST_CURRENT_TEST``, which
-    pytest sets for each test and the services a test starts inherit): the
-    suite runs from this checkout, perhaps beside a developer's stack, and
-    must not find it.
+    Not in production, and never under pytest: the suite runs from this
+    checkout, perhaps beside a developer's stack, and must not find it, not
+    even while it collects (a test module that builds an app at import).
+    pytest sets ``PYTEST_VERSION`` for its whole session, collection included,
+    and ``PYTEST_CURRENT_TEST`` for each test; the processes a test starts
+    inherit both.
     """
-    return environ.get("APP_ENV") != "production" and "PYTEST_CURRENT_TEST" not in environ
+    under_pytest = "PYTEST_VERSION" in environ or "PYTEST_CURRENT_TEST" in environ
+    return environ.get("APP_ENV") != "production" and not under_pytest
 
 
 def setting_origin(name: str) -> str:

@@ -564,7 +564,10 @@ def main() -> None:
         "fanout": bench_fanout,
         "cost": bench_cost.bench_cost,
     }
-    result = figures[args.figure](args)
+    try:
+        result = figures[args.figure](args)
+    except bench_cost.StackExited as exc:
+        sys.exit(f"error: {exc}")
     result["machine"] = machine()
     result["taken_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     RESULTS.mkdir(exist_ok=True)

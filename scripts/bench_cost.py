@@ -75,9 +75,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_ok(url: str, timeout: float = 60.0) -> None:
+class StackExited(RuntimeError):
+    """A stack the benchmark started stopped before it answered: the message ends with its last line."""
+
+
+def wait_ok(url: str, timeout: float = 60.0, started: subprocess.Popen | None = None, log: Path | None = None) -> None:
+    """Wait for ``url`` to answer 200; raise at once if ``started`` exits meanwhile, quoting ``log``'s last line."""
     deadline = time.monotonic() + timeout
     while True:
+        if started is not None and started.poll() is not None:
+            lines = log.read_text(errors="replace").strip().splitlines() if log else []
+            said = f": {lines[-1]}" if lines else ""
+            raise StackExited(
+                f"{' '.join(map(str, started.args))} exited ({started.returncode}) before {url} answered{said}"
+            )
         try:
             with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 (our own local URL)
                 if response.status == 200:
@@ -290,15 +301,17 @@ def our_stack(args: argparse.Namespace, logs: Path, servers: dict) -> Iterator[T
         WS_PORT=str(ws),
         WORKER_METRICS_PORT=str(metrics),
     )
-    log = (logs / "stack.log").open("wb")
+    log_path = logs / "stack.log"
+    log = log_path.open("wb")
     proc = subprocess.Popen(
         ["bash", "scripts/run.sh"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
     try:
+        # run.sh refuses in one line when a stack already runs from this checkout: say so at once.
         for url in (f"http://127.0.0.1:{ingest}/healthz", f"http://127.0.0.1:{listing}/healthz"):
-            wait_ok(url, 120)
-        wait_ok(f"http://127.0.0.1:{metrics}/healthz", 120)  # the worker consumes
-        wait_ok(f"http://127.0.0.1:{ws}/healthz", 60)
+            wait_ok(url, 120, proc, log_path)
+        wait_ok(f"http://127.0.0.1:{metrics}/healthz", 120, proc, log_path)  # the worker consumes
+        wait_ok(f"http://127.0.0.1:{ws}/healthz", 60, proc, log_path)
         time.sleep(args.settle)
         yield Target("ours", f"http://127.0.0.1:{ingest}", [psutil.Process(proc.pid)], servers, "messages")
     finally:

@@ -18,7 +18,8 @@ that ``GET /channels`` counts each channel right. The URLs default to ``INGESTIO
 environment, else from the stack ``scripts/run.sh`` is running from this
 checkout (``--help`` shows them). Exits 2 with one line when that stack does
 not answer. ``--delay 0.2`` paces the posts so you can watch them arrive on
-the live page.
+the live page. On a terminal the counts update in place; piped or redirected,
+each line is printed whole.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -42,6 +43,27 @@ from relay.settings import load_settings, setting_origin
 
 class StackDown(Exception):
     """A service of the stack does not answer: the message says which and where."""
+
+
+class Progress:
+    """A count that moves: rewritten in place on a terminal, printed once, as a whole line, when piped."""
+
+    def __init__(self, stream: TextIO = sys.stdout) -> None:
+        self.stream = stream
+        self.live = stream.isatty()
+        self.text = ""
+
+    def update(self, text: str) -> None:
+        self.text = text
+        if self.live:
+            print(f"\r{text}", end="", flush=True, file=self.stream)
+
+    def done(self, *, keep: bool = True) -> None:
+        """End the line; when piped, print its last state only if ``keep`` (a summary may follow instead)."""
+        if self.live:
+            print(file=self.stream)
+        elif keep and self.text:
+            print(self.text, file=self.stream)
 
 
 def request(method: str, url: str, body: Any = None) -> tuple[int, Any]:
@@ -226,6 +248,7 @@ def main() -> int:
     started = time.monotonic()
     accepted: set[str] = set()
     sent: dict[str, set[str]] = {channel: set() for channel in channels}
+    posting = Progress()
     for i in range(args.count):
         channel = channels[i % len(channels)] if channels else None
         path = f"/channels/{channel}/messages" if channel else "/dummy"
@@ -236,21 +259,23 @@ def main() -> int:
         accepted.add(body["id"])
         if channel:
             sent[channel].add(body["id"])
-        print(f"\rposted {i + 1}/{args.count}", end="", flush=True)
+        posting.update(f"posted {i + 1}/{args.count}")
         time.sleep(args.delay)
+    posting.done(keep=False)
     posted = time.monotonic() - started
     where = f" to {len(channels)} channels" if channels else ""
-    print(f"\nposted {len(accepted)} messages{where} in {posted:.2f}s ({len(accepted) / posted:.0f}/s)")
+    print(f"posted {len(accepted)} messages{where} in {posted:.2f}s ({len(accepted) / posted:.0f}/s)")
 
     deadline = time.monotonic() + args.timeout
     found: list[str] = []
+    listing = Progress()
     while time.monotonic() < deadline:
         found = listed_ids(args.list_url, accepted)
-        print(f"\rlisted {len(set(found))}/{len(accepted)}", end="", flush=True)
+        listing.update(f"listed {len(set(found))}/{len(accepted)}")
         if len(set(found)) == len(accepted):
             break
         time.sleep(0.2)
-    print()
+    listing.done()
     missing = accepted - set(found)
     duplicated = {i for i in found if found.count(i) > 1}
     print(f"list API:  accepted={len(accepted)} listed={len(set(found))} missing={len(missing)} dup={len(duplicated)}")

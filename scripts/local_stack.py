@@ -22,10 +22,13 @@ import socket
 import sys
 import time
 
-# What a command-line tool needs to reach the stack; no secrets (API_TOKENS), no worker-only ports.
+# What a command-line tool needs to reach the stack: every URL and port it serves; no secrets
+# (API_TOKENS). The worker's metrics are recorded as a URL, not as WORKER_METRICS_PORT: that setting
+# would make a worker started by hand beside the stack try to listen on the same port.
 RECORDED = (
     "REDIS_URL", "SQLALCHEMY_DATABASE_URI", "INGESTION_API_PORT", "LIST_API_PORT", "WS_PORT",
-    "INGESTION_API_URL", "LIST_API_URL", "WS_URL", "PERSIST_QUEUE", "DEAD_LETTER_KEY", "LIVE_STREAM_KEY",
+    "INGESTION_API_URL", "LIST_API_URL", "WS_URL", "WORKER_METRICS_URL", "PERSIST_QUEUE", "DEAD_LETTER_KEY",
+    "LIVE_STREAM_KEY",
 )  # fmt: skip
 PORTS = ("INGESTION_API_PORT", "LIST_API_PORT", "WS_PORT", "WORKER_METRICS_PORT", "EMBEDDED_REDIS_PORT")
 

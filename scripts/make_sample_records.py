@@ -1,6 +1,6 @@
 """Load N sample messages straight into the database, fast, through the project's own write path.
 
-    python scripts/make_sample_records.py [--count 1000000] [--chunk 5000]
+    python scripts/make_sample_records.py [--count 10000] [--chunk 5000]
                                           [--database-url mysql+pymysql://root@127.0.0.1:3306/test?charset=utf8mb4]
 
 Each chunk of ``--chunk`` records (made by ``relay.records.make_record``, as the
@@ -8,7 +8,9 @@ ingestion API makes them) is stored by ``storage.save_messages`` in one
 transaction, the worker's path: rows get the commit-ordered ``seq`` and are
 stored exactly once, so the listing and cursors behave as with real traffic.
 The rows are appended after whatever the table already holds. The database
-must be migrated first (``flask --app db db upgrade``).
+must be migrated first (``flask --app db db upgrade``). The default, 10,000
+rows, is enough to page through; the pagination figures use a million
+(``--count 1000000``).
 
 ``--database-url`` defaults to ``SQLALCHEMY_DATABASE_URI`` (read through
 ``relay/settings.py``, so the local stack's SQLite file when unset). Shows a progress
@@ -23,6 +25,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_COUNT = 10_000  # enough to page through; ask for more with --count
 sys.path.insert(0, str(ROOT))
 
 import sqlalchemy as sa  # noqa: E402
@@ -80,7 +83,10 @@ def load(url: str, count: int, chunk: int, progress: bool = True) -> dict[str, f
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=1_000_000, help="records to load (default 1,000,000)")
+    parser.add_argument(
+        "--count", type=int, default=DEFAULT_COUNT,
+        help=f"records to load (default {DEFAULT_COUNT:,}; --count 1000000 for a million, as the pagination figures)",
+    )  # fmt: skip
     parser.add_argument("--chunk", type=int, default=5000, help="records per transaction (default 5,000)")
     parser.add_argument(
         "--database-url", default=None, help="SQLAlchemy URL (default: SQLALCHEMY_DATABASE_URI, via relay/settings.py)"

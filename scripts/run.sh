@@ -9,7 +9,10 @@ cd "$(dirname "$0")/.."
 mkdir -p var
 export BIND_HOST="${BIND_HOST:-127.0.0.1}"
 export INGESTION_API_PORT="${INGESTION_API_PORT:-5000}" LIST_API_PORT="${LIST_API_PORT:-5001}" WS_PORT="${WS_PORT:-8765}"
+# The public URLs follow the ports unless given; all three are recorded for the tools (below).
+export INGESTION_API_URL="${INGESTION_API_URL:-http://127.0.0.1:$INGESTION_API_PORT}"
 export LIST_API_URL="${LIST_API_URL:-http://127.0.0.1:$LIST_API_PORT}"
+export WS_URL="${WS_URL:-ws://127.0.0.1:$WS_PORT}"
 export PERSIST_QUEUE="${PERSIST_QUEUE:-persist}"
 # A Celery worker's intake of task messages is bound by its consumer (one per instance), not its
 # pool (docs/performance.md): with a real database run two instances of one pool process each.
@@ -30,7 +33,7 @@ fi
 # in honcho, so the lock lasts as long as the stack), check the ports, then record the stack's URLs
 # there for celery and the scripts (relay.settings.load_settings reads it while the lock is held).
 exec 9<>var/local-stack.env
-python scripts/local_stack.py 9
+WORKER_METRICS_URL="http://127.0.0.1:$WORKER_METRICS_PORT" python scripts/local_stack.py 9
 # prometheus-client's per-process files: one empty directory per service, fresh each run.
 rm -rf var/metrics && mkdir -p var/metrics/ingestion_api var/metrics/list_api var/metrics/worker
 
@@ -39,11 +42,11 @@ python -m relay.serve migrate  # flask --app db db upgrade
 
 cat <<MSG
 
-  Ingestion API  http://127.0.0.1:$INGESTION_API_PORT/dummy   (POST JSON objects here)
-  List API       http://127.0.0.1:$LIST_API_PORT/messages
-  Live page      http://127.0.0.1:$LIST_API_PORT/
-  Websocket      ws://127.0.0.1:$WS_PORT/
-  Metrics        http://127.0.0.1:$INGESTION_API_PORT/metrics  http://127.0.0.1:$LIST_API_PORT/metrics
+  Ingestion API  $INGESTION_API_URL/channels/<channel>/messages   (POST JSON objects here; /dummy too)
+  List API       $LIST_API_URL/messages
+  Live page      $LIST_API_URL/
+  Websocket      $WS_URL/
+  Metrics        $INGESTION_API_URL/metrics  $LIST_API_URL/metrics
                  http://127.0.0.1:$WS_PORT/metrics  http://127.0.0.1:$WORKER_METRICS_PORT/metrics
   Redis          $REDIS_URL
   Tools          celery -A tasks ... and scripts/*.py use this stack (var/local-stack.env)

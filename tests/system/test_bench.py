@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -72,6 +75,32 @@ def test_persist_figure(sqlite_url: str, redis_server) -> None:
         counts = dict(conn.exec_driver_sql("SELECT name, messages FROM channels").all())
     engine.dispose()
     assert counts == {"bench-0": 100, "bench-1": 100, "bench-2": 100}
+
+
+@contextlib.contextmanager
+def stack_running_here() -> Iterator[None]:
+    """Hold the checkout's local-stack lock as a running ``scripts/run.sh`` does (or find it already held)."""
+    path = ROOT / "var" / "local-stack.env"
+    path.parent.mkdir(exist_ok=True)
+    with path.open("a") as file:
+        with contextlib.suppress(BlockingIOError):  # a developer's stack holds it: run.sh is refused all the same
+            fcntl.flock(file, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        yield
+
+
+def test_cost_fails_at_once_with_run_sh_s_refusal_when_a_stack_runs_from_this_checkout() -> None:
+    """The benchmark starts its own run.sh: refused beside a running one, it says why within seconds."""
+    started = time.monotonic()
+    with stack_running_here():
+        result = subprocess.run(
+            [sys.executable, "scripts/bench.py", "cost", "--rate", "20", "--seconds", "1", "--drain", "5"],
+            cwd=ROOT, env=python_env({}), capture_output=True, text=True, timeout=90,
+        )  # fmt: skip
+    assert time.monotonic() - started < 30, "waited on a run.sh that had already stopped"
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: bash scripts/run.sh exited (1) before http://127.0.0.1:"), line
+    assert ": run.sh: scripts/run.sh is already running from this checkout (pid " in line, line
 
 
 def test_cost_figure_counts_every_process_of_both_stacks_and_their_maximum_rates() -> None:

@@ -13,6 +13,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -41,6 +42,7 @@ class LocalRun:
     output: Path
     ingest_url: str
     list_url: str
+    worker_metrics_port: str
 
     def service(self, needle: str) -> psutil.Process:
         """The one process a ``keep_running.py`` wrapper runs whose command line contains ``needle``."""
@@ -92,6 +94,7 @@ def local_run(tmp_path: Path) -> Iterator[LocalRun]:
         output,
         f"http://127.0.0.1:{ports['INGESTION_API_PORT']}",
         f"http://127.0.0.1:{ports['LIST_API_PORT']}",
+        ports["WORKER_METRICS_PORT"],
     )
     try:
         wait_http_ok(f"{run.ingest_url}/healthz", timeout=90)
@@ -154,9 +157,16 @@ def test_killed_services_restart_and_ctrl_c_stops_everything(tmp_path: Path) -> 
 
 
 def cli_env() -> dict[str, str]:
-    """A developer's shell: nothing says where the stack is (not even pytest's marker, which turns it off)."""
+    """A developer's shell: nothing says where the stack is (not even pytest's markers, which turn it off)."""
     env = python_env({})
-    for name in ("PYTEST_CURRENT_TEST", "INGESTION_API_URL", "LIST_API_URL", "WS_URL", "PERSIST_QUEUE"):
+    for name in (
+        "PYTEST_CURRENT_TEST",
+        "PYTEST_VERSION",
+        "INGESTION_API_URL",
+        "LIST_API_URL",
+        "WS_URL",
+        "PERSIST_QUEUE",
+    ):
         env.pop(name, None)
     return env
 
@@ -178,6 +188,12 @@ def test_tools_find_the_running_stack_and_a_second_run_touches_nothing(tmp_path:
         assert stack_env["LOCAL_STACK_PID"] == str(run.process.pid)
         assert stack_env["REDIS_URL"].startswith("redis://127.0.0.1:")
         assert stack_env["REDIS_URL"] != "redis://127.0.0.1:6379/0"
+        ws_port = stack_env["WS_PORT"]
+        assert {name: stack_env.get(name) for name in ("INGESTION_API_URL", "LIST_API_URL", "WS_URL")} == {
+            "INGESTION_API_URL": run.ingest_url, "LIST_API_URL": run.list_url, "WS_URL": f"ws://127.0.0.1:{ws_port}",
+        }  # fmt: skip
+        assert stack_env["WORKER_METRICS_URL"] == f"http://127.0.0.1:{run.worker_metrics_port}"
+        assert "WORKER_METRICS_PORT" not in stack_env, "a worker started by hand would take the stack's port"
 
         again = run_in(run.root, "bash", "scripts/run.sh", env=python_env({}))
         assert again.returncode == 1, again.stdout + again.stderr
@@ -202,11 +218,30 @@ def test_tools_find_the_running_stack_and_a_second_run_touches_nothing(tmp_path:
         ping = run_in(run.root, sys.executable, "-m", "celery", "-A", "tasks", "inspect", "ping", "--timeout", "10")
         assert ping.returncode == 0, ping.stdout + ping.stderr
         assert "pong" in ping.stdout
+        assert f" worker.1@{socket.gethostname()}: OK" in ping.stdout, "the node is named for honcho's process"
         e2e = run_in(run.root, sys.executable, "scripts/end_to_end.py", "--count", "5", "--timeout", "30")
         assert e2e.returncode == 0, e2e.stdout + e2e.stderr
         assert "missing=0 dup=0" in e2e.stdout
-        usage = run_in(run.root, sys.executable, "scripts/end_to_end.py", "--help").stdout
-        assert f"(default: {run.ingest_url})" in " ".join(usage.split())  # argparse wraps the lines
+        assert "\r" not in e2e.stdout, "piped, the progress is printed as whole lines"
+        assert "listed 5/5" in e2e.stdout.splitlines()
+        assert e2e.stdout.splitlines()[0].startswith("posted 5 messages in ")
+        usage = " ".join(run_in(run.root, sys.executable, "scripts/end_to_end.py", "--help").stdout.split())
+        assert f"(default: {run.ingest_url})" in usage  # argparse wraps the lines
+        for name in ("INGESTION_API_URL", "LIST_API_URL", "WS_URL"):
+            assert f"{name} of the stack scripts/run.sh is running (local-stack.env)" in usage, name
+        assert "no scripts/run.sh stack is running" not in usage
+
+        # A test module that builds an app at import (as tests/web/test_fuzz.py does) is collected before
+        # pytest sets PYTEST_CURRENT_TEST: it must not find the stack either, or its apps differ from the tests'.
+        module = tmp_path / "test_settings_at_import.py"
+        module.write_text(
+            "from relay.settings import load_settings\n"
+            "AT_IMPORT = load_settings().list_api_url\n"
+            "def test_same_settings_at_import_and_in_the_test():\n"
+            f"    assert AT_IMPORT == load_settings().list_api_url != {run.list_url!r}\n"
+        )
+        pytest_run = run_in(run.root, sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(module))
+        assert pytest_run.returncode == 0, pytest_run.stdout[-3000:]
 
         run.process.send_signal(signal.SIGINT)
         run.process.wait(30)

@@ -82,6 +82,17 @@ def test_make_sample_records_defaults_to_the_configured_database(sqlite_url: str
     assert [row.seq for row in rows] == list(range(1, 11))
 
 
+def test_make_sample_records_loads_ten_thousand_rows_unless_asked_for_more(sqlite_url: str) -> None:
+    """A first try takes seconds, not a million rows; the help says how to ask for those."""
+    clear_database(sqlite_url)
+    result = run_script("make_sample_records.py", "--no-progress", "--database-url", sqlite_url)
+    assert result.returncode == 0, result.stderr
+    assert "stored 10,000 rows" in result.stdout
+    assert len(stored(sqlite_url)[0]) == 10_000
+    usage = " ".join(run_script("make_sample_records.py", "--help").stdout.split())
+    assert "records to load (default 10,000; --count 1000000 for a million" in usage
+
+
 def test_make_sample_records_refuses_an_unmigrated_database(tmp_path: Path) -> None:
     result = run_script("make_sample_records.py", "--count", "10", "--database-url", f"sqlite:///{tmp_path / 'x.db'}")
     assert result.returncode == 2
@@ -221,9 +232,10 @@ def test_pagination_sends_the_bearer_token(sqlite_url: str, log_dir: Path) -> No
 
 
 def without_pytest_marker(extra: dict[str, str]) -> dict[str, str]:
-    """A developer's shell: pytest's marker would keep a running local stack out of the settings."""
+    """A developer's shell: pytest's markers would keep a running local stack out of the settings."""
     env = python_env(extra)
-    env.pop("PYTEST_CURRENT_TEST", None)
+    for name in ("PYTEST_CURRENT_TEST", "PYTEST_VERSION"):
+        env.pop(name, None)
     return env
 
 

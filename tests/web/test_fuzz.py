@@ -54,6 +54,9 @@ JWT_SECRET = "fuzz-jwt-secret-of-at-least-32-bytes"
 # What the signed variant's token allows: some channels of the stored ones (c0, c1, c2), not all.
 SIGNED_CHANNELS = {"c0": ["history"], "c1*": ["history", "subscribe"], "dummy": ["publish"], "news.*": ["publish"]}
 EXAMPLE_ID = "019ace2e-7b1a-7c3e-9f10-2b4c6d8e0a12"  # the id in the document's examples
+# Built at import, as schemathesis parametrizes the tests from them, before pytest sets
+# PYTEST_CURRENT_TEST: relay.settings ignores a running scripts/run.sh stack for the whole session
+# (PYTEST_VERSION), so these are the documents the fixtures' apps serve, stack or no stack.
 INGESTION = openapi_document("ingestion_api")
 LISTING = openapi_document("list_api")
 CONFIG = schemathesis.Config.from_dict(
