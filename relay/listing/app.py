@@ -16,7 +16,8 @@ is the same for one channel; ``GET /channels`` lists the channels, by name,
 with their counts. ``GET /messages/<id>`` returns one message (stored
 messages never change: cacheable for a year, with a strong ``ETag`` and 304s);
 ``GET /healthz`` checks the database; ``GET /`` serves ``index.html`` with the
-public URLs of this stack (``LIST_API_URL``, ``INGESTION_API_URL``, ``WS_URL``).
+public URLs of this stack (``LIST_API_URL``, ``INGESTION_API_URL``, ``WS_URL``),
+and ``GET /relay-client.js`` the browser client it uses (importable from any origin).
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     add_channel_rule(app, "/channels/<channel:channel>/messages", channel_messages_view, ["GET"])
     app.add_url_rule("/healthz", view_func=healthz, methods=["GET"])
     app.add_url_rule("/", view_func=index, methods=["GET"])
+    app.add_url_rule("/relay-client.js", view_func=relay_client, methods=["GET"])
     init_metrics(app, "list_api", settings.metrics_multiprocess)
     app.register_error_handler(sa.exc.SQLAlchemyError, database_unavailable)
     app.after_request(_never_cache_errors)
@@ -407,3 +409,22 @@ def index() -> Response:
     config = json.dumps(page_config(current_app.config["SETTINGS"])).replace("<", "\\u003c")
     page = page.replace(PAGE_CONFIG_SLOT, PAGE_CONFIG_SLOT.replace("{}", config), 1)
     return Response(page, mimetype="text/html", headers={"Cache-Control": "no-cache"})
+
+
+@operation(
+    {
+        "operationId": "relayClient",
+        "tags": ["operations"],
+        "summary": "The browser client",
+        "description": "`relay-client.js`, an ES module: history from this API, then live messages over the "
+        "websocket, resuming after drops and resets with nothing lost or repeated. Import it from here "
+        "(CORS allows any origin) or copy it beside your page.",
+        "responses": {
+            "200": {"description": "The module.", "content": {"text/javascript": {"schema": {"type": "string"}}}}
+        },
+    }
+)
+def relay_client() -> Response:
+    """Serve the browser client module (RFC 9239's JavaScript type, which module imports require)."""
+    module = (PROJECT_DIR / "relay-client.js").read_text(encoding="utf-8")
+    return Response(module, mimetype="text/javascript", headers={"Cache-Control": "no-cache"})

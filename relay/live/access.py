@@ -20,10 +20,11 @@ from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request
 
 from relay.auth import Authenticator, Grant, bearer
+from relay.live.protocol import AFTER, CHANNEL, TOKEN, TOKEN_EXPIRED
 from relay.live.window import Selection
 from relay.records import is_channel
 
-TOKEN_EXPIRED = 4401  # close code: the token ran out; reconnect with a fresh one and ``after``
+__all__ = ["TOKEN_EXPIRED", "BadChannel", "LiveConnection", "Subscription", "seconds_left", "subscription"]
 
 
 class BadChannel(ValueError):
@@ -53,15 +54,15 @@ def subscription(authenticator: Authenticator, request: Request) -> Subscription
     or on ``*`` when none is selected), in that order.
     """
     query = parse_qs(urlsplit(request.path).query, keep_blank_values=True)
-    token = bearer(request.headers.get("Authorization")) or (query.get("token") or [""])[0] or None
+    token = bearer(request.headers.get("Authorization")) or (query.get(TOKEN) or [""])[0] or None
     grant = authenticator.authenticate(token)
-    names = query.get("channel")
+    names = query.get(CHANNEL)
     selection = frozenset(names) if names else None
     if not all(map(is_channel, selection or ())):
         raise BadChannel("A channel name is 1 to 64 characters of A-Z a-z 0-9 _ . : -")
     for channel in sorted(selection) if selection is not None else [None]:
         grant.require("subscribe", channel)
-    after = (query.get("after") or [""])[0] or None
+    after = (query.get(AFTER) or [""])[0] or None
     return Subscription(grant, selection, after)
 
 

@@ -34,8 +34,9 @@ disconnected (1013; it resumes or resets). With
 ``WS_SLOW_CLIENT_POLICY=drop`` such a client instead misses frames until it
 drains (counted). Either way slow clients never hold back the others and
 memory stays bounded.
-``GET /healthz`` on the same port answers 200 when Redis does, and
-``GET /metrics`` serves Prometheus metrics.
+``GET /healthz`` on the same port answers 200 when Redis does,
+``GET /metrics`` serves Prometheus metrics, and ``GET /asyncapi.json`` this
+protocol as an AsyncAPI 3.0 document (``relay/live/asyncapi.py``).
 
 Access (``relay/auth``, ``relay/live/access.py``). When ``API_TOKENS`` or a
 ``JWT_*`` key is set, the handshake needs a token (``?token=`` or
@@ -77,7 +78,18 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from relay.auth import Authenticator, Forbidden, MissingToken, Unauthorized
-from relay.live.access import TOKEN_EXPIRED, BadChannel, LiveConnection, seconds_left, subscription
+from relay.live import asyncapi
+from relay.live.access import BadChannel, LiveConnection, seconds_left, subscription
+from relay.live.protocol import (
+    BAD_CHANNEL,
+    NOT_ACCEPTED,
+    READY,
+    RESET,
+    SERVER_FELL_BEHIND,
+    TOKEN_EXPIRED,
+    TOO_SLOW,
+    UNKNOWN_OR_EXPIRED_ID,
+)
 from relay.live.stream import START, read_after, valid
 from relay.live.window import Backlog, Selection, Window, selected
 from relay.logs import configure_logging
@@ -91,7 +103,7 @@ from relay.web.ratelimit import (
 )
 
 log = logging.getLogger("wsserver")
-READY = orjson.dumps({"type": "ready"})
+READY_FRAME = orjson.dumps({"type": READY})
 READ_BATCH = 100  # stream entries per XREAD: bounds the burst written to a client at once
 
 
@@ -201,7 +213,7 @@ class Hub:
         self.selection.pop(connection, None)
         self.stats.slow_disconnects += 1
         log.warning("disconnecting slow client %s", connection.remote_address)
-        self._spawn(connection.close(1013, "client too slow"))
+        self._spawn(connection.close(TOO_SLOW, "client too slow"))
 
     def fell_behind(self, oldest: str | None) -> None:
         """Tell every client that messages before ``oldest`` were missed (``reset``), in order with its frames.
@@ -212,7 +224,7 @@ class Hub:
         self.stats.gaps += 1
         self.window.clear()
         log.warning("live stream entries were trimmed before this server read them; sending reset, oldest %s", oldest)
-        frame = orjson.dumps({"type": "reset", "reason": "server_fell_behind", "oldest": oldest})
+        frame = orjson.dumps({"type": RESET, "reason": SERVER_FELL_BEHIND, "oldest": oldest})
         for backlog in self.catching_up.values():
             backlog.extend([frame])
         self._write(self.live, [frame])
@@ -227,9 +239,9 @@ class Hub:
                 self.stats.replayed += len(backlog)
                 self._start_catch_up(connection, Backlog(backlog), announce=True)
                 return
-            reset = {"type": "reset", "reason": "unknown_or_expired_id", "oldest": self.window.oldest}
+            reset = {"type": RESET, "reason": UNKNOWN_OR_EXPIRED_ID, "oldest": self.window.oldest}
             broadcast([connection], orjson.dumps(reset), text=True)
-        broadcast([connection], READY, text=True)
+        broadcast([connection], READY_FRAME, text=True)
         self.live.add(connection)
 
     def _start_catch_up(self, connection: ServerConnection, backlog: Backlog, announce: bool) -> None:
@@ -247,7 +259,7 @@ class Hub:
             return
         del self.catching_up[connection]
         if announce:
-            broadcast([connection], READY, text=True)
+            broadcast([connection], READY_FRAME, text=True)
         self.live.add(connection)
 
     def leave(self, connection: ServerConnection) -> None:
@@ -288,7 +300,7 @@ async def handler(hub: Hub, connection: LiveConnection) -> None:
     try:
         async with asyncio.timeout(seconds_left(joined.grant)):
             async for _ in connection:
-                await connection.close(1003, "this server does not accept messages")
+                await connection.close(NOT_ACCEPTED, "this server does not accept messages")
     except TimeoutError:
         hub.leave(connection)  # nothing more is sent once the token has run out
         await connection.close(TOKEN_EXPIRED, "token expired")
@@ -334,7 +346,7 @@ async def process_request(
     connection: LiveConnection,
     request: Request,
 ) -> Response | None:
-    """Answer ``/healthz`` and ``/metrics`` over plain HTTP; accept a handshake only for what its token allows."""
+    """Answer ``/healthz``, ``/metrics``, ``/asyncapi.json`` over HTTP; accept a handshake only as its token allows."""
     url = urlsplit(request.path)
     if url.path == "/healthz":
         return await _health(client, connection)
@@ -345,6 +357,10 @@ async def process_request(
         del response.headers["Content-Type"]
         response.headers["Content-Type"] = content_type
         return response
+    if url.path == "/asyncapi.json":
+        response = _json_response(connection, HTTPStatus.OK, asyncapi.document(settings))
+        response.headers["Access-Control-Allow-Origin"] = "*"
+        return response
     try:
         connection.subscription = subscription(authenticator, request)
     except Unauthorized as refused:
@@ -352,7 +368,7 @@ async def process_request(
     except Forbidden as refused:  # a valid token, not for this channel
         return _refusal(connection, HTTPStatus.FORBIDDEN, {"error": refused.code, "message": refused.message})
     except BadChannel as refused:
-        return _refusal(connection, HTTPStatus.BAD_REQUEST, {"error": "bad_channel", "message": str(refused)})
+        return _refusal(connection, HTTPStatus.BAD_REQUEST, {"error": BAD_CHANNEL, "message": str(refused)})
     return None
 
 
