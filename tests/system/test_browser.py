@@ -230,7 +230,8 @@ def test_switching_channels_shows_only_that_channels_messages(new_page, stack: S
     page.wait_for_selector("#state[data-state=live]")
     wait_shown(page, history_a | history_b)
 
-    page.select_option("#channel", "a")
+    page.click("#channels > summary")
+    page.check('#channels input[value="a"]')
     wait_until(lambda: set(shown_ids(page)) == history_a, what="only channel a's history")
     page.wait_for_selector("#state[data-state=live]")
     assert parse_qs(urlsplit(page.url).query)["channel"] == ["a"], "the view is not in the URL"
@@ -243,7 +244,7 @@ def test_switching_channels_shows_only_that_channels_messages(new_page, stack: S
     assert_exactly(page, history_a | {live_a})
     assert page.eval_on_selector_all("li.message", "items => items.map(i => i.dataset.channel)") == ["a"] * 4
 
-    page.select_option("#channel", "")
+    page.check('#channels input[value=""]')  # all channels
     page.wait_for_selector("#state[data-state=live]")
     wait_until(lambda: len(shown_ids(page)) == 8, what="every channel's messages again")
     assert "channel" not in parse_qs(urlsplit(page.url).query)
@@ -262,7 +263,8 @@ def test_channel_in_the_url_is_honoured_on_load_and_the_form_posts_to_it(new_pag
     page.goto(f"{stack.list_url}/?channel=b.2:x-y_z")
     page.wait_for_selector("#state[data-state=live]")
     wait_shown(page, {on_b})
-    assert page.eval_on_selector("#channel", "select => select.value") == "b.2:x-y_z"
+    assert page.eval_on_selector_all("#channels input:checked", "boxes => boxes.map(b => b.value)") == ["b.2:x-y_z"]
+    assert page.text_content("#channel-summary") == "b.2:x-y_z"
     assert page.text_content("#send-to") == "b.2:x-y_z"
     page.fill("#payload", '{"sent": "to b"}')
     page.click("button[type=submit]")
@@ -419,7 +421,7 @@ def test_dark_mode_follows_the_system_setting(new_page, stack: Stack) -> None:
 
 
 def test_page_pictures_light_and_dark(new_page, stack: Stack) -> None:
-    """A busy page in both colour schemes; with UPDATE_SCREENSHOT=1 they become docs/screenshot*.png."""
+    """A busy page in both colour schemes and on a phone; with UPDATE_SCREENSHOT=1 they become docs/screenshot*.png."""
     channels = {
         "orders": lambda i: {
             "order": 10230 + i,
@@ -443,25 +445,30 @@ def test_page_pictures_light_and_dark(new_page, stack: Stack) -> None:
     for i in range(8):
         post_to(stack, names[i % 4], channels[names[i % 4]](i))
     wait_until(lambda: len(stack.listed()) == 8, what="history persisted")
+    looks = {
+        "screenshot.png": {"color_scheme": "light", "viewport": {"width": 1000, "height": 760}},
+        "screenshot-dark.png": {"color_scheme": "dark", "viewport": {"width": 1000, "height": 760}},
+        "screenshot-phone.png": {"color_scheme": "light", "viewport": {"width": 390, "height": 844}, "is_mobile": True},
+    }
     pages = {}
-    for scheme in ("light", "dark"):
-        pages[scheme] = new_page(color_scheme=scheme, viewport={"width": 1000, "height": 760})
-        pages[scheme].goto(f"{stack.list_url}/")
-        pages[scheme].wait_for_selector("#state[data-state=live]")
+    for name, options in looks.items():
+        pages[name] = new_page(**options)
+        pages[name].goto(f"{stack.list_url}/")
+        pages[name].wait_for_selector("#state[data-state=live]")
     # A burst that rises and falls, so the chart has a shape.
     for second, count in enumerate([2, 5, 9, 14, 10, 6, 11, 4]):
         for i in range(count):
             channel = names[(second + i) % 4]
             post_to(stack, channel, channels[channel](second * 10 + i))
             time.sleep(0.9 / count)
-    for scheme, page in pages.items():
-        wait_until(lambda page=page: len(shown_ids(page)) == 8 + 61, what=f"every message on the {scheme} page")
+    for name, page in pages.items():
+        wait_until(lambda page=page: len(shown_ids(page)) == 8 + 61, what=f"every message on the page of {name}")
         page.locator("li.message button.preview").nth(1).click()
+        page.wait_for_selector("li.message time.stored[datetime]")  # the expanded row's stored time
         page.wait_for_timeout(1100)  # a chart redraw with the last second in
         shot = page.screenshot(animations="disabled")
         assert len(shot) > 10_000
         if os.environ.get("UPDATE_SCREENSHOT"):
-            name = "screenshot.png" if scheme == "light" else "screenshot-dark.png"
             (ROOT / "docs" / name).write_bytes(shot)
 
 
@@ -484,7 +491,7 @@ def test_page_with_tokens_lists_channels_subscribes_and_posts_with_its_token(
         page.goto(f"{stack.list_url}/?channel=t&token={token}")
         page.wait_for_selector("#state[data-state=live]")
         wait_shown(page, {history.json()["id"]})
-        assert page.eval_on_selector_all("#channel option", "options => options.map(o => o.value)").count("t") == 1
+        assert page.eval_on_selector_all("#channels input", "boxes => boxes.map(b => b.value)").count("t") == 1
         assert token not in page.text_content("#server"), "the token is shown on the page"
         live = requests.post(f"{stack.ingest_url}/channels/t/messages", json={"l": 1}, headers=auth, timeout=5)
         wait_shown(page, {history.json()["id"], live.json()["id"]})
