@@ -22,6 +22,7 @@ from pathlib import Path
 
 import flask_migrate
 import pytest
+import redis
 import sqlalchemy as sa
 from flask import Flask
 from sqlalchemy.engine import make_url
@@ -64,6 +65,16 @@ def redis_url(redis_server: RedisServer) -> str:
 
     redis.Redis.from_url(redis_server.url).flushdb()
     return redis_server.url
+
+
+@pytest.fixture
+def redis_config_restored(redis_url: str) -> Iterator[redis.Redis]:
+    """A client of the clean Redis whose ``maxmemory`` and ``maxmemory-policy`` are put back afterwards."""
+    client = redis.Redis.from_url(redis_url)
+    before = client.config_get("maxmemory*")
+    yield client
+    client.config_set("maxmemory", before["maxmemory"])
+    client.config_set("maxmemory-policy", before["maxmemory-policy"])
 
 
 def migrate(url: str) -> None:

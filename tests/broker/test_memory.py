@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import redis
 
@@ -102,28 +100,18 @@ def test_a_failed_read_refuses_nothing_and_is_not_retried_within_the_interval() 
     assert calls == 1
 
 
-@pytest.fixture
-def real(redis_url: str) -> Iterator[redis.Redis]:
-    """The session's Redis, its maxmemory and policy put back afterwards."""
-    client = redis.Redis.from_url(redis_url)
-    before = client.config_get("maxmemory*")
-    yield client
-    client.config_set("maxmemory", before["maxmemory"])
-    client.config_set("maxmemory-policy", before["maxmemory-policy"])
-
-
-def test_the_watch_reads_info_memory_of_a_real_redis(real: redis.Redis) -> None:
+def test_the_watch_reads_info_memory_of_a_real_redis(redis_config_restored: redis.Redis) -> None:
     clock = Clock()
-    watch = MemoryWatch(lambda: real.info("memory"), 0.8, clock=clock)
+    watch = MemoryWatch(lambda: redis_config_restored.info("memory"), 0.8, clock=clock)
     assert watch.refusal() is None
-    used = int(real.info("memory")["used_memory"])
-    real.config_set("maxmemory", used * 9 // 8)  # used is 89% of it: past the mark, short of the limit
+    used = int(redis_config_restored.info("memory")["used_memory"])
+    redis_config_restored.config_set("maxmemory", used * 9 // 8)  # used is 89% of it: past the mark, short of the limit
     clock.now += 1
     assert watch.refusal().code == "queue_full"
-    real.config_set("maxmemory", 0)
-    real.config_set("maxmemory-policy", "allkeys-lru")
+    redis_config_restored.config_set("maxmemory", 0)
+    redis_config_restored.config_set("maxmemory-policy", "allkeys-lru")
     clock.now += 1
     assert watch.refusal().code == "redis_evicting"
-    real.config_set("maxmemory-policy", "noeviction")
+    redis_config_restored.config_set("maxmemory-policy", "noeviction")
     clock.now += 1
     assert watch.refusal() is None

@@ -142,14 +142,17 @@ def test_poison_met_once_the_database_writes_again_is_still_dead_lettered() -> N
     assert store.sleeps == [0.05, 0.1, 0.2, 0.4, 0.8, 0.05, 0.1], "the outage, then two retries of the rejected chunk"
 
 
-def test_a_database_filling_up_during_isolation_dead_letters_only_the_rejected_records() -> None:
-    """The disk fills halfway through isolating poison: the parts met meanwhile wait, they are not taken for poison."""
+def isolate_with_a_fault(at_save: int, fault: str, lasting: int) -> list[float]:
+    """Isolate 2 poison records among 64 while the database meets ``fault`` (a Store attribute) at save ``at_save``.
+
+    Asserts that only the two rejected records are dead-lettered and the 62 others stored; returns the sleeps.
+    """
     store, dead, saves = Store(), [], []
 
     def save(chunk: Sequence[dict]) -> int:
         saves.append(len(chunk))
-        if len(saves) == 6:
-            store.full_for = 4
+        if len(saves) == at_save:
+            setattr(store, fault, lasting)
         return store.save(chunk)
 
     persister = Persister(
@@ -158,7 +161,12 @@ def test_a_database_filling_up_during_isolation_dead_letters_only_the_rejected_r
     batch = records(64, poison=(5, 40))
     outcome = persister.persist(batch)
     assert sorted(dead) == sorted([batch[5]["id"], batch[40]["id"]]) and outcome.stored == 62
-    assert store.sleeps == [0.05, 0.1, 0.05, 0.1, 0.2, 0.4]
+    return store.sleeps
+
+
+def test_a_database_filling_up_during_isolation_dead_letters_only_the_rejected_records() -> None:
+    """The disk fills halfway through isolating poison: the parts met meanwhile wait, they are not taken for poison."""
+    assert isolate_with_a_fault(6, "full_for", 4) == [0.05, 0.1, 0.05, 0.1, 0.2, 0.4]
 
 
 def test_an_error_the_classifier_cannot_place_is_not_poison() -> None:
@@ -259,21 +267,8 @@ def test_what_a_call_defers_is_exactly_what_it_left_unhandled() -> None:
 
 def test_an_outage_during_isolation_is_waited_out() -> None:
     """The database goes away halfway through isolating: it is waited for, and no fine record is dead-lettered."""
-    store, dead, saves = Store(), [], []
-
-    def save(chunk: Sequence[dict]) -> int:
-        saves.append(len(chunk))
-        if len(saves) == 10:
-            store.down_for = 5
-        return store.save(chunk)
-
-    persister = Persister(
-        save, store.up, lambda r, e: dead.append(r["id"]), about_the_record=rejected, sleep=store.sleep
-    )
-    batch = records(64, poison=(5, 40))
-    outcome = persister.persist(batch)
-    assert sorted(dead) == sorted([batch[5]["id"], batch[40]["id"]]) and outcome.stored == 62
-    assert store.sleeps == [0.05, 0.1, 0.05, 0.1, 0.2, 0.4, 0.8], "two retries, then the outage's backoff"
+    sleeps = isolate_with_a_fault(10, "down_for", 5)
+    assert sleeps == [0.05, 0.1, 0.05, 0.1, 0.2, 0.4, 0.8], "two retries, then the outage's backoff"
 
 
 def test_a_record_is_dead_lettered_once_however_often_it_is_rejected(redis_url: str) -> None:
