@@ -12,12 +12,14 @@ from relay.auth.grants import (
     CAPABILITIES,
     EVERY_CHANNEL,
     OPEN,
+    REALM,
     Authenticator,
     AuthError,
     Forbidden,
     Grant,
     MissingToken,
     Unauthorized,
+    challenge,
     pattern_matches,
 )
 from relay.auth.tokens import bearer, token_ok
@@ -26,6 +28,7 @@ __all__ = [
     "CAPABILITIES",
     "EVERY_CHANNEL",
     "OPEN",
+    "REALM",
     "AuthError",
     "Authenticator",
     "Forbidden",
@@ -33,6 +36,7 @@ __all__ = [
     "MissingToken",
     "Unauthorized",
     "bearer",
+    "challenge",
     "pattern_matches",
     "token_ok",
 ]

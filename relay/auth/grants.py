@@ -69,6 +69,14 @@ class MissingToken(Unauthorized):
     """No token presented at all (RFC 6750: the challenge then carries no error code)."""
 
 
+REALM = 'Bearer realm="messages"'
+
+
+def challenge(refused: Unauthorized) -> str:
+    """The ``WWW-Authenticate`` of a 401, as RFC 6750 asks: an error code only when a token was presented."""
+    return REALM if isinstance(refused, MissingToken) else f'{REALM}, error="invalid_token"'
+
+
 class Forbidden(AuthError):
     """A valid token without the capability the request needs on its channel."""
 

@@ -29,7 +29,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import sqlalchemy as sa
-from flask import Flask, Response, current_app, request
+from flask import Flask, Response, current_app, request, send_file
 from flask_cors import CORS
 
 from relay import storage
@@ -426,5 +426,5 @@ def index() -> Response:
 )
 def relay_client() -> Response:
     """Serve the browser client module (RFC 9239's JavaScript type, which module imports require)."""
-    module = (PROJECT_DIR / "relay-client.js").read_text(encoding="utf-8")
-    return Response(module, mimetype="text/javascript", headers={"Cache-Control": "no-cache"})
+    # send_file: ETag and Last-Modified, so a browser revalidates (304) instead of downloading it again.
+    return send_file(PROJECT_DIR / "relay-client.js", mimetype="text/javascript", max_age=0)

@@ -6,7 +6,7 @@ authenticates the token and checks ``subscribe`` on each selected channel,
 or on ``*`` for a websocket without ``?channel=``. ``process_request``
 stores the result on the :class:`LiveConnection` (``serve``'s documented
 ``create_connection`` hook) for the handler, which parses nothing again
-and closes the connection with :data:`TOKEN_EXPIRED` when the grant runs
+and closes the connection with ``protocol.TOKEN_EXPIRED`` when the grant runs
 out (:func:`seconds_left`).
 """
 
@@ -20,11 +20,11 @@ from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request
 
 from relay.auth import Authenticator, Grant, bearer
-from relay.live.protocol import AFTER, CHANNEL, TOKEN, TOKEN_EXPIRED
+from relay.live.protocol import AFTER, CHANNEL, TOKEN
 from relay.live.window import Selection
 from relay.records import is_channel
 
-__all__ = ["TOKEN_EXPIRED", "BadChannel", "LiveConnection", "Subscription", "seconds_left", "subscription"]
+__all__ = ["BadChannel", "LiveConnection", "Subscription", "seconds_left", "subscription"]
 
 
 class BadChannel(ValueError):

@@ -77,7 +77,7 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from relay.auth import Authenticator, Forbidden, MissingToken, Unauthorized
+from relay.auth import Authenticator, Forbidden, Unauthorized, challenge
 from relay.live import asyncapi
 from relay.live.access import BadChannel, LiveConnection, seconds_left, subscription
 from relay.live.protocol import (
@@ -392,11 +392,7 @@ async def _refused_token(
         response.headers["Retry-After"] = str(verdict.retry_after)
         return response
     response = _refusal(connection, HTTPStatus.UNAUTHORIZED, {"error": refused.code, "message": refused.message})
-    # As the APIs challenge (relay/web/access.py, RFC 6750): an error code only when a token was presented.
-    challenge = 'Bearer realm="messages"'
-    response.headers["WWW-Authenticate"] = (
-        challenge if isinstance(refused, MissingToken) else f'{challenge}, error="invalid_token"'
-    )
+    response.headers["WWW-Authenticate"] = challenge(refused)  # as the APIs challenge
     return response
 
 
@@ -439,7 +435,12 @@ async def run(settings: Settings, stop: asyncio.Future) -> None:
         settings.bind_host,
         settings.ws_port,
         process_request=functools.partial(
-            process_request, client, settings, authenticator, failed_auth_limit(settings), hub_registry
+            process_request,
+            client,
+            settings,
+            authenticator,
+            failed_auth_limit(settings, authenticator.required),
+            hub_registry,
         ),
         create_connection=LiveConnection,
         compression="deflate" if settings.ws_compression == "deflate" else None,

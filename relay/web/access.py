@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from flask import current_app, g, request
 
-from relay.auth import CAPABILITIES, Forbidden, Grant, Unauthorized, bearer
+from relay.auth import CAPABILITIES, REALM, Forbidden, Grant, Unauthorized, bearer, challenge
 from relay.web.base import ApiError
 from relay.web.ratelimit import TOO_MANY_FAILURES, client_for_failed_auth
 
@@ -30,7 +30,6 @@ def _capability(name: str) -> str:
 # What the views need, named once: the document's operations say the same constants (relay/web/openapi.py).
 PUBLISH = _capability("publish")
 HISTORY = _capability("history")
-REALM = 'Bearer realm="messages"'
 
 
 def request_grant() -> Grant:
@@ -41,7 +40,7 @@ def request_grant() -> Grant:
     try:
         grant = current_app.extensions["authenticator"].authenticate(bearer(header))
     except Unauthorized as exc:
-        raise refused_token(exc, presented=header is not None) from None
+        raise refused_token(exc) from None
     g.grant = grant
     if grant.subject is not None:
         g.subject = grant.subject  # on the access line (relay/web/base.py), never the token
@@ -54,21 +53,20 @@ def authorize(capability: str, channel: str | None) -> Grant:
     try:
         grant.require(capability, channel)
     except Forbidden as exc:
-        challenge = f'{REALM}, error="insufficient_scope", scope="{capability}"'
-        raise ApiError(exc.status, exc.code, exc.message, {"WWW-Authenticate": challenge}) from None
+        scope = f'{REALM}, error="insufficient_scope", scope="{capability}"'
+        raise ApiError(exc.status, exc.code, exc.message, {"WWW-Authenticate": scope}) from None
     return grant
 
 
-def refused_token(exc: Unauthorized, presented: bool) -> ApiError:
+def refused_token(exc: Unauthorized) -> ApiError:
     """The answer to a token that does not authenticate: 401, or 429 once the address is over ``AUTH_FAILURE_LIMIT``.
 
     Each refusal is charged to the address (``relay/web/ratelimit.py``); if
     Redis does not answer, the refusal is a plain 401. As RFC 6750 asks, the
-    challenge carries ``error="invalid_token"`` only when credentials were presented.
+    challenge carries ``error="invalid_token"`` only when a token was presented (``relay.auth.challenge``).
     """
     limit = current_app.extensions.get("auth_failure_limit")
     verdict = limit.charge(client_for_failed_auth(request.remote_addr)) if limit is not None else None
     if verdict is not None and not verdict.allowed:
         return ApiError(429, "too_many_requests", TOO_MANY_FAILURES, {"Retry-After": str(verdict.retry_after)})
-    challenge = f'{REALM}, error="invalid_token"' if presented else REALM
-    return ApiError(exc.status, exc.code, exc.message, {"WWW-Authenticate": challenge})
+    return ApiError(exc.status, exc.code, exc.message, {"WWW-Authenticate": challenge(exc)})

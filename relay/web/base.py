@@ -99,9 +99,9 @@ def channel_name(name: str) -> str:
 def init_web(app: Flask, settings: Settings) -> None:
     """Install the JSON error handlers, security headers, proxy handling and the channel converter."""
     app.url_map.converters["channel"] = ChannelSegment
-    app.extensions["auth_failure_limit"] = failed_auth_limit(settings)
     # Who may do what (relay/web/access.py); a malformed JWT_PUBLIC_KEY stops the app here, at start.
-    app.extensions["authenticator"] = Authenticator.from_settings(settings)
+    authenticator = app.extensions["authenticator"] = Authenticator.from_settings(settings)
+    app.extensions["auth_failure_limit"] = failed_auth_limit(settings, authenticator.required)
     if settings.proxy_count:
         # Behind a reverse proxy, take the client address from X-Forwarded-For (rate limits).
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_count, x_proto=settings.proxy_count)

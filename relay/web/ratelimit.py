@@ -132,13 +132,12 @@ def client_for_failed_auth(address: str | None) -> str:
     return "auth-failure:" + client_for_address(address)
 
 
-def failed_auth_limit(settings: Settings) -> RateLimit | None:
+def failed_auth_limit(settings: Settings, tokens_required: bool) -> RateLimit | None:
     """The failed-token budget of a service, or None when the limit is off or no token is needed.
 
-    A token is needed when ``API_TOKENS``, ``JWT_SECRET`` or ``JWT_PUBLIC_KEY`` is set.
+    ``tokens_required`` is the service's ``Authenticator.required`` (relay/auth), which knows every kind of token.
     """
-    needed = settings.api_tokens or settings.jwt_secret or settings.jwt_public_key
-    if not (needed and settings.auth_failure_limit):
+    if not (tokens_required and settings.auth_failure_limit):
         return None
     return RateLimit(settings.auth_failure_limit, settings.redis_url, settings.redis_timeout_seconds)
 
