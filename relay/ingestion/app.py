@@ -81,7 +81,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     # chunked body must be read past the limit to know it is over it (Werkzeug stops at the limit).
     # Celery's producer, for the task messages sent once a write has accepted the records.
     celery = make_celery(settings, timeout=settings.redis_timeout_seconds)
-    probe = connect(settings.redis_url, settings.redis_timeout_seconds, read_timeout=1.0)  # short checks
     app.extensions["broker"] = Producer(
         connect(settings.redis_url, settings.redis_timeout_seconds),
         queue=settings.persist_queue,
@@ -91,12 +90,13 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         send=_sender(celery, settings),
         group_commit=bool(settings.ingest_group_commit),
         message_max_bytes=settings.persist_message_max_bytes,
-        probe_client=probe,
+        probe_client=connect(settings.redis_url, settings.redis_timeout_seconds, read_timeout=1.0),
         bulk_client=connect(settings.redis_url, settings.redis_timeout_seconds, read_timeout=BULK_READ_SECONDS),
     )
-    # Redis' memory and eviction policy, read at most once a second per process (relay.broker.memory), on
-    # the producer's client for short checks.
-    app.extensions["redis_memory"] = MemoryWatch(lambda: probe.info("memory"), settings.redis_memory_high_water)
+    # Redis' memory and eviction policy, read at most once a second per process (relay.broker.memory), on a
+    # client of its own: a read queued behind the producer's settling would leave the watch blind.
+    info = connect(settings.redis_url, settings.redis_timeout_seconds)
+    app.extensions["redis_memory"] = MemoryWatch(lambda: info.info("memory"), settings.redis_memory_high_water)
     if settings.rate_limit:
         app.extensions["rate_limit"] = RateLimit(
             settings.rate_limit, settings.redis_url, settings.redis_timeout_seconds
