@@ -4,22 +4,26 @@ Run migrations with ``flask --app db db upgrade`` (``create_app`` below is a
 minimal Flask app carrying only the database; the worker uses it too).
 Reads ``SQLALCHEMY_DATABASE_URI`` through ``relay/settings.py``.
 
-Ordering: every row gets ``seq``, a number taken from the single-row
-``message_sequence`` table *inside* the inserting transaction. Taking it
-row-locks the counter until commit, so transactions commit in ``seq`` order
-and a reader that has seen ``seq = n`` can never later find a row with a
-smaller ``seq`` appear. That is what makes following the listing with a
-cursor gapless, even with many workers (a worker-written timestamp or an
-auto-increment id does not give this: a row can commit late with an earlier
-key). The lock is held for one short transaction per *batch*, so it costs
-little at thousands of rows per transaction.
+Order (docs/design.rst, "Order and position"): every row carries the
+``position`` (column ``seq``, the primary key) and the ``offset`` (column
+``channel_offset``) its message was given when it was accepted
+(``relay.broker.positions``), so the listing is in accept order whatever
+order workers commit in, and no row of the database serializes them. A
+reader following the listing stays gapless because it never reads at or
+past the *watermark*, the lowest position not yet settled (stored or
+dead-lettered), which the list API reads from Redis: every position below it
+is in the table for good, or never will be.
 
 Channels: each row carries its ``channel``; a channel's listing is the same
-``seq`` order filtered by an index on ``(channel, seq)``, so it inherits the
-guarantee (a subsequence of a gapless order is gapless). The ``channels``
-table keeps, per channel, how many messages are stored and the newest one,
-updated in the inserting transaction (under the counter lock, so writers
-never race on it) and by retention, so ``GET /channels`` never counts rows.
+``seq`` order filtered by an index on ``(channel, seq)``, which is its offset
+order. ``GET /channels`` reads, per channel, how many messages are stored,
+the highest position and offset, and the newest message from ``channels``
+plus ``channel_deltas``: each save inserts one delta row per channel it
+touched (an insert, so concurrent saves of one channel never wait on each
+other), and :func:`fold_channel_deltas` (a worker thread, every second)
+folds them into ``channels``. Retention folds first, then takes its
+removals off ``channels``. The highest stored position and offsets seed the
+Redis counters (:func:`position_floors`).
 """
 
 from __future__ import annotations
@@ -49,13 +53,14 @@ _MYSQL_TABLE = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "mysql_col
 
 
 class Message(db.Model):
-    """One persisted message. ``seq`` orders the listing; ``id`` is the API's UUIDv7."""
+    """One persisted message. ``seq`` is its position, ``channel_offset`` its offset; ``id`` is the API's UUIDv7."""
 
     __tablename__ = "messages"
 
     seq = sa.Column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=False)
     id = sa.Column(sa.String(36), nullable=False, unique=True)
     channel = sa.Column(sa.String(64), nullable=False, server_default="dummy")
+    channel_offset = sa.Column(sa.BigInteger, nullable=False)
     received_at = sa.Column(_DATETIME, nullable=False)
     persisted_at = sa.Column(_DATETIME, nullable=False)
     payload = sa.Column(_PAYLOAD, nullable=False)
@@ -64,7 +69,7 @@ class Message(db.Model):
 
 
 class Channel(db.Model):
-    """One channel that has stored messages: how many are stored now, and the newest one."""
+    """One channel that has stored messages, as of the last fold: how many, the highest position and offset."""
 
     __tablename__ = "channels"
     __table_args__ = _MYSQL_TABLE
@@ -72,17 +77,22 @@ class Channel(db.Model):
     name = sa.Column(sa.String(64), primary_key=True)
     messages = sa.Column(sa.BigInteger, nullable=False)
     last_seq = sa.Column(sa.BigInteger, nullable=False)
+    last_offset = sa.Column(sa.BigInteger, nullable=False, server_default="0")
     last_message_at = sa.Column(_DATETIME, nullable=False)
 
 
-class MessageSequence(db.Model):
-    """The single-row counter handing out ``Message.seq`` in commit order."""
+class ChannelDelta(db.Model):
+    """What one save added to one channel, until folded into ``channels`` (an insert: no row is shared)."""
 
-    __tablename__ = "message_sequence"
+    __tablename__ = "channel_deltas"
     __table_args__ = _MYSQL_TABLE
 
-    id = sa.Column(sa.Integer, primary_key=True, autoincrement=False)
+    id = sa.Column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True)
+    channel = sa.Column(sa.String(64), nullable=False)
+    messages = sa.Column(sa.BigInteger, nullable=False)
     last_seq = sa.Column(sa.BigInteger, nullable=False)
+    last_offset = sa.Column(sa.BigInteger, nullable=False)
+    last_message_at = sa.Column(_DATETIME, nullable=False)
 
 
 # How long the worker's SQLite connections wait for the write lock: the worker waits a busy database out.
@@ -155,120 +165,201 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
 # The statements of every save, built once: constructing and compiling them per task was a tenth of the
 # worker's CPU (py-spy); with bound parameters SQLAlchemy's compiled cache serves each after the first.
-_COUNTER = MessageSequence.__table__
 _MESSAGES = Message.__table__
 _CHANNELS = Channel.__table__
-_ADVANCE = (
-    _COUNTER.update()
-    .where(_COUNTER.c.id == 1)
-    .values(last_seq=_COUNTER.c.last_seq + sa.bindparam("advance_by", type_=sa.BigInteger))
-)
-_LAST = sa.select(_COUNTER.c.last_seq).where(_COUNTER.c.id == 1)
+_DELTAS = ChannelDelta.__table__
 _ALREADY_STORED = sa.select(_MESSAGES.c.id).where(_MESSAGES.c.id.in_(sa.bindparam("ids", expanding=True)))
 _INSERT = _MESSAGES.insert()
+_INSERT_DELTAS = _DELTAS.insert()
+
+
+def save_messages(
+    records: Sequence[Mapping[str, Any]], on_stored: Callable[[Sequence[Mapping[str, Any]]], object] | None = None
+) -> int:
+    """Store queue records exactly once, in one transaction; return how many were new.
+
+    Each record brings its ``position`` and ``offset``. Records whose id is
+    already stored (a redelivered task) are skipped, so calling this twice
+    with the same records stores them once. Two saves of one record at once
+    (a redelivery racing the first delivery) may both find it absent: the
+    unique keys make the second insert wait for the first and then fail, and
+    the second save starts again without what the first stored. Nothing is
+    locked but the rows written, so saves commit in parallel. An integrity
+    error with nothing stored meanwhile is the records' own, and raised.
+    ``on_stored`` gets the new rows (with ``received_at`` and
+    ``persisted_at``) once they are committed.
+    """
+    unique = list({r["id"]: r for r in reversed(records)}.values())[::-1]
+    if not unique:
+        return 0
+    session = db.session
+    while True:
+        try:
+            stored = set(session.execute(_ALREADY_STORED, {"ids": [r["id"] for r in unique]}).scalars())
+            now = utc_now()
+            rows = [_row(r, now) for r in unique if r["id"] not in stored]
+            if rows:
+                session.execute(_INSERT, rows)
+                session.execute(_INSERT_DELTAS, _deltas(rows))
+            session.commit()
+            break
+        except sa.exc.IntegrityError:
+            session.rollback()
+            if not _any_stored(session, [row["id"] for row in rows]):
+                raise
+        except BaseException:
+            session.rollback()
+            raise
+    if on_stored is not None and rows:
+        on_stored(rows)
+    return len(rows)
+
+
+def _row(record: Mapping[str, Any], now: dt.datetime) -> dict[str, Any]:
+    return {
+        "seq": record["position"],
+        "channel_offset": record["offset"],
+        "id": record["id"],
+        "channel": record_channel(record),
+        "received_at": parse_time(record["received_at"]),
+        "persisted_at": now,
+        "payload": record["payload"],
+    }
+
+
+def _any_stored(session: Any, ids: Sequence[str]) -> bool:
+    try:
+        return bool(ids) and bool(session.execute(_ALREADY_STORED, {"ids": list(ids)}).first())
+    finally:
+        session.rollback()
+
+
+def _deltas(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One ``channel_deltas`` row per channel in ``rows``: how many, highest position and offset, newest time."""
+    added: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        entry = added.setdefault(
+            row["channel"], {"channel": row["channel"], "messages": 0, "last_seq": 0, "last_offset": 0}
+        )
+        entry["messages"] += 1
+        entry["last_seq"] = max(entry["last_seq"], row["seq"])
+        entry["last_offset"] = max(entry["last_offset"], row["channel_offset"])
+        entry["last_message_at"] = max(entry.get("last_message_at", row["received_at"]), row["received_at"])
+    return [added[name] for name in sorted(added)]
 
 
 def _channel_upsert(dialect: str) -> sa.Executable:
-    """Add a row's ``messages`` to its channel's count and make it the newest, inserting the channel if new."""
+    """Add a fold's ``messages`` to its channel and raise its highest position, offset and time; insert it if new.
+
+    Each of the three is a maximum, so folding in any order, in any parts, gives the same row.
+    """
     if dialect == "sqlite":
         insert = sqlite.insert(_CHANNELS)
+        new, greatest = insert.excluded, sa.func.max
         return insert.on_conflict_do_update(
             index_elements=[_CHANNELS.c.name],
             set_={
-                "messages": _CHANNELS.c.messages + insert.excluded.messages,
-                "last_seq": insert.excluded.last_seq,
-                "last_message_at": insert.excluded.last_message_at,
+                "messages": _CHANNELS.c.messages + new.messages,
+                "last_seq": greatest(_CHANNELS.c.last_seq, new.last_seq),
+                "last_offset": greatest(_CHANNELS.c.last_offset, new.last_offset),
+                "last_message_at": greatest(_CHANNELS.c.last_message_at, new.last_message_at),
             },
         )
     insert = mysql.insert(_CHANNELS)
+    new, greatest = insert.inserted, sa.func.greatest
     return insert.on_duplicate_key_update(
-        messages=_CHANNELS.c.messages + insert.inserted.messages,
-        last_seq=insert.inserted.last_seq,
-        last_message_at=insert.inserted.last_message_at,
+        messages=_CHANNELS.c.messages + new.messages,
+        last_seq=greatest(_CHANNELS.c.last_seq, new.last_seq),
+        last_offset=greatest(_CHANNELS.c.last_offset, new.last_offset),
+        last_message_at=greatest(_CHANNELS.c.last_message_at, new.last_message_at),
     )
 
 
 _UPSERTS = {dialect: _channel_upsert(dialect) for dialect in ("sqlite", "mysql")}
 
 
-def save_messages(
-    records: Sequence[Mapping[str, str]], on_stored: Callable[[Sequence[Mapping[str, Any]]], object] | None = None
-) -> int:
-    """Store queue records exactly once, in one transaction; return how many were new.
+def fold_channel_deltas(limit: int = 10_000) -> int:
+    """Fold up to ``limit`` of the oldest ``channel_deltas`` into ``channels``, in one transaction; return how many.
 
-    Records whose id is already stored (a redelivered task) are skipped, so
-    calling this twice with the same records stores them once. The id check
-    runs after the sequence lock is taken, so concurrent workers holding the
-    same record cannot both insert it. ``on_stored`` gets the new rows
-    (with ``received_at`` and ``persisted_at``) once they are committed.
+    On a connection of its own, whatever the session holds: on MariaDB its
+    transaction is READ COMMITTED, so the locking read of the deltas locks
+    the rows read and no gap (saves go on inserting deltas meanwhile), and
+    waits for a save still inserting one, then sees it committed. Concurrent
+    folds (one per worker instance) find each other's deltas gone and skip them.
     """
-    unique = list({r["id"]: r for r in reversed(records)}.values())[::-1]
-    if not unique:
-        return 0
+    with db.engine.connect() as connection:
+        if connection.dialect.name != "sqlite":
+            connection = connection.execution_options(isolation_level="READ COMMITTED")
+        with connection.begin():
+            return _fold(connection, limit)
+
+
+def _fold(connection: sa.Connection, limit: int) -> int:
+    """Fold up to ``limit`` of the oldest deltas in ``connection``'s transaction; channels in name order.
+
+    Retention updates channels in name order too, so the two never deadlock.
+    """
+    deltas = connection.execute(sa.select(_DELTAS).order_by(_DELTAS.c.id).limit(limit).with_for_update()).all()
+    if deltas:
+        folded: dict[str, dict[str, Any]] = {}
+        for delta in deltas:
+            entry = folded.setdefault(delta.channel, {"name": delta.channel, "messages": 0})
+            entry["messages"] += delta.messages
+            for column in ("last_seq", "last_offset", "last_message_at"):
+                entry[column] = max(entry.get(column, getattr(delta, column)), getattr(delta, column))
+        upsert = _UPSERTS["sqlite" if connection.dialect.name == "sqlite" else "mysql"]
+        connection.execute(upsert, [folded[name] for name in sorted(folded)])
+        connection.execute(_DELTAS.delete().where(_DELTAS.c.id.in_([delta.id for delta in deltas])))
+    return len(deltas)
+
+
+def position_floors() -> tuple[int, dict[str, int]]:
+    """The highest stored position, and each channel's highest stored offset: what the counters start above.
+
+    From ``channels`` and the deltas not folded yet, so messages removed by
+    retention still count: their numbers are never given again.
+    """
     session = db.session
-    try:
-        session.execute(_ADVANCE, {"advance_by": len(unique)})
-        last = session.execute(_LAST).scalar_one()
-        stored = set(session.execute(_ALREADY_STORED, {"ids": [r["id"] for r in unique]}).scalars())
-        now = utc_now()
-        first = last - len(unique) + 1
-        rows = [
-            {
-                "seq": first + offset,
-                "id": r["id"],
-                "channel": record_channel(r),
-                "received_at": parse_time(r["received_at"]),
-                "persisted_at": now,
-                "payload": r["payload"],
-            }
-            for offset, r in enumerate(unique)
-            if r["id"] not in stored
-        ]
-        if rows:
-            session.execute(_INSERT, rows)
-            _count_in_channels(session, rows)
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    if on_stored is not None and rows:
-        on_stored(rows)
-    return len(rows)
+    union = sa.union_all(
+        sa.select(_CHANNELS.c.name.label("name"), _CHANNELS.c.last_seq, _CHANNELS.c.last_offset),
+        sa.select(_DELTAS.c.channel.label("name"), _DELTAS.c.last_seq, _DELTAS.c.last_offset),
+    ).subquery()
+    rows = session.execute(
+        sa.select(union.c.name, sa.func.max(union.c.last_seq), sa.func.max(union.c.last_offset)).group_by(union.c.name)
+    ).all()
+    highest = session.execute(sa.select(sa.func.max(_MESSAGES.c.seq))).scalar() or 0
+    session.rollback()
+    last_position = max([int(highest), *(int(row[1]) for row in rows)])
+    return last_position, {row[0]: int(row[2]) for row in rows}
 
 
-def _count_in_channels(session: Any, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Add freshly inserted ``rows`` (in ``seq`` order) to their channels' counts and newest message.
-
-    One upsert per channel the batch touches, sent as one ``executemany``
-    (PyMySQL sends it as one multi-row statement), its rows in name order:
-    retention updates in the same order, so the two never deadlock on
-    channel rows.
-    """
-    added: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        entry = added.setdefault(row["channel"], {"name": row["channel"], "messages": 0})
-        entry["messages"] += 1
-        entry["last_seq"], entry["last_message_at"] = row["seq"], row["received_at"]
-    dialect = session.get_bind().dialect.name
-    session.execute(_UPSERTS["sqlite" if dialect == "sqlite" else "mysql"], [added[name] for name in sorted(added)])
-
-
-_COLUMNS = (Message.seq, Message.id, Message.channel, Message.received_at, Message.persisted_at, Message.payload)
+_COLUMNS = (
+    Message.seq,
+    Message.id,
+    Message.channel,
+    Message.channel_offset,
+    Message.received_at,
+    Message.persisted_at,
+    Message.payload,
+)
 
 
 def list_messages(
-    after: int | None, limit: int, descending: bool = False, channel: str | None = None
+    after: int | None, limit: int, descending: bool = False, channel: str | None = None, below: int | None = None
 ) -> tuple[list[sa.Row], bool]:
-    """Return up to ``limit`` rows strictly after ``after`` in ``seq`` order, and whether more exist.
+    """Return up to ``limit`` rows strictly after position ``after`` in position order, and whether more exist.
 
     ``descending`` walks from newest to oldest (``after`` is then an upper
     bound); ``channel`` keeps one channel's rows (through the ``(channel, seq)``
-    index). A keyset on ``seq``: no OFFSET, so a page deep in the table costs
-    the same as the first.
+    index, which is its offset order); ``below`` (the watermark) leaves out
+    every position at or above it. A keyset on ``seq``: no OFFSET, so a page
+    deep in the table costs the same as the first.
     """
     query = sa.select(*_COLUMNS)
     if channel is not None:
         query = query.where(Message.channel == channel)
+    if below is not None:
+        query = query.where(Message.seq < below)
     if descending:
         if after is not None:
             query = query.where(Message.seq < after)
@@ -287,16 +378,36 @@ def list_channels(after: str | None, limit: int, patterns: Sequence[str] | None 
     ``patterns`` (None: every channel) keeps the channels a grant may read:
     exact names, prefixes ending in ``*``, or ``*`` alone (every channel).
     """
-    query = sa.select(Channel.name, Channel.messages, Channel.last_message_at).order_by(Channel.name)
-    if after is not None:
-        query = query.where(Channel.name > after)
-    if patterns is not None:
-        query = query.where(sa.or_(sa.false(), *(_name_matches(pattern) for pattern in patterns)))
+    union = _filtered_union(after, patterns)  # each side filtered, where its index serves
+    name = union.c.name
+    query = (
+        sa.select(
+            name,
+            sa.func.sum(union.c.messages).label("messages"),
+            sa.func.max(union.c.last_seq).label("last_seq"),
+            sa.func.max(union.c.last_message_at).label("last_message_at"),
+        )
+        .group_by(name)
+        .order_by(name)
+    )
     rows = list(db.session.execute(query.limit(limit + 1)))
     return rows[:limit], len(rows) > limit
 
 
-def _name_matches(pattern: str) -> sa.ColumnElement[bool]:
+def _filtered_union(after: str | None, patterns: Sequence[str] | None) -> sa.Subquery:
+    """``channels`` and the deltas not folded yet, each filtered by name (``after`` and ``patterns``, when given)."""
+    sides = []
+    for table, column in ((_CHANNELS, _CHANNELS.c.name), (_DELTAS, _DELTAS.c.channel)):
+        side = sa.select(column.label("name"), table.c.messages, table.c.last_seq, table.c.last_message_at)
+        if after is not None:
+            side = side.where(column > after)
+        if patterns is not None:
+            side = side.where(sa.or_(sa.false(), *(_name_matches(column, pattern) for pattern in patterns)))
+        sides.append(side)
+    return sa.union_all(*sides).subquery()
+
+
+def _name_matches(column: sa.ColumnElement[str], pattern: str) -> sa.ColumnElement[bool]:
     """A channel name equal to ``pattern``, or starting with it when it ends in ``*``.
 
     A prefix is a range on the primary key, ``prefix <= name < successor``,
@@ -306,17 +417,17 @@ def _name_matches(pattern: str) -> sa.ColumnElement[bool]:
     are ASCII, so the successor of a prefix is its last character plus one.
     """
     if not pattern.endswith("*"):
-        return Channel.name == pattern
+        return column == pattern
     prefix = pattern[:-1]
     if not prefix:  # "*": every channel
         return sa.true()
     successor = prefix[:-1] + chr(ord(prefix[-1]) + 1)
-    return sa.and_(Channel.name >= prefix, Channel.name < successor)
+    return sa.and_(column >= prefix, column < successor)
 
 
 def channel_json(row: sa.Row) -> dict[str, Any]:
     """Shape a ``channels`` row as the API's channel object."""
-    return {"name": row.name, "messages": row.messages, "last_message_at": format_time(row.last_message_at)}
+    return {"name": row.name, "messages": int(row.messages), "last_message_at": format_time(row.last_message_at)}
 
 
 def get_message(message_id: str) -> sa.Row | None:
@@ -329,9 +440,24 @@ def message_json(row: sa.Row) -> dict[str, Any]:
     return {
         "id": row.id,
         "channel": row.channel,
+        "offset": row.channel_offset,
+        "position": row.seq,
         "received_at": format_time(row.received_at),
         "persisted_at": format_time(row.persisted_at),
         "payload": orjson.Fragment(row.payload),
+    }
+
+
+def pending_message_json(record: Mapping[str, Any]) -> dict[str, Any]:
+    """Shape a pending record (accepted, not stored yet) as the API's message object: ``persisted_at`` null."""
+    return {
+        "id": record["id"],
+        "channel": record_channel(record),
+        "offset": record["offset"],
+        "position": record["position"],
+        "received_at": record["received_at"],
+        "persisted_at": None,
+        "payload": orjson.Fragment(record["payload"]),
     }
 
 
@@ -341,22 +467,28 @@ def remove_expired(cutoff: dt.datetime, limit: int) -> int:
     Retention (``RETENTION_DAYS``) calls this in a loop. It always removes a
     prefix of the ``seq`` order: it reads the ``limit`` oldest rows by primary
     key and keeps those before the first one persisted at or after
-    ``cutoff``. ``persisted_at`` is taken under the counter lock, so it grows
-    with ``seq`` and the stop is where the old rows end; that needs no index
-    on the timestamp, and the table stays a contiguous tail of the listing
-    (a cursor into removed rows continues at the oldest row left).
+    ``cutoff``. Positions are given at acceptance and rows are stored
+    moments later, so ``persisted_at`` grows with ``seq`` but for those
+    moments: the stop is where the old rows end (a row stored late holds the
+    ones after it back only until it is old enough itself). That needs no
+    index on the timestamp, and the table stays a contiguous tail of the
+    listing (a cursor into removed rows continues at the oldest row left).
 
     The rows are deleted by primary-key equality: on InnoDB that takes record
     locks only, no gap or next-key lock (a range ``seq <= n`` would lock the
     next record, the end of the table when everything is old, and block
-    inserts). It never touches ``message_sequence``. One short transaction per
-    call; rows another process removed meanwhile are simply not counted.
-    The channels' counts go down by what was removed from each (a channel
-    whose messages all expired stays listed, with 0 messages).
+    inserts). One short transaction per call; rows another process removed
+    meanwhile are simply not counted. The channels' counts go down by what
+    was removed from each, after the deltas are folded in the same
+    transaction (so each such channel has its row; a channel whose messages
+    all expired stays listed, with 0 messages). On MariaDB that fold's read
+    holds back the saves' delta inserts until this short transaction ends.
     """
     table = Message.__table__
     session = db.session
     try:
+        while _fold(session.connection(), 10_000) == 10_000:  # in this transaction: every channel has its row
+            pass
         head = session.execute(
             sa.select(table.c.seq, table.c.channel, table.c.persisted_at < cutoff).order_by(table.c.seq).limit(limit)
         ).all()

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import http.client
+import itertools
 import json
 import multiprocessing
 import os
@@ -254,17 +255,30 @@ def bench_persist(args: argparse.Namespace) -> dict[str, object]:
     from relay.settings import load_settings
 
     engine = sa.create_engine(args.database_url)
+    channels = [f"bench-{k}" for k in range(args.channels)]
     with engine.begin() as conn:
         before = conn.exec_driver_sql("SELECT COUNT(*) FROM messages").scalar_one()
+        # Positions and offsets as the accept script would give them: above everything stored.
+        position = itertools.count(conn.exec_driver_sql("SELECT COALESCE(MAX(seq), 0) FROM messages").scalar_one() + 1)
+        offsets = {
+            channel: itertools.count(
+                conn.execute(
+                    sa.text("SELECT COALESCE(MAX(channel_offset), 0) FROM messages WHERE channel = :c"), {"c": channel}
+                ).scalar_one()
+                + 1
+            )
+            for channel in channels
+        }
     queue = f"bench-{os.getpid()}"
     now = utc_now()
     celery = make_celery(load_settings(redis_url=args.redis_url, persist_queue=queue))
-    channels = [f"bench-{k}" for k in range(args.channels)]
     for start in range(0, args.count, args.batch):
         records = [
             make_record({"bench": i}, now, channel=channels[i % len(channels)])
             for i in range(start, min(args.count, start + args.batch))
         ]
+        for record in records:
+            record["offset"], record["position"] = next(offsets[record["channel"]]), next(position)
         send_records(celery, queue, records, max_bytes=2**31)  # one task message of --batch records
     env = {
         **os.environ, "REDIS_URL": args.redis_url, "SQLALCHEMY_DATABASE_URI": args.database_url,

@@ -29,7 +29,7 @@ import redis
 from relay.broker.connection import connect
 from relay.broker.contract import make_celery, send_records
 from relay.broker.dead_letters import DeadLetters
-from relay.broker.pending import Pending
+from relay.broker.producer import Producer
 from relay.settings import load_settings, setting_origin
 
 
@@ -54,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     client = connect(settings.redis_url, timeout=5.0)
     celery = make_celery(settings, timeout=5.0)
     send = functools.partial(send_records, celery, settings.persist_queue, max_bytes=settings.persist_message_max_bytes)
-    dead_letters = DeadLetters(client, settings.dead_letter_key, Pending(client, settings.persist_queue, send))
+    # A replay is accepted again as the ingestion API accepts a message: new offset and position, live frame.
+    producer = Producer(client, settings.persist_queue, settings.live_stream_key, settings.live_window, 0, send=send)
+    dead_letters = DeadLetters(client, settings.dead_letter_key, producer.write)
     try:
         return run(args, dead_letters, settings.dead_letter_key, settings.persist_queue)
     except (redis.ConnectionError, redis.TimeoutError) as exc:

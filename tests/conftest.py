@@ -60,10 +60,18 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 @pytest.fixture
 def redis_url(redis_server: RedisServer) -> str:
-    """A clean Redis database on the session's real server."""
+    """A clean Redis database on the session's real server, its position counters seeded for an empty database.
+
+    As a worker seeds them at start-up (relay.broker.positions); the tests
+    that need them unseeded delete ``persist:positions``.
+    """
     import redis
 
-    redis.Redis.from_url(redis_server.url).flushdb()
+    from relay.broker.positions import Positions
+
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushdb()
+    Positions(client, "persist").seed(0, {})
     return redis_server.url
 
 

@@ -3,8 +3,10 @@
 Both sides import these names; nothing else spells them:
 
 * :data:`PERSIST_TASK`, the Celery task that stores records, called with one
-  argument, a list of records (``relay.records``: ``{"id", "received_at",
-  "payload"}``), on the queue named by ``PERSIST_QUEUE``;
+  argument, a list of records (``relay.records``: ``{"id", "channel",
+  "received_at", "payload", "offset", "position"}``, the last two given by
+  the accept script, :mod:`relay.broker.positions`), on the queue named by
+  ``PERSIST_QUEUE``;
 * :func:`make_celery`, the Celery app both sides use (the worker adds the
   task to it), and :func:`send_records`, which sends records as task
   messages of at most ``PERSIST_MESSAGE_MAX_BYTES`` each through Celery's
@@ -19,6 +21,7 @@ The task messages are Celery's own, so ``celery events``, Flower and
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from celery import Celery
 from kombu.exceptions import ChannelError
@@ -28,7 +31,8 @@ from relay.settings import ENV_VARS, Settings
 PERSIST_TASK = "tasks.persist_messages"
 # Records per task message, in bytes, unless the caller says: PERSIST_MESSAGE_MAX_BYTES's default.
 DEFAULT_MESSAGE_MAX_BYTES = int(ENV_VARS["PERSIST_MESSAGE_MAX_BYTES"].default)
-Record = dict[str, str]
+# A queue record: its text fields, and the integers ``offset`` and ``position`` once accepted.
+Record = dict[str, Any]
 
 
 def make_celery(settings: Settings, *, timeout: float | None = None) -> Celery:
@@ -121,6 +125,16 @@ def send_records(
 def pending_keys(queue: str) -> tuple[str, str]:
     """The pending set's keys for ``queue``: the sorted set of ids by time, and the hash of records."""
     return f"{queue}:pending", f"{queue}:pending:records"
+
+
+def pending_positions_key(queue: str) -> str:
+    """The pending records' ids scored by their position: its lowest score is where listings stop."""
+    return f"{queue}:pending:positions"
+
+
+def positions_key(queue: str) -> str:
+    """The hash of position counters: ``*``, the last global position; each channel, its last offset."""
+    return f"{queue}:positions"
 
 
 def reconcile_lock_key(queue: str) -> str:

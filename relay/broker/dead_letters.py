@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import orjson
 import redis
 
-from relay.broker.contract import dead_letter_index_key
-from relay.broker.pending import Pending
+from relay.broker.contract import Record, dead_letter_index_key
 from relay.records import format_time, utc_now
 
 # KEYS[1] the dead-letter list, KEYS[2] its index of message ids. ARGV[1] message id, ARGV[2] entry.
@@ -23,20 +24,28 @@ class DeadLetters:
 
     Entries are ``{"record", "error", "failed_at"}``, at most one per message
     id (the hash ``<key>:ids`` indexes them): a redelivered task message
-    isolated a second time adds nothing. Replaying one puts its record back in
-    the pending set and removes the entry and its index, atomically, then
-    sends it as a new task message (if that send fails, the pending set sends
-    it again later).
+    isolated a second time adds nothing.
+
+    Replaying one accepts its record again through ``accept`` (in practice
+    :meth:`relay.broker.producer.Producer.write`): same id and payload, a new
+    offset and position at the end of its channel, pending and live again,
+    then sent. Its old position was passed by the listings when it was
+    dead-lettered; the new one is above every follower's cursor, so a
+    follower sees the replay. Then the entry and its index go. Should that
+    last step fail, a second replay accepts it once more and the worker
+    stores it once (by id).
     """
 
-    def __init__(self, client: redis.Redis, key: str, pending: Pending) -> None:
+    def __init__(
+        self, client: redis.Redis, key: str, accept: Callable[[Sequence[Record]], object] | None = None
+    ) -> None:
         self.client = client
         self.key = key
         self.index = dead_letter_index_key(key)
-        self.pending = pending
+        self.accept = accept
         self._add_once = client.register_script(_DEAD_LETTER_ONCE)
 
-    def add(self, record: dict[str, str], error: str) -> bool:
+    def add(self, record: Record, error: str) -> bool:
         """Dead-letter ``record`` unless it already is; return whether it was added."""
         entry = {"record": record, "error": error, "failed_at": format_time(utc_now())}
         return bool(self._add_once(keys=[self.key, self.index], args=[record["id"], orjson.dumps(entry)]))
@@ -50,16 +59,17 @@ class DeadLetters:
 
     def replay(self, ids: set[str] | None = None) -> int:
         """Re-queue the entries whose message id is in ``ids`` (all when None); return how many."""
+        if self.accept is None:
+            raise RuntimeError("DeadLetters was made without an accept function: it cannot replay")
         replayed = 0
         for raw in self.client.lrange(self.key, 0, -1):
             record = orjson.loads(raw)["record"]
             if ids is not None and record["id"] not in ids:
                 continue
+            self.accept([{k: v for k, v in record.items() if k not in ("offset", "position")}])
             pipe = self.client.pipeline(transaction=True)
-            self.pending.add(pipe, [record])
             pipe.lrem(self.key, 1, raw)
             pipe.hdel(self.index, record["id"])
             pipe.execute()
-            self.pending.send([record])
             replayed += 1
         return replayed

@@ -2,8 +2,10 @@
 
 Keys (``relay.broker.contract.pending_keys``): ``<queue>:pending``, a sorted
 set of record ids scored by when the record was last known to be moving
-(accepted, sent, or being worked on), and ``<queue>:pending:records``, the
-records themselves.
+(accepted, sent, or being worked on), ``<queue>:pending:records``, the
+records themselves, and ``<queue>:pending:positions``, the same ids scored by
+position (``relay.broker.positions``: its lowest score is the listings'
+watermark).
 
 Why: a record is accepted (202) once it is in this set, written atomically
 with its live frame by the ingestion API; its Celery task message is sent
@@ -29,12 +31,13 @@ from collections.abc import Callable, Sequence
 import orjson
 import redis
 
-from relay.broker.contract import Record, pending_keys, reconcile_lock_key
+from relay.broker.contract import Record, pending_keys, pending_positions_key, reconcile_lock_key
 
 log = logging.getLogger(__name__)
 
 # The records of ids scored at most ARGV[1] (at most ARGV[2] of them), rescored ARGV[3] (now) so the
-# next round waits a whole grace again; an id whose record is gone is dropped. KEYS: 1 set, 2 hash.
+# next round waits a whole grace again; an id whose record is gone is dropped. KEYS: 1 set, 2 hash,
+# 3 positions.
 _TAKE_STALE = """
 local stale = {}
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))) do
@@ -44,6 +47,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT
     redis.call('ZADD', KEYS[1], 'XX', ARGV[3], id)
   else
     redis.call('ZREM', KEYS[1], id)
+    redis.call('ZREM', KEYS[3], id)
   end
 end
 return stale
@@ -68,17 +72,21 @@ def send_or_leave_pending(send: Callable[[Sequence[Record]], object], records: S
 class Pending:
     """Every accepted record until a worker has handled it; see the module docstring."""
 
-    def __init__(self, client: redis.Redis, queue: str, send: Callable[[Sequence[Record]], object]) -> None:
+    def __init__(
+        self, client: redis.Redis, queue: str, send: Callable[[Sequence[Record]], object] = lambda records: None
+    ) -> None:
         self.client = client
         self.queue = queue
         self.send = send
         self.zset, self.records = pending_keys(queue)
+        self.positions = pending_positions_key(queue)
         self._take_stale = client.register_script(_TAKE_STALE)
 
     def add(self, pipe: redis.client.Pipeline, records: Sequence[Record]) -> None:
-        """Add ``records`` in ``pipe`` (the ingestion API does the same in its write script)."""
+        """Add accepted ``records`` (with their positions) in ``pipe``, as the ingestion API's write script does."""
         pipe.hset(self.records, mapping={r["id"]: orjson.dumps(r) for r in records})
         pipe.zadd(self.zset, {r["id"]: time.time() for r in records})
+        pipe.zadd(self.positions, {r["id"]: r["position"] for r in records})
 
     def touch(self, ids: Sequence[str]) -> None:
         """Mark records as being worked on now (only those still pending)."""
@@ -91,10 +99,16 @@ class Pending:
             pipe = self.client.pipeline(transaction=False)
             pipe.hdel(self.records, *ids)
             pipe.zrem(self.zset, *ids)
+            pipe.zrem(self.positions, *ids)
             pipe.execute()
 
     def count(self) -> int:
         return int(self.client.zcard(self.zset))
+
+    def record(self, message_id: str) -> Record | None:
+        """The pending record of ``message_id`` (accepted, not yet stored), or None."""
+        raw = self.client.hget(self.records, message_id)
+        return orjson.loads(raw) if raw is not None else None
 
     def reconcile(self, grace: float, queue_depth: Callable[[], int], limit: int = 1000) -> int:
         """Send again the records idle for ``grace`` seconds while the queue is empty; return how many.
@@ -108,7 +122,7 @@ class Pending:
         if not self.client.set(reconcile_lock_key(self.queue), 1, nx=True, ex=max(1, int(grace))):
             return 0  # another worker is at it
         now = time.time()
-        raw = self._take_stale(keys=[self.zset, self.records], args=[now - grace, limit, now])
+        raw = self._take_stale(keys=[self.zset, self.records, self.positions], args=[now - grace, limit, now])
         if not raw:
             return 0
         records = [orjson.loads(r) for r in raw]

@@ -5,6 +5,8 @@ in one atomic Lua script call (``_WRITE``):
 
 * the records in the pending set (:mod:`relay.broker.pending`): from here on
   the message is accepted and will be stored exactly once;
+* each record's ``offset`` in its channel and ``position`` among all
+  (:mod:`relay.broker.positions`), spliced into the record and its frame;
 * an XADD of each rendered websocket frame onto a capped Redis Stream,
   which every ``wsserver.py`` process reads (and replays from, for resume);
 * with an ``Idempotency-Key``, the key with the body's fingerprint and the
@@ -34,27 +36,39 @@ import orjson
 import redis
 
 from relay.broker.connection import never_connected
-from relay.broker.contract import DEFAULT_MESSAGE_MAX_BYTES, Record, fence_key, pending_keys, unused_key
+from relay.broker.contract import (
+    DEFAULT_MESSAGE_MAX_BYTES,
+    Record,
+    fence_key,
+    pending_keys,
+    pending_positions_key,
+    positions_key,
+    unused_key,
+)
 from relay.broker.group_commit import GroupCommit
 from relay.broker.pending import send_or_leave_pending
+from relay.broker.positions import GLOBAL
 from relay.records import live_frame, record_channel
 
 log = logging.getLogger(__name__)
 
 # One fenced, atomic write of a request's (or a group commit's) records. KEYS: 1 fence, 2 pending set,
-# 3 pending records, 4 live stream, 5 idempotency key. ARGV: 1 fence ttl, 2 now, 3 live window,
-# 4 record count N, 5 "1" when KEYS[5] is used, 6 idempotency ttl, 7 fingerprint, 8 answer,
-# then N (id, record, frame, channel). The stream entry carries the channel beside the frame, so the
-# websocket server selects by channel without parsing frames. The first command claims the fence: a
-# writer that finds it taken (Producer.settle got there first) writes nothing. The outcome is left in
-# the fence, so settle can read what happened.
+# 3 pending records, 4 live stream, 5 idempotency key, 6 position counters, 7 pending positions. ARGV:
+# 1 fence ttl, 2 now, 3 live window, 4 record count N, 5 the idempotency key's answer kind ("0": no key;
+# "1": one message, its answer gets "offset"; "2": a batch, "offsets"), 6 idempotency ttl, 7 fingerprint,
+# 8 answer, then N (id, record, frame, channel). The first command claims the fence: a writer that finds it
+# taken (Producer.settle got there first) writes nothing. The records and frames come as JSON objects; each
+# gets its offset and position (relay.broker.positions) spliced in before its closing brace. The stream
+# entry carries the channel and position beside the frame, so the websocket server selects and resumes
+# without parsing frames. The outcome, with where the records were placed, is left in the fence, so settle
+# can read what happened.
 _WRITE = """
 if not redis.call('SET', KEYS[1], 'running', 'NX', 'EX', tonumber(ARGV[1])) then return 'aborted' end
 local function finish(outcome)
   redis.call('SET', KEYS[1], outcome, 'EX', tonumber(ARGV[1]))
   return outcome
 end
-if ARGV[5] == '1' then
+if ARGV[5] ~= '0' then
   local earlier = redis.call('GET', KEYS[5])
   if earlier then
     if string.sub(earlier, 1, #ARGV[7]) == ARGV[7] then
@@ -63,18 +77,36 @@ if ARGV[5] == '1' then
     return finish('reused')
   end
 end
+if redis.call('HEXISTS', KEYS[6], '*') == 0 then return finish('unseeded') end
+local count = tonumber(ARGV[4])
+local first = redis.call('HINCRBY', KEYS[6], '*', count) - count + 1
 local live = 1
-for i = 0, tonumber(ARGV[4]) - 1 do
+local offsets = {}
+for i = 0, count - 1 do
   local at = 9 + 4 * i
-  redis.call('HSET', KEYS[3], ARGV[at], ARGV[at + 1])
+  local position = string.format('%d', first + i)
+  local offset = string.format('%d', redis.call('HINCRBY', KEYS[6], ARGV[at + 3], 1))
+  offsets[i + 1] = offset
+  local placed = ',"offset":' .. offset .. ',"position":' .. position .. '}'
+  redis.call('HSET', KEYS[3], ARGV[at], string.sub(ARGV[at + 1], 1, -2) .. placed)
   redis.call('ZADD', KEYS[2], ARGV[2], ARGV[at])
-  local added = redis.pcall(
-    'XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', 'id', ARGV[at], 'channel', ARGV[at + 3], 'frame', ARGV[at + 2])
+  redis.call('ZADD', KEYS[7], position, ARGV[at])
+  local added = redis.pcall('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', 'id', ARGV[at], 'channel', ARGV[at + 3],
+    'position', position, 'frame', string.sub(ARGV[at + 2], 1, -2) .. placed)
   if type(added) == 'table' and added.err then live = 0 end
 end
+local where = string.format('%d', first) .. ':' .. table.concat(offsets, ',')
 -- The key last: a script that failed half-way (a wrongly typed key) must not leave it answering repeats.
-if ARGV[5] == '1' then redis.call('SET', KEYS[5], ARGV[7] .. ':' .. ARGV[8], 'EX', tonumber(ARGV[6])) end
-return finish('ok:' .. live)
+if ARGV[5] ~= '0' then
+  local answer = string.sub(ARGV[8], 1, -2)
+  if ARGV[5] == '1' then
+    answer = answer .. ',"offset":' .. offsets[1] .. '}'
+  else
+    answer = answer .. ',"offsets":[' .. table.concat(offsets, ',') .. ']}'
+  end
+  redis.call('SET', KEYS[5], ARGV[7] .. ':' .. answer, 'EX', tonumber(ARGV[6]))
+end
+return finish('ok:' .. live .. ':' .. where)
 """
 # How long a fence (and the outcome it holds) is kept: far longer than a write can wait in Redis.
 FENCE_SECONDS = 60
@@ -101,6 +133,17 @@ class Enqueued:
     answer: dict
     repeated: bool = False
     live_published: bool = True
+
+
+class PositionsUnseeded(Exception):
+    """Nothing was queued: the position counters are not seeded from the database (relay.broker.positions)."""
+
+
+def _place(records: Sequence[Record], outcome: str) -> None:
+    """Set each record's ``offset`` and ``position`` from a write's outcome, ``ok:<live>:<first>:<offsets>``."""
+    _ok, _live, first, offsets = outcome.split(":")
+    for index, (record, offset) in enumerate(zip(records, offsets.split(","), strict=True)):
+        record["offset"], record["position"] = int(offset), int(first) + index
 
 
 class IdempotencyKeyReused(Exception):
@@ -161,35 +204,45 @@ class Producer:
         self._bulk_write_script = self.bulk_client.register_script(_WRITE)
         self.send = send
         self.pending_set, self.pending_records = pending_keys(queue)
+        self.positions, self.pending_positions = positions_key(queue), pending_positions_key(queue)
         self.group_commit = GroupCommit(self.write, max_bytes=message_max_bytes) if group_commit else None
 
-    def enqueue(
-        self, records: Sequence[dict[str, str]], answer: dict, idempotency: Idempotency | None = None
-    ) -> Enqueued:
+    def enqueue(self, records: Sequence[Record], answer: dict, idempotency: Idempotency | None = None) -> Enqueued:
         """Queue ``records`` durably and publish them live (best effort), in one atomic write.
 
-        Raises ``redis.RedisError`` or :class:`QueueBusy` when nothing was
-        queued, and :class:`IdempotencyKeyReused` when the key was used for
-        another body. A failed live publish is reported in the result.
+        Each record gets its ``offset`` and ``position`` (set in the dicts
+        given), and so does the answer: ``offset`` for one message,
+        ``offsets`` (in input order) for a batch, told apart by the answer's
+        ``ids``. Raises ``redis.RedisError`` or :class:`QueueBusy` when
+        nothing was queued, :class:`PositionsUnseeded` when no worker has
+        seeded the counters yet, and :class:`IdempotencyKeyReused` when the
+        key was used for another body. A failed live publish is reported in
+        the result.
         """
+        kind = "2" if "ids" in answer else "1"
         if idempotency is not None:
-            outcome = self._run(records, idempotency, answer)
+            outcome = self._run(records, idempotency, answer, kind=kind)
             if outcome == "reused":
                 raise IdempotencyKeyReused(idempotency.key)
             if outcome.startswith("repeat:"):
                 return Enqueued(orjson.loads(outcome[len("repeat:") :]), repeated=True)
-            return Enqueued(answer, live_published=outcome == "ok:1")
-        if self.group_commit is not None and self.group_commit.takes(records):
-            return Enqueued(answer, live_published=self.group_commit.submit(records))
-        return Enqueued(answer, live_published=self.write(records))
+            live = outcome.startswith("ok:1")
+        elif self.group_commit is not None and self.group_commit.takes(records):
+            live = self.group_commit.submit(records)
+        else:
+            live = self.write(records)
+        offsets = [record["offset"] for record in records]
+        placed = {"offsets": offsets} if kind == "2" else {"offset": offsets[0]}
+        return Enqueued({**answer, **placed}, live_published=live)
 
-    def write(self, records: Sequence[dict[str, str]], fence: str | None = None) -> bool:
+    def write(self, records: Sequence[Record], fence: str | None = None) -> bool:
         """Queue ``records`` and publish their frames in one fenced write; return whether live publish worked.
 
-        Raises ``redis.RedisError`` when nothing was queued. ``fence`` names
-        the write's fence key (a fresh one by default).
+        Sets each record's ``offset`` and ``position``. Raises
+        ``redis.RedisError`` when nothing was queued. ``fence`` names the
+        write's fence key (a fresh one by default).
         """
-        return self._run(records, None, None, fence) == "ok:1"
+        return self._run(records, None, None, fence).startswith("ok:1")
 
     def _run(
         self,
@@ -197,6 +250,7 @@ class Producer:
         idempotency: Idempotency | None,
         answer: dict | None,
         fence: str | None = None,
+        kind: str = "0",
     ) -> str:
         fence = fence or self.new_fence()
         args: list[bytes | str | int | float] = [
@@ -204,7 +258,7 @@ class Producer:
             time.time(),
             self.window,
             len(records),
-            "1" if idempotency else "0",
+            kind if idempotency else "0",
             self.idempotency_ttl,
             idempotency.fingerprint if idempotency else "",
             orjson.dumps(answer) if idempotency else "",
@@ -212,7 +266,7 @@ class Producer:
         for record in records:
             args += [record["id"], orjson.dumps(record), live_frame(record), record_channel(record)]
         keys = [fence, self.pending_set, self.pending_records, self.stream]
-        keys.append(idempotency.key if idempotency else unused_key(self.queue))
+        keys += [idempotency.key if idempotency else unused_key(self.queue), self.positions, self.pending_positions]
         started = time.monotonic()
         outcome: str | bytes | None
         try:
@@ -232,9 +286,12 @@ class Producer:
         outcome = outcome.decode() if isinstance(outcome, bytes) else outcome
         if outcome == "running":  # the script stopped half-way (Redis does not undo what it had done)
             raise OutcomeUnknown("the write stopped half-way")
+        if outcome == "unseeded":
+            raise PositionsUnseeded("no worker has seeded the position counters from the database yet")
         if not outcome.startswith(("ok:", "repeat:", "reused")):  # "aborted": settling fenced it off
             raise redis.ConnectionError(f"the write did not run ({outcome})")
         if outcome.startswith("ok:"):
+            _place(records, outcome)
             self._send(records)
         return outcome
 
@@ -288,9 +345,10 @@ class Producer:
                 raise OutcomeUnknown(f"the outcome of a write could not be found out ({problem})") from problem
             time.sleep(0.02)
 
-    def ping(self) -> bool:
-        """Tell whether Redis answers."""
+    def ready(self) -> str | None:
+        """Why nothing can be accepted now, as an error code: ``redis_unavailable``, ``positions_unseeded``; or None."""
         try:
-            return bool(self.client.ping())
+            seeded = self.client.hexists(self.positions, GLOBAL)
         except redis.RedisError:
-            return False
+            return "redis_unavailable"
+        return None if seeded else "positions_unseeded"

@@ -39,7 +39,14 @@ from relay.broker.contract import idempotency_key, make_celery, queue_depth, sen
 from relay.broker.group_commit import QueueBusy
 from relay.broker.linger import Linger
 from relay.broker.memory import MemoryWatch, Refusal
-from relay.broker.producer import BUSY_SECONDS, Idempotency, IdempotencyKeyReused, OutcomeUnknown, Producer
+from relay.broker.producer import (
+    BUSY_SECONDS,
+    Idempotency,
+    IdempotencyKeyReused,
+    OutcomeUnknown,
+    PositionsUnseeded,
+    Producer,
+)
 from relay.logs import configure_logging
 from relay.metrics import GaugeCollector, init_metrics
 from relay.records import (
@@ -152,18 +159,26 @@ def components(settings: Settings) -> dict[str, Any]:
             },
             "Accepted": {
                 "type": "object",
-                "required": ["id", "received_at", "channel"],
+                "required": ["id", "received_at", "channel", "offset"],
                 "additionalProperties": False,
                 "properties": {
                     "id": ref("schemas", "MessageId"),
                     "received_at": ref("schemas", "Timestamp"),
                     "channel": ref("schemas", "Channel"),
+                    "offset": ref("schemas", "Offset"),
                 },
-                "examples": [{"id": openapi.EXAMPLE_ID, "received_at": openapi.EXAMPLE_TIME, "channel": "dummy"}],
+                "examples": [
+                    {
+                        "id": openapi.EXAMPLE_ID,
+                        "received_at": openapi.EXAMPLE_TIME,
+                        "channel": "dummy",
+                        "offset": openapi.EXAMPLE_OFFSET,
+                    }
+                ],
             },
             "BatchAccepted": {
                 "type": "object",
-                "required": ["ids", "received_at", "channel"],
+                "required": ["ids", "received_at", "channel", "offsets"],
                 "additionalProperties": False,
                 "properties": {
                     "channel": ref("schemas", "Channel"),
@@ -175,8 +190,22 @@ def components(settings: Settings) -> dict[str, Any]:
                         "description": "One id per message, in input order.",
                     },
                     "received_at": ref("schemas", "Timestamp"),
+                    "offsets": {
+                        "type": "array",
+                        "items": ref("schemas", "Offset"),
+                        "minItems": 1,
+                        "maxItems": settings.max_batch_messages,
+                        "description": "Each message's offset, in input order: consecutive.",
+                    },
                 },
-                "examples": [{"ids": [openapi.EXAMPLE_ID], "received_at": openapi.EXAMPLE_TIME, "channel": "dummy"}],
+                "examples": [
+                    {
+                        "ids": [openapi.EXAMPLE_ID],
+                        "received_at": openapi.EXAMPLE_TIME,
+                        "channel": "dummy",
+                        "offsets": [openapi.EXAMPLE_OFFSET],
+                    }
+                ],
             },
         },
         "parameters": {
@@ -287,7 +316,8 @@ def _publish_operation(
                 "whether it ran could not be found out (Redis went away before answering, or stayed too slow "
                 f"to answer for about {BUSY_SECONDS:g} s), so it may have been queued; a retry with the same "
                 "`Idempotency-Key` is safe (without one, a retry may store the message twice). "
-                f"{_MEMORY_CODES} Nothing was queued.",
+                f"{_MEMORY_CODES} Code `positions_unseeded`: no worker has yet read the stored positions into "
+                "this Redis (a new or emptied one). Nothing was queued.",
                 "queue_unavailable",
                 ("Retry-After",),
             ),
@@ -467,6 +497,14 @@ def _accept(
             "Idempotency-Key is safe; without one, a retry may store it twice.",
             {"Retry-After": "1"},
         ) from None
+    except PositionsUnseeded:
+        raise ApiError(
+            503,
+            "positions_unseeded",
+            "No worker has yet read the stored positions into this Redis (a new or emptied Redis): messages get "
+            "their positions once one has. Start a worker; retry shortly.",
+            {"Retry-After": "1"},
+        ) from None
     except (redis.RedisError, QueueBusy) as exc:
         current_app.logger.warning("queue write failed (%s); answering 503", exc)
         raise ApiError(
@@ -600,17 +638,23 @@ def post_channel_batch(channel: str) -> Response:
 
 
 _HEALTH_DOWN = error(
-    f"Redis does not answer; retry after `Retry-After` seconds. Code `redis_unavailable`. {_EVICTING}",
+    f"Redis does not answer; retry after `Retry-After` seconds. Code `redis_unavailable`. {_EVICTING} Code "
+    "`positions_unseeded`: no worker has yet read the stored positions into this Redis (a new or emptied one).",
     "redis_unavailable",
     ("Retry-After",),
 )
+# The 503 of an ingestion API that cannot accept messages, by the code Producer.ready gives.
+_NOT_READY = {
+    "redis_unavailable": "Redis does not answer.",
+    "positions_unseeded": "No worker has yet read the stored positions into this Redis; start a worker.",
+}
 
 
 @operation(openapi.health_operation("Redis", _HEALTH_DOWN))
 def healthz() -> Response:
-    """Report whether Redis answers and keeps what it is given (no evicting ``maxmemory-policy``)."""
-    if not current_app.extensions["broker"].ping():
-        raise ApiError(503, "redis_unavailable", "Redis does not answer.", {"Retry-After": "1"})
+    """Report whether messages can be accepted: Redis answers, its position counters are seeded, it never evicts."""
+    if (code := current_app.extensions["broker"].ready()) is not None:
+        raise ApiError(503, code, _NOT_READY[code], {"Retry-After": "1"})
     refusal = current_app.extensions["redis_memory"].refusal()
     if refusal is not None and refusal.code == "redis_evicting":
         raise _refused(refusal)

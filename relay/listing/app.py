@@ -1,21 +1,25 @@
 """List API: pages through the persisted messages, by channel or all together, and serves the live page.
 
 Run: ``gunicorn -b 0.0.0.0:5001 "list_api:create_app()"``.
-Reads ``SQLALCHEMY_DATABASE_URI``, ``SECRET_KEY`` (cursor signing),
+Reads ``SQLALCHEMY_DATABASE_URI``, ``REDIS_URL`` and ``PERSIST_QUEUE`` (the
+watermark and pending records), ``SECRET_KEY`` (cursor signing),
 ``API_TOKENS`` and ``JWT_*`` (who may read which channel: relay/web/access.py),
 ``PROXY_COUNT`` and ``LIST_DATABASE_TIMEOUT_SECONDS`` (how long a
 database call may hang before the answer is 503) through ``relay/settings.py``.
 
-``GET /messages?limit=&cursor=&order=`` returns ``{"data", "has_more",
-"next_cursor"}`` in persistence order (``order=asc``, the default) or
-newest first (``order=desc``). ``next_cursor`` is set on every non-empty
-page, the last one included, so a follower that reached the end continues
-later from the same place and, thanks to the commit-ordered ``seq`` (see
-``relay/storage.py``), never misses a row. ``GET /channels/<channel>/messages``
+``GET /messages?limit=&cursor=&order=&after=`` returns ``{"data",
+"has_more", "next_cursor"}`` in position order (``order=asc``, the default:
+the order messages were accepted in) or newest first (``order=desc``).
+``next_cursor`` is set on every non-empty page, the last one included, so a
+follower that reached the end continues later from the same place; pages
+stop below the watermark read from Redis (``relay/listing/watermark.py``),
+so it never misses a message nor sees one twice. ``after`` starts after a
+position instead (the last one a websocket frame carried, say). ``GET /channels/<channel>/messages``
 is the same for one channel; ``GET /channels`` lists the channels, by name,
 with their counts. ``GET /messages/<id>`` returns one message (stored
 messages never change: cacheable for a year, with a strong ``ETag`` and 304s);
-``GET /healthz`` checks the database; ``GET /`` serves ``index.html`` with the
+a message accepted but not stored yet answers from its pending record, with
+``persisted_at`` null; ``GET /healthz`` checks the database; ``GET /`` serves ``index.html`` with the
 public URLs of this stack (``LIST_API_URL``, ``INGESTION_API_URL``, ``WS_URL``),
 and ``GET /relay-client.js`` the browser client it uses (importable from any origin).
 """
@@ -28,16 +32,21 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode
 
+import redis
 import sqlalchemy as sa
 from flask import Flask, Response, current_app, request, send_file
 from flask_cors import CORS
 
 from relay import storage
 from relay.auth import EVERY_CHANNEL
-from relay.listing.cursor import ChannelCursorCodec, CursorCodec, InvalidCursor
+from relay.broker.connection import connect
+from relay.broker.pending import Pending
+from relay.broker.positions import Positions
+from relay.listing.cursor import MAX_POSITION, ChannelCursorCodec, CursorCodec, InvalidCursor
+from relay.listing.watermark import Watermark
 from relay.logs import configure_logging
 from relay.metrics import init_metrics
-from relay.records import is_message_id
+from relay.records import is_message_id, record_channel
 from relay.settings import PROJECT_DIR, Settings, load_settings
 from relay.web import openapi
 from relay.web.access import HISTORY, authorize, request_grant
@@ -49,9 +58,23 @@ LIMIT = Integer("limit", "Messages per page.", "bad_limit", minimum=1, maximum=1
 LIST_QUERY = Query(
     LIMIT,
     Choice(
-        "order", "`asc`: persistence order, oldest first. `desc`: newest first.", "bad_order", ("asc", "desc"), "asc"
+        "order",
+        "`asc`: accept order (offsets within a channel, positions across channels), oldest first. `desc`: newest "
+        "first.",
+        "bad_order",
+        ("asc", "desc"),
+        "asc",
     ),
     Text("cursor", "Opaque and signed: the `next_cursor` of an earlier page, never built by hand."),
+    Integer(
+        "after",
+        "A message's `position` (from a listing, a websocket frame or `GET /messages/{message_id}`): start right "
+        "after it (with `order=desc`, right before it). Instead of `cursor`, not with it.",
+        "bad_after",
+        minimum=0,
+        maximum=MAX_POSITION,
+        default=None,
+    ),
 )
 CHANNELS_QUERY = Query(
     Integer("limit", "Channels per page.", "bad_limit", minimum=1, maximum=1000, default=100),
@@ -69,6 +92,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["cursor"] = CursorCodec(settings.secret_key)
     app.extensions["channel_cursor"] = ChannelCursorCodec(settings.secret_key)
     storage.init_db(app, timeout=settings.list_database_timeout_seconds)
+    # Redis: the watermark every page stops at, and the pending records GET /messages/<id> answers from.
+    client = connect(settings.redis_url, settings.redis_timeout_seconds)
+    app.extensions["watermark"] = Watermark(Positions(client, settings.persist_queue))
+    app.extensions["pending"] = Pending(client, settings.persist_queue)
     init_web(app, settings)
     CORS(app, methods=["GET"], send_wildcard=True)
     app.add_url_rule("/messages", view_func=list_view, methods=["GET"])
@@ -96,6 +123,8 @@ def components(settings: Settings) -> dict[str, Any]:
     example = {
         "id": openapi.EXAMPLE_ID,
         "channel": "dummy",
+        "offset": openapi.EXAMPLE_OFFSET,
+        "position": openapi.EXAMPLE_POSITION,
         "received_at": openapi.EXAMPLE_TIME,
         "persisted_at": openapi.EXAMPLE_TIME[:-2] + "9Z",
         "payload": {"hello": "world"},
@@ -108,27 +137,37 @@ def components(settings: Settings) -> dict[str, Any]:
                 "schema": {"type": "string", "pattern": '^<[^>]+>; rel="next"$'},
             },
             "MessageCacheControl": {
-                "description": f"`public, max-age={MESSAGE_MAX_AGE}, immutable`; `private` instead of `public` when "
-                "tokens are required (then also `Vary: Authorization`).",
+                "description": f"Stored: `public, max-age={MESSAGE_MAX_AGE}, immutable`; `private` instead of `public` "
+                "when tokens are required (then also `Vary: Authorization`). Not stored yet (`persisted_at` null): "
+                "`no-store`.",
                 "required": True,
-                "schema": {"type": "string", "pattern": f"^(public|private), max-age={MESSAGE_MAX_AGE}, immutable$"},
+                "schema": {
+                    "type": "string",
+                    "pattern": f"^((public|private), max-age={MESSAGE_MAX_AGE}, immutable|no-store)$",
+                },
             },
             "ETag": {
-                "description": "A strong validator of the message's bytes; send it back in `If-None-Match` for a 304.",
-                "required": True,
+                "description": "A strong validator of the message's bytes; send it back in `If-None-Match` for a 304. "
+                "Absent while `persisted_at` is null.",
                 "schema": {"type": "string", "pattern": '^"[0-9a-f]{32}"$'},
             },
         },
         "schemas": {
             "Message": {
                 "type": "object",
-                "required": ["id", "channel", "received_at", "persisted_at", "payload"],
+                "required": ["id", "channel", "offset", "position", "received_at", "persisted_at", "payload"],
                 "additionalProperties": False,
                 "properties": {
                     "id": ref("schemas", "MessageId"),
                     "channel": ref("schemas", "Channel"),
+                    "offset": ref("schemas", "Offset"),
+                    "position": ref("schemas", "Position"),
                     "received_at": timestamp,
-                    "persisted_at": timestamp,
+                    "persisted_at": {
+                        "oneOf": [timestamp, {"type": "null"}],
+                        "description": "When it was stored. Null only from `GET /messages/{message_id}` between "
+                        "the 202 and its storage; listings hold only stored messages.",
+                    },
                     "payload": {"type": "object", "description": "The published object, exactly as stored."},
                 },
                 "examples": [example],
@@ -152,7 +191,7 @@ def components(settings: Settings) -> dict[str, Any]:
                     },
                     "last_message_at": {
                         **timestamp,
-                        "description": "`received_at` of the channel's most recently stored message.",
+                        "description": "The newest `received_at` among the channel's stored messages.",
                     },
                 },
                 "examples": [{"name": "dummy", "messages": 42, "last_message_at": openapi.EXAMPLE_TIME}],
@@ -233,7 +272,13 @@ def _page_responses(description: str, schema: str, codes: list[str]) -> dict[str
         "400": error(f"A bad query. Codes: {openapi.codes(codes)}.", "bad_limit"),
         "401": UNAUTHORIZED,
         "429": TOKEN_GUESSING,
-        "503": DATABASE_UNAVAILABLE,
+        "503": error(
+            "Code `database_unavailable`: the database does not answer. Code `redis_unavailable` (message pages "
+            "only): Redis, which tells how far the stored messages are settled, does not answer, and this process "
+            "has not read it before. Retry after `Retry-After` seconds.",
+            "database_unavailable",
+            ("Retry-After",),
+        ),
     }
 
 
@@ -257,9 +302,14 @@ def _page(data: list[Any], has_more: bool, next_cursor: str | None, query: dict[
 def _messages_page(channel: str | None) -> Response:
     query = LIST_QUERY.parse(request.args)
     limit, order, cursor = query["limit"], query["order"], query["cursor"]
-    after = _decode(current_app.extensions["cursor"], cursor)
-    rows, has_more = storage.list_messages(after, limit, descending=order == "desc", channel=channel)
-    next_cursor = current_app.extensions["cursor"].encode(rows[-1].seq) if rows else cursor
+    codec = current_app.extensions["cursor"]
+    if cursor is not None and query["after"] is not None:
+        raise ApiError(400, "bad_after", "Give either cursor or after, not both.")
+    after = query["after"] if query["after"] is not None else _decode(codec, cursor)
+    below = current_app.extensions["watermark"].read()
+    rows, has_more = storage.list_messages(after, limit, descending=order == "desc", channel=channel, below=below)
+    last = rows[-1].seq if rows else after  # an empty page keeps the place it was asked from
+    next_cursor = codec.encode(last) if last is not None else None
     return _page([storage.message_json(row) for row in rows], has_more, next_cursor, {"limit": limit, "order": order})
 
 
@@ -267,8 +317,10 @@ def _messages_page(channel: str | None) -> Response:
     _list_operation(
         "listMessages",
         "Page through every stored message",
-        "Every channel, in persistence order, by keyset pagination. Following `next_cursor` never misses "
-        "a message, even with many workers committing at once. Any other query parameter is a 400.",
+        "Every channel, in position order (the order the messages were accepted in), by keyset pagination. "
+        "A page holds only messages below the watermark, the lowest position not yet stored or dead-lettered: "
+        "following `next_cursor` (or `after` the last `position` seen) never misses a message and never "
+        "repeats one, whatever order the workers store them in. Any other query parameter is a 400.",
         channel=False,
     )
 )
@@ -282,9 +334,10 @@ def list_view() -> Response:
     _list_operation(
         "listChannelMessages",
         "Page through one channel's stored messages",
-        "The same pages, cursors and guarantees as `GET /messages`, for one channel: following "
-        "`next_cursor` never misses a message of the channel. A channel nothing was published to is an "
-        "empty page. Any other query parameter is a 400.",
+        "The same pages, cursors and guarantees as `GET /messages`, for one channel, in offset order (1, 2, "
+        "3..., the order its messages were accepted in; a dead-lettered message leaves its offset out): "
+        "following `next_cursor` never misses a message of the channel. A channel nothing was published to is "
+        "an empty page. Any other query parameter is a 400.",
         channel=True,
     )
 )
@@ -325,8 +378,9 @@ def channels_view() -> Response:
     {
         "operationId": "getMessage",
         "tags": ["messages"],
-        "summary": "Read one stored message",
-        "description": "One message by its id."
+        "summary": "Read one message",
+        "description": "One message by its id, from the moment its 202 is answered: until the worker has "
+        "stored it, with `persisted_at` null (and `Cache-Control: no-store`), then as stored."
         + openapi.needs(HISTORY, "the message's channel")
         + " A message of a channel the token may not read is a 404, exactly as an unknown id: "
         "whether it exists does not leak.",
@@ -334,8 +388,9 @@ def channels_view() -> Response:
         "parameters": [{"name": "message_id", "in": "path", "required": True, "schema": ref("schemas", "MessageId")}],
         "responses": {
             "200": {
-                "description": "The message. It never changes: cacheable for a year (`Cache-Control` `immutable`, "
-                "`private` when tokens are required, since access is per token), with a strong `ETag`.",
+                "description": "The message. Once stored it never changes: cacheable for a year (`Cache-Control` "
+                "`immutable`, `private` when tokens are required, since access is per token), with a strong `ETag`. "
+                "Not stored yet (`persisted_at` null): `Cache-Control: no-store`, no `ETag`.",
                 "headers": {"Cache-Control": ref("headers", "MessageCacheControl"), "ETag": ref("headers", "ETag")},
                 "content": json_content(ref("schemas", "Message")),
             },
@@ -347,18 +402,38 @@ def channels_view() -> Response:
             "401": UNAUTHORIZED,
             "429": TOKEN_GUESSING,
             "404": error(
-                "No stored message has this id (yet: a 202 is followed by storage within moments). Code `not_found`. "
-                "Like every error, `Cache-Control: no-store`.",
+                "No message accepted and not dead-lettered has this id (or the token may not read it). Code "
+                "`not_found`. Like every error, `Cache-Control: no-store`.",
                 "not_found",
             ),
-            "503": DATABASE_UNAVAILABLE,
+            "503": error(
+                "Code `database_unavailable`: the database does not answer. Code `redis_unavailable`: the message "
+                "is not stored, and Redis, which holds the accepted ones until they are, does not answer. Retry "
+                "after `Retry-After` seconds.",
+                "database_unavailable",
+                ("Retry-After",),
+            ),
         },
     }
 )
 def message_view(message_id: str) -> Response:
-    """Return one message by id; one the token may not read is not found, as an unknown id is."""
+    """Return one message by id, stored or still pending; one the token may not read is not found, as an unknown id is.
+
+    Looked up in the database, then among the pending records, then in the
+    database again: a worker removes a record from the pending set only
+    after committing it, so one stored between the first two looks is found
+    by the third, and an id answered 202 is never a 404 on its way.
+    """
     grant = request_grant()
     row = storage.get_message(message_id) if is_message_id(message_id) else None
+    if row is None and is_message_id(message_id):
+        record = _pending_record(message_id)
+        if record is not None:
+            if not grant.can(HISTORY, record_channel(record)):
+                raise ApiError(404, "not_found", f"No stored message has id {message_id!r}.")
+            # Not stored yet: its persisted_at will change, so nothing may keep this answer.
+            return json_response(storage.pending_message_json(record), headers={"Cache-Control": "no-store"})
+        row = storage.get_message(message_id)
     if row is None or not grant.can(HISTORY, row.channel):
         raise ApiError(404, "not_found", f"No stored message has id {message_id!r}.")
     response = json_response(storage.message_json(row))
@@ -368,6 +443,20 @@ def message_view(message_id: str) -> Response:
     if visibility == "private":
         response.vary.add("Authorization")  # a browser's cache must not answer one token with another's read
     return response.make_conditional(request)
+
+
+def _pending_record(message_id: str) -> dict[str, Any] | None:
+    """The pending record of ``message_id``, or None; 503 when Redis does not answer (it may be pending)."""
+    try:
+        return current_app.extensions["pending"].record(message_id)
+    except redis.RedisError:
+        raise ApiError(
+            503,
+            "redis_unavailable",
+            "The message is not stored, and Redis, which holds the ones not stored yet, does not answer; "
+            "retry shortly.",
+            {"Retry-After": "1"},
+        ) from None
 
 
 @operation(openapi.health_operation("the database", DATABASE_UNAVAILABLE))

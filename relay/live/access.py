@@ -7,7 +7,10 @@ or on ``*`` for a websocket without ``?channel=``. ``process_request``
 stores the result on the :class:`LiveConnection` (``serve``'s documented
 ``create_connection`` hook) for the handler, which parses nothing again
 and closes the connection with ``protocol.TOKEN_EXPIRED`` when the grant runs
-out (:func:`seconds_left`).
+out (:func:`seconds_left`). ``after`` is a message's position; any other
+value (a message id from a client of the previous release) is still a
+resume, one no window covers: the server answers it with ``reset``, never
+by refusing the handshake, so pages cached before positions keep working.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ from relay.live.protocol import AFTER, CHANNEL, TOKEN
 from relay.live.window import Selection
 from relay.records import is_channel
 
-__all__ = ["BadChannel", "LiveConnection", "Subscription", "seconds_left", "subscription"]
+MAX_POSITION_DIGITS = 19  # 2**63 - 1, the largest position a signed 64-bit column holds, has 19
+
+__all__ = ["BadChannel", "LiveConnection", "Subscription", "position", "seconds_left", "subscription"]
 
 
 class BadChannel(ValueError):
@@ -37,7 +42,8 @@ class Subscription:
 
     grant: Grant
     selection: Selection  # None: every channel
-    after: str | None
+    resume: bool  # the handshake has an ``after``
+    after: int | None  # its position; None without one, or when it is not a position (then: reset)
 
 
 class LiveConnection(ServerConnection):
@@ -62,8 +68,16 @@ def subscription(authenticator: Authenticator, request: Request) -> Subscription
         raise BadChannel("A channel name is 1 to 64 characters of A-Z a-z 0-9 _ . : -")
     for channel in sorted(selection) if selection is not None else [None]:
         grant.require("subscribe", channel)
-    after = (query.get(AFTER) or [""])[0] or None
-    return Subscription(grant, selection, after)
+    after = (query.get(AFTER) or [""])[0]
+    return Subscription(grant, selection, resume=bool(after), after=position(after))
+
+
+def position(text: str) -> int | None:
+    """The position ``text`` spells (ASCII decimal digits, below 2**63), or None."""
+    if not (text.isascii() and text.isdigit()) or len(text) > MAX_POSITION_DIGITS:
+        return None
+    value = int(text)
+    return value if value < 2**63 else None
 
 
 def seconds_left(grant: Grant, now: float | None = None) -> float | None:

@@ -25,6 +25,17 @@ TIMESTAMP = {
     "description": "RFC 3339, UTC, with microseconds: when the ingestion API accepted the message.",
 }
 MESSAGE_ID = {"type": "string", "format": "uuid", "description": "UUIDv7, lower case: ids sort by receipt time."}
+POSITION = {
+    "type": "integer",
+    "minimum": 1,
+    "description": "The message's place among every channel's messages, in accept order (1, 2, 3...; rarely a "
+    "number is skipped). The same number as in the list API, whose `after=` continues from it.",
+}
+OFFSET = {
+    "type": "integer",
+    "minimum": 1,
+    "description": "The message's place in its channel, in accept order (1 for the channel's first message).",
+}
 
 
 def _refs(*names: str) -> list[dict[str, str]]:
@@ -43,10 +54,13 @@ def _query(settings: Settings) -> dict[str, Any]:
                 f"A malformed name is refused with 400 `{protocol.BAD_CHANNEL}`.",
             },
             protocol.AFTER: {
-                **MESSAGE_ID,
-                "description": "Resume: the server first replays every selected message after this id still in "
-                f"its window (about {settings.live_window} messages), then sends `{protocol.READY}` and goes live "
-                f"with no gap and no duplicate. Unknown or too old: `{protocol.RESET}` "
+                "type": "integer",
+                "minimum": 0,
+                "description": "Resume: a message's `position`, of any channel (the last one listed or received). "
+                "The server first replays every selected message after it still in its window (about "
+                f"{settings.live_window} messages), then sends `{protocol.READY}` and goes live with no gap and no "
+                "duplicate; a position past what the server has read yet gets no replay, and nothing at or below "
+                f"it follows. Older than the window, or not a position (an id): `{protocol.RESET}` "
                 f"(`{protocol.UNKNOWN_OR_EXPIRED_ID}`), then `{protocol.READY}`.",
             },
             protocol.TOKEN: {
@@ -69,12 +83,14 @@ def _messages() -> dict[str, Any]:
             "contentType": "application/json",
             "payload": {
                 "type": "object",
-                "required": ["id", "channel", "received_at", "payload"],
+                "required": ["id", "channel", "received_at", "payload", "offset", "position"],
                 "properties": {
                     "id": MESSAGE_ID,
                     "channel": {"type": "string", "pattern": f"^{CHANNEL_PATTERN}$"},
                     "received_at": TIMESTAMP,
                     "payload": {"type": "object", "description": "The published object."},
+                    "offset": OFFSET,
+                    "position": POSITION,
                 },
             },
             "examples": [
@@ -84,6 +100,8 @@ def _messages() -> dict[str, Any]:
                         "channel": "dummy",
                         "received_at": "2026-11-29T07:40:21.123456Z",
                         "payload": {"hello": "world"},
+                        "offset": 17,
+                        "position": 4242,
                     }
                 }
             ],
@@ -112,8 +130,10 @@ def _messages() -> dict[str, Any]:
                     "type": {"const": protocol.RESET},
                     "reason": {"type": "string", "enum": list(protocol.RESET_REASONS)},
                     "oldest": {
-                        "oneOf": [MESSAGE_ID, {"type": "null"}],
-                        "description": "The oldest id the server can still replay (null: none).",
+                        "oneOf": [{"type": "integer", "minimum": 1}, {"type": "null"}],
+                        "description": f"`{protocol.UNKNOWN_OR_EXPIRED_ID}`: the oldest position the server can "
+                        f"still replay. `{protocol.SERVER_FELL_BEHIND}`: the position of the next message sent, the "
+                        "first after the gap. Null: none.",
                     },
                 },
             },
@@ -133,9 +153,11 @@ def document(settings: Settings) -> dict[str, Any]:
             "version": "1.0.0",
             "description": "Every message as it is accepted, over one websocket. Connect, optionally choosing "
             "channels and a resume point; the server sends JSON text frames and accepts none. Loss-free "
-            "delivery: list history from the list API (`GET /messages?order=desc`), connect with `after=` a "
-            "listed id, and on a drop reconnect with `after=` the last id received; on `reset`, backfill from "
-            "the list API. relay-client.js (served by the list API) does all of this in a browser. "
+            "delivery: list history from the list API, connect with `after=` the last `position` listed, and "
+            "on a drop reconnect with `after=` the highest position received; hand out a message only when its "
+            "position is above the highest one handed out. On `reset`, list from the list API with `after=` that "
+            "position until `has_more` is false. relay-client.js (served by the list API) does all of this in a "
+            "browser, clients/relay_client.py in Python. "
             f'Handshake refusals are plain HTTP with a JSON body `{{"error", "message"}}`: {refusals}. '
             f"Close codes: {closes}",
         },

@@ -8,22 +8,24 @@ reads nothing.
 
 from __future__ import annotations
 
-# Query parameters of the handshake (``ws://host:8765/?channel=a&channel=b&after=<id>&token=<token>``).
+# Query parameters of the handshake (``ws://host:8765/?channel=a&channel=b&after=<position>&token=<token>``).
 CHANNEL = "channel"  # repeatable: only these channels (none: every channel)
-AFTER = "after"  # a message id: replay what came after it, then go live
+AFTER = "after"  # a message's position, of any channel: replay what came after it, then go live
 TOKEN = "token"  # noqa: S105 (a parameter's name) or ``Authorization: Bearer``
 
 # The server's frames that are not messages: ``{"type": READY}`` and ``{"type": RESET, "reason", "oldest"}``.
 READY = "ready"
 RESET = "reset"
-UNKNOWN_OR_EXPIRED_ID = "unknown_or_expired_id"  # before ready: ``after`` is not in the window; backfill
+UNKNOWN_OR_EXPIRED_ID = "unknown_or_expired_id"  # before ready: the window does not cover ``after``; backfill
 SERVER_FELL_BEHIND = "server_fell_behind"  # mid-stream: the server missed entries before ``oldest``; backfill
 RESET_REASONS = {
-    UNKNOWN_OR_EXPIRED_ID: "The `after` id is unknown or older than the server's window (sent before `ready`). "
-    "Backfill from the list API, then resume from its newest message.",
+    UNKNOWN_OR_EXPIRED_ID: "The `after` position is older than the server's window, or is no position (a message id "
+    "from an older client), or the server cannot prove it has everything after it (sent before `ready`; what "
+    "follows is live). `oldest` is the oldest position the server can replay. List from the list API with "
+    "`after=` the last position you have until `has_more` is false, then resume from the last position listed.",
     SERVER_FELL_BEHIND: "The server itself fell behind the live stream and missed messages before `oldest` "
-    "(sent mid-stream). Keep the connection (messages from `oldest` on follow with no gap) and backfill what "
-    "came before from the list API.",
+    "(sent mid-stream). Keep the connection (messages from position `oldest` on follow with no gap) and list "
+    "what came before it from the list API (`after=` the last position you have).",
 }
 
 # Close codes the server sends (or its websocket library sends for it).

@@ -8,22 +8,30 @@ browsers) and delivers every message to its own clients.
 
 Protocol. Connect to ``ws://host:8765/`` for every channel, or to
 ``/?channel=a&channel=b`` for only those channels (a malformed name is
-refused with 400 ``bad_channel``). Add ``after=<message id>`` to resume: the
-server first sends every message of the selection after that id still in
-its window, in stream order, then goes live with no gap and no duplicate at
-the seam. Text frames from the server:
+refused with 400 ``bad_channel``). Add ``after=<position>`` (a message's
+``position``, of any channel: the last one listed or received) to resume:
+the server first sends every message of the selection after that position
+still in its window, in stream order, then goes live with no gap and no
+duplicate at the seam (``relay/live/window.py`` says when the window covers
+a position). A client ahead of this server (it listed what the server has
+not read yet) gets no replay, and the frames at or below its position are
+skipped as they arrive. A resume asked before the server has read the
+stream once waits for that read. Text frames from the server:
 
-* a message: ``{"id", "channel", "received_at", "payload"}`` (as in the list API);
+* a message: ``{"id", "channel", "received_at", "payload", "offset", "position"}``
+  (as in the list API);
 * ``{"type": "ready"}``: any replay is done, what follows is live;
-* ``{"type": "reset", "reason": ..., "oldest": <id or null>}``: the ``after``
-  id is unknown or older than the window (reason ``unknown_or_expired_id``,
-  before ``ready``); backfill from the list API. It also comes mid-stream,
-  reason ``server_fell_behind``, when the server itself fell further behind
-  than the live stream's cap (it was stopped, say) and entries were trimmed
+* ``{"type": "reset", "reason": ..., "oldest": <position or null>}``: the
+  window does not cover ``after``, or ``after`` is no position (a message
+  id from a client of the previous release; reason ``unknown_or_expired_id``,
+  before ``ready``; ``oldest`` is the oldest position the server can
+  replay); backfill from the list API. It also comes mid-stream, reason
+  ``server_fell_behind``, when the server itself fell further behind than
+  the live stream's cap (it was stopped, say) and entries were trimmed
   before it read them (``relay/live/stream.py``): the messages between the
-  last one sent and ``oldest`` (the next one sent, the oldest this server
-  can still replay) were missed; backfill them from the list API. Messages
-  from ``oldest`` on follow with no gap; earlier ids no longer resume.
+  last one sent and ``oldest`` (the position of the next one sent) were
+  missed; backfill them from the list API. Messages from ``oldest`` on
+  follow with no gap; earlier positions no longer resume.
 
 Clients send nothing: a data frame closes the connection (1003), one larger
 than ``WS_MAX_CLIENT_FRAME_BYTES`` closes it (1009). A client that falls
@@ -91,7 +99,7 @@ from relay.live.protocol import (
     UNKNOWN_OR_EXPIRED_ID,
 )
 from relay.live.stream import START, read_after, valid
-from relay.live.window import Backlog, Selection, Window, selected
+from relay.live.window import Backlog, Entry, Reset, Selection, Window, passes, selected
 from relay.logs import configure_logging
 from relay.settings import Settings, load_settings
 from relay.web.ratelimit import (
@@ -125,7 +133,9 @@ class Hub:
     ``broadcast``, never awaiting it) or *catching up* (it has a backlog that
     a task of its own sends with flow control, then it turns live again).
     Each client has a *selection* of channels (None: all) and only ever gets
-    frames of those channels.
+    frames of those channels; one that is ahead of this server has a
+    *floor*, a position at or below which it gets nothing, until the stream
+    passes it.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -134,6 +144,10 @@ class Hub:
         self.live: set[ServerConnection] = set()
         self.catching_up: dict[ServerConnection, Backlog] = {}
         self.selection: dict[ServerConnection, Selection] = {}
+        self.floors: dict[ServerConnection, int] = {}
+        # Resumes asked before the window was primed from the stream: answered by prime().
+        self.waiting: dict[ServerConnection, int | None] = {}
+        self.primed = False
         self.stats = Stats()
         self._tasks: set[asyncio.Task] = set()
 
@@ -146,22 +160,33 @@ class Hub:
         transport = connection.transport
         return transport.get_write_buffer_size() if transport is not None else 0
 
-    def deliver(self, entries: Iterable[tuple[str, str, bytes]]) -> None:
-        """Remember new frames and pass each client those of its channels; never waits on a client."""
-        frames: list[tuple[str, bytes]] = []
-        for message_id, channel, frame in entries:
-            self.window.append(message_id, channel, frame)
-            frames.append((channel, frame))
-        if not frames:
+    def prime(self, entries: Iterable[Entry]) -> None:
+        """Fill the window with the stream's recent entries (sending none), then answer the resumes waiting for it."""
+        for entry in entries:
+            self.window.append(entry)
+        self.primed = True
+        waiting, self.waiting = self.waiting, {}
+        for connection, after in waiting.items():
+            self._resume(connection, after)
+
+    def deliver(self, entries: list[Entry]) -> None:
+        """Remember new entries and pass each client the frames of its channels; never waits on a client."""
+        if not entries:
             return
-        # Clients with the same selection get the same frames: filter once per distinct selection.
-        chosen: dict[Selection, list[bytes]] = {}
+        for entry in entries:
+            self.window.append(entry)
+        # Clients with the same selection (and floor) get the same frames: filter once per distinct pair.
+        chosen: dict[tuple[Selection, int | None], list[bytes]] = {}
+
+        def wants(connection: ServerConnection) -> tuple[Selection, int | None]:
+            return self.selection.get(connection), self.floors.get(connection)
 
         def of(connection: ServerConnection) -> list[bytes]:
-            selection = self.selection.get(connection)
-            if selection not in chosen:
-                chosen[selection] = [frame for channel, frame in frames if selected(selection, channel)]
-            return chosen[selection]
+            key = wants(connection)
+            if key not in chosen:
+                selection, floor = key
+                chosen[key] = [e.frame for e in entries if selected(selection, e.channel) and passes(e, floor)]
+            return chosen[key]
 
         # A client still holding more than the limit from earlier writes is not keeping up.
         behind = [c for c in self.live if self._buffered(c) > self.settings.ws_max_buffer_bytes]
@@ -177,14 +202,23 @@ class Hub:
             backlog.extend(of(connection))
             if len(backlog.frames) > self.window.max_items or backlog.bytes > self.window.max_bytes:
                 self.evict(connection)
-        by_selection: dict[Selection, list[ServerConnection]] = {}
+        by_selection: dict[tuple[Selection, int | None], list[ServerConnection]] = {}
         for connection in targets:
-            by_selection.setdefault(self.selection.get(connection), []).append(connection)
+            by_selection.setdefault(wants(connection), []).append(connection)
         for group in by_selection.values():
             mine = of(group[0])
             if mine:
                 self._write(group, mine)
                 self.stats.delivered += len(group) * len(mine)
+        self._drop_passed_floors(entries)
+
+    def _drop_passed_floors(self, entries: list[Entry]) -> None:
+        """Forget the floors the stream has passed: stream order is position order, so all that follows is above."""
+        newest = max((entry.position for entry in entries if entry.position is not None), default=None)
+        if newest is None:
+            return
+        for connection in [c for c, floor in self.floors.items() if newest > floor]:
+            del self.floors[connection]
 
     @staticmethod
     def _write(targets: Iterable[ServerConnection], frames: list[bytes]) -> None:
@@ -211,15 +245,16 @@ class Hub:
         self.live.discard(connection)
         self.catching_up.pop(connection, None)
         self.selection.pop(connection, None)
+        self.floors.pop(connection, None)
         self.stats.slow_disconnects += 1
         log.warning("disconnecting slow client %s", connection.remote_address)
         self._spawn(connection.close(TOO_SLOW, "client too slow"))
 
-    def fell_behind(self, oldest: str | None) -> None:
-        """Tell every client that messages before ``oldest`` were missed (``reset``), in order with its frames.
+    def fell_behind(self, oldest: int | None) -> None:
+        """Tell every client that messages before position ``oldest`` were missed (``reset``), in order with its frames.
 
-        The window is forgotten: a client resuming from an id before the gap
-        would otherwise be replayed across it without a word.
+        The window is forgotten: a client resuming from a position before the
+        gap would otherwise be replayed across it without a word.
         """
         self.stats.gaps += 1
         self.window.clear()
@@ -229,18 +264,36 @@ class Hub:
             backlog.extend([frame])
         self._write(self.live, [frame])
 
-    def join(self, connection: ServerConnection, after: str | None, selection: Selection = None) -> None:
-        """Register a client; with ``after``, queue its replay (synchronously, so nothing slips between)."""
+    def join(
+        self, connection: ServerConnection, selection: Selection = None, resume: bool = False, after: int | None = None
+    ) -> None:
+        """Register a client; when it resumes, queue its replay (synchronously, so nothing slips between).
+
+        ``after`` is the position it resumes after; None with ``resume``: an
+        ``after`` that is no position, answered with ``reset``.
+        """
         if selection is not None:
             self.selection[connection] = selection
-        if after is not None:
-            backlog = self.window.after(after, selection)
-            if backlog is not None:
-                self.stats.replayed += len(backlog)
-                self._start_catch_up(connection, Backlog(backlog), announce=True)
-                return
-            reset = {"type": RESET, "reason": UNKNOWN_OR_EXPIRED_ID, "oldest": self.window.oldest}
+        if not resume:
+            self._go_live(connection)
+        elif not self.primed:
+            self.waiting[connection] = after  # before the first read, the window could only answer reset
+        else:
+            self._resume(connection, after)
+
+    def _resume(self, connection: ServerConnection, after: int | None) -> None:
+        outcome = self.window.resume(after, self.selection.get(connection))
+        if isinstance(outcome, Reset):
+            reset = {"type": RESET, "reason": UNKNOWN_OR_EXPIRED_ID, "oldest": outcome.oldest}
             broadcast([connection], orjson.dumps(reset), text=True)
+            self._go_live(connection)
+            return
+        if outcome.floor is not None:
+            self.floors[connection] = outcome.floor
+        self.stats.replayed += len(outcome.frames)
+        self._start_catch_up(connection, Backlog(outcome.frames), announce=True)
+
+    def _go_live(self, connection: ServerConnection) -> None:
         broadcast([connection], READY_FRAME, text=True)
         self.live.add(connection)
 
@@ -266,6 +319,8 @@ class Hub:
         self.live.discard(connection)
         self.catching_up.pop(connection, None)
         self.selection.pop(connection, None)
+        self.floors.pop(connection, None)
+        self.waiting.pop(connection, None)
 
 
 class HubCollector(Collector):
@@ -277,7 +332,9 @@ class HubCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         stats = self.hub.stats
         yield GaugeMetricFamily(
-            "ws_connections", "Connected websocket clients.", value=len(self.hub.live) + len(self.hub.catching_up)
+            "ws_connections",
+            "Connected websocket clients.",
+            value=len(self.hub.live) + len(self.hub.catching_up) + len(self.hub.waiting),
         )
         yield GaugeMetricFamily("ws_catching_up", "Clients being sent a backlog.", value=len(self.hub.catching_up))
         yield CounterMetricFamily("ws_frames_delivered", "Message frames written to clients.", value=stats.delivered)
@@ -296,7 +353,7 @@ class HubCollector(Collector):
 async def handler(hub: Hub, connection: LiveConnection) -> None:
     """Serve one browser: join (replaying if resuming), then wait until it leaves or its token expires (4401)."""
     joined = connection.subscription  # set by process_request: a handler never runs without it
-    hub.join(connection, joined.after, joined.selection)
+    hub.join(connection, joined.selection, joined.resume, joined.after)
     try:
         async with asyncio.timeout(seconds_left(joined.grant)):
             async for _ in connection:
@@ -311,7 +368,7 @@ async def handler(hub: Hub, connection: LiveConnection) -> None:
 
 
 async def relay(hub: Hub, client: aioredis.Redis, stream: str) -> None:
-    """The one Redis reader: prime the window, then pass every new stream entry to the hub, and any gap."""
+    """The one Redis reader: prime the window (sending nothing), then pass each new stream entry and gap to the hub."""
     last: str | None = None
     caught_up = False
     backoff = 0.1
@@ -319,7 +376,7 @@ async def relay(hub: Hub, client: aioredis.Redis, stream: str) -> None:
         try:
             if last is None:
                 recent = await client.xrevrange(stream, count=hub.window.max_items)
-                hub.deliver(valid(reversed(recent)))
+                hub.prime(valid(reversed(recent)))
                 last = recent[0][0].decode() if recent else START
             elif caught_up:
                 # Only wait here: what comes is read below, where a gap shows (a blocking read alone would hide it).
@@ -332,7 +389,7 @@ async def relay(hub: Hub, client: aioredis.Redis, stream: str) -> None:
             backoff = min(backoff * 2, 2.0)
             continue
         if batch.gap:
-            hub.fell_behind(batch.entries[0][0] if batch.entries else None)
+            hub.fell_behind(batch.entries[0].position if batch.entries else None)
         hub.deliver(batch.entries)
         last, caught_up = batch.last, batch.size < READ_BATCH
 

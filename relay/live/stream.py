@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from relay.live.window import Entry
 from relay.records import DEFAULT_CHANNEL
 
 log = logging.getLogger("wsserver")
@@ -32,9 +33,9 @@ START = "0-0"
 
 @dataclass
 class Batch:
-    """Entries read after an id: (message id, channel, frame) of the well-formed ones, and where to go on."""
+    """Entries read after a stream id: the well-formed ones, and where to go on."""
 
-    entries: list[tuple[str, str, bytes]]
+    entries: list[Entry]
     last: str  # the stream id to read after next time
     size: int  # stream entries read, malformed ones included
     gap: bool  # entries after the previous last id were trimmed before this read
@@ -72,16 +73,25 @@ async def read_after(client: aioredis.Redis, stream: str, last: str, count: int)
     )
 
 
-def valid(entries: Iterable[tuple[bytes, dict[bytes, bytes]]]) -> list[tuple[str, str, bytes]]:
-    """Turn stream entries into (message id, channel, frame), skipping any that lack the id or the frame.
+def valid(entries: Iterable[tuple[bytes, dict[bytes, bytes]]]) -> list[Entry]:
+    """Turn stream entries into :class:`Entry`, skipping any that lack the message id or the frame.
 
-    An entry written before channels existed has no channel: it is the channel ``dummy``.
+    An entry written before channels existed has no channel: it is the
+    channel ``dummy``. One written before positions existed (or with a
+    position that is not a decimal number) has none.
     """
     result = []
     for entry_id, fields in entries:
         if b"id" in fields and b"frame" in fields:
             channel = fields[b"channel"].decode() if b"channel" in fields else DEFAULT_CHANNEL
-            result.append((fields[b"id"].decode(), channel, fields[b"frame"]))
+            result.append(Entry(position_of(fields.get(b"position")), channel, fields[b"frame"]))
         else:
             log.warning("skipping malformed live stream entry %s", entry_id)
     return result
+
+
+def position_of(field: bytes | None) -> int | None:
+    """The position an entry's ``position`` field holds (decimal text), or None."""
+    if field is None or not field.isdigit():
+        return None
+    return int(field)

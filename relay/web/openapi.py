@@ -32,6 +32,7 @@ from relay.web.ratelimit import POLICY
 
 EXAMPLE_ID = "019ace2e-7b1a-7c3e-9f10-2b4c6d8e0a12"
 EXAMPLE_TIME = "2026-11-29T07:40:21.123456Z"
+EXAMPLE_OFFSET, EXAMPLE_POSITION = 42, 1042
 _RFC3339_MICROS = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$"
 # The IETF fields (draft-ietf-httpapi-ratelimit-headers) and the older X-RateLimit-* kept for existing clients.
 RATE_LIMIT_HEADERS = (
@@ -224,6 +225,23 @@ def _common_components() -> dict[str, Any]:
                 "format": "uuid",
                 "description": "UUIDv7 (RFC 9562), lower case: ids sort by receipt time.",
                 "examples": [EXAMPLE_ID],
+            },
+            "Offset": {
+                "type": "integer",
+                "minimum": 1,
+                "format": "int64",
+                "description": "The message's place in its channel, given at acceptance: 1 for the channel's "
+                "first message, then consecutive in accept order. A channel's history is in offset order.",
+                "examples": [EXAMPLE_OFFSET],
+            },
+            "Position": {
+                "type": "integer",
+                "minimum": 1,
+                "format": "int64",
+                "description": "The message's place among every channel's messages, given with its offset. "
+                "The all-channels history is in position order; `after` of a listing and of the websocket "
+                "resumes from one.",
+                "examples": [EXAMPLE_POSITION],
             },
         },
         "parameters": {

@@ -27,7 +27,7 @@ class Integer:
     code: str
     minimum: int
     maximum: int
-    default: int
+    default: int | None
 
     def parse(self, raw: str) -> int:
         # ASCII digits only: str.isdigit() also accepts "²", which int() rejects.
@@ -37,7 +37,8 @@ class Integer:
         return int(raw)
 
     def schema(self) -> dict[str, Any]:
-        return {"type": "integer", "minimum": self.minimum, "maximum": self.maximum, "default": self.default}
+        schema = {"type": "integer", "minimum": self.minimum, "maximum": self.maximum}
+        return schema if self.default is None else {**schema, "default": self.default}
 
 
 @dataclass(frozen=True)

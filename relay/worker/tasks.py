@@ -66,6 +66,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import redis
 import sqlalchemy as sa
@@ -85,6 +86,7 @@ from relay.broker.contract import PERSIST_TASK, make_celery, queue_depth, retent
 from relay.broker.dead_letters import DeadLetters
 from relay.broker.memory import Memory, evicting
 from relay.broker.pending import Pending
+from relay.broker.positions import Positions
 from relay.logs import configure_logging
 from relay.metrics import health_and_metrics_app, serve_in_thread, service_registry
 from relay.records import parse_time, utc_now
@@ -124,7 +126,7 @@ send = functools.partial(send_records, sender_app, settings.persist_queue, max_b
 
 
 _flask_app: Flask | None = None
-_persister: tuple[Persister, Pending] | None = None
+_persister: tuple[Persister, Pending, Positions] | None = None
 
 
 @setup_logging.connect
@@ -187,7 +189,7 @@ def _serve_metrics(**_kwargs: object) -> None:
 
     # The backlog gauges read Redis at each scrape (relay/worker/metrics.py): one value, not one per process.
     pending = Pending(client, settings.persist_queue, send)
-    gauges = backlog_gauges(pending, DeadLetters(client, settings.dead_letter_key, pending))
+    gauges = backlog_gauges(pending, DeadLetters(client, settings.dead_letter_key))
     app = health_and_metrics_app(service_registry(settings.metrics_multiprocess, gauges), problem)
     try:
         serve_in_thread(app, settings.bind_host, settings.worker_metrics_port)
@@ -197,19 +199,48 @@ def _serve_metrics(**_kwargs: object) -> None:
         log.info("worker metrics port %d is taken; another instance serves it", settings.worker_metrics_port)
 
 
+def seed_positions(positions: Positions) -> int:
+    """Raise the Redis position counters above every stored position and offset; return the last position."""
+    app = storage.create_app()  # the main process's own, closed after: the pool's processes make theirs
+    with app.app_context():
+        try:
+            last_position, last_offsets = storage.position_floors()
+        finally:
+            storage.db.session.remove()
+            storage.db.engine.dispose()
+    return positions.seed(last_position, last_offsets)
+
+
 @worker_ready.connect
 def _start_reconciler(**_kwargs: object) -> None:
-    """Periodically send again the records no task message carries any more (relay.broker.pending)."""
+    """Seed the position counters, then periodically send again the records no task message carries any more.
+
+    The counters are seeded at start-up (a merge that only raises them) and
+    again whenever the reconciler finds them gone (relay.broker.positions).
+    """
     client = connect(settings.redis_url, timeout=5.0)
     pending = Pending(client, settings.persist_queue, send)
+    positions = Positions(client, settings.persist_queue)
     interval = max(1.0, settings.pending_grace_seconds / 2)
 
     def depth() -> int:
         return queue_depth(sender_app, settings.persist_queue)
 
+    def seed() -> None:
+        try:
+            log.info("position counters seeded: last position %d", seed_positions(positions))
+        except Exception:
+            log.warning("seeding the position counters failed; retrying", exc_info=True)
+
     def loop() -> None:
+        seed()
         while True:
             time.sleep(interval)
+            try:
+                if not positions.seeded():
+                    seed()
+            except redis.RedisError:
+                log.warning("could not read the position counters", exc_info=True)
             try:
                 requeued = pending.reconcile(settings.pending_grace_seconds, depth)
             except Exception:
@@ -220,6 +251,34 @@ def _start_reconciler(**_kwargs: object) -> None:
                 log.warning("re-queued %d record(s) lost in flight", requeued)
 
     threading.Thread(target=loop, name="reconcile-pending", daemon=True).start()
+
+
+# How often each worker instance folds the channel deltas into the channels table (relay/storage.py), and
+# how many deltas one fold transaction takes.
+FOLD_INTERVAL_SECONDS = 1.0
+FOLD_BATCH = 10_000
+
+
+@worker_ready.connect
+def _start_folding(**_kwargs: object) -> None:
+    """Fold what saves added to each channel into ``channels``, every ``FOLD_INTERVAL_SECONDS``."""
+
+    def loop() -> None:
+        app = storage.create_app()
+        while not _stopping.wait(FOLD_INTERVAL_SECONDS):
+            try:
+                with app.app_context():
+                    while storage.fold_channel_deltas(FOLD_BATCH) == FOLD_BATCH:
+                        pass
+            except Exception:
+                log.warning("folding channel counts failed", exc_info=True)
+            finally:
+                with app.app_context():
+                    storage.db.session.remove()
+
+    thread = threading.Thread(target=loop, name="fold-channels", daemon=True)
+    _background.append(thread)
+    thread.start()
 
 
 # How long one instance holds the retention lock without renewing it (it renews after every batch): if it
@@ -325,13 +384,13 @@ def _database_up() -> bool:
         storage.db.session.remove()
 
 
-def persister() -> tuple[Persister, Pending]:
-    """Return this process's persister (wired to the database and the dead-letter list) and pending set."""
+def persister() -> tuple[Persister, Pending, Positions]:
+    """Return this process's persister (wired to the database and the dead-letter list), pending set and positions."""
     global _persister
     if _persister is None:
         client = connect(settings.redis_url, timeout=5.0)
         pending = Pending(client, settings.persist_queue, send)
-        dead_letters = DeadLetters(client, settings.dead_letter_key, pending)
+        dead_letters = DeadLetters(client, settings.dead_letter_key)
         writer = Persister(
             functools.partial(storage.save_messages, on_stored=observe_stored),
             _database_up,
@@ -341,7 +400,7 @@ def persister() -> tuple[Persister, Pending]:
             chunk_size=settings.persist_batch_size,
             budget=settings.celery_visibility_timeout / 4,
         )
-        _persister = (writer, pending)
+        _persister = (writer, pending, Positions(client, settings.persist_queue))
     return _persister
 
 
@@ -366,7 +425,7 @@ class Freshness:
         self._thread: threading.Thread | None = None
 
     @contextlib.contextmanager
-    def working_on(self, pending: Pending, records: list[dict[str, str]]) -> Iterator[None]:
+    def working_on(self, pending: Pending, records: list[dict[str, Any]]) -> Iterator[None]:
         self.pending = pending
         if self._thread is None:  # per process: created after the pool's fork
             self._thread = threading.Thread(target=self._loop, name="pending-freshness", daemon=True)
@@ -396,13 +455,14 @@ freshness = Freshness(settings.pending_grace_seconds, settings.celery_visibility
 
 
 @celery_app.task(name=PERSIST_TASK, acks_late=True)
-def persist_messages(records: list[dict[str, str]]) -> int:
+def persist_messages(records: list[dict[str, Any]]) -> int:
     """Store the records of one task message; return how many new rows that made.
 
     An exception (Redis down while dead-lettering, say) fails the task; its
     records stay pending and are sent again by the reconciler.
     """
-    writer, pending = persister()
+    writer, pending, positions = persister()
+    positions.place(records)  # only records queued by the release before positions have none
     with freshness.working_on(pending, records), flask_app().app_context():
         outcome = writer.persist(records)
     if outcome.deferred:

@@ -29,21 +29,30 @@ def test_post_accepts_an_object_with_id_time_and_location(client: FlaskClient, r
     response = client.post("/dummy", data='{"hello": "wörld"}'.encode(), headers=JSON)
     assert response.status_code == 202
     body = response.get_json()
-    assert set(body) == {"id", "received_at", "channel"} and body["channel"] == "dummy"
+    assert set(body) == {"id", "received_at", "channel", "offset"} and body["channel"] == "dummy"
+    assert body["offset"] == 1, "the channel's first message"
     assert uuid.UUID(body["id"]).version == 7
     assert body["received_at"].endswith("Z") and len(body["received_at"]) == 27
     assert response.headers["Location"] == f"http://lists.example/messages/{body['id']}"
     [[record]] = queued_records(r)
     assert record["id"] == body["id"] and record["received_at"] == body["received_at"]
-    assert record["channel"] == "dummy"
+    assert record["channel"] == "dummy" and (record["offset"], record["position"]) == (1, 1)
     assert orjson.loads(record["payload"]) == {"hello": "wörld"}
 
 
 def test_post_publishes_the_message_for_live_delivery(client: FlaskClient, r: redis.Redis) -> None:
     body = client.post("/dummy", json={"n": 1}).get_json()
     [(_stream_id, fields)] = r.xrange("messages:live")
-    frame = {"id": body["id"], "channel": "dummy", "received_at": body["received_at"], "payload": {"n": 1}}
+    frame = {
+        "id": body["id"],
+        "channel": "dummy",
+        "received_at": body["received_at"],
+        "payload": {"n": 1},
+        "offset": 1,
+        "position": 1,
+    }
     assert orjson.loads(fields[b"frame"]) == frame and fields[b"channel"] == b"dummy"
+    assert fields[b"position"] == b"1"
 
 
 def test_ids_sort_by_receipt(client: FlaskClient) -> None:
@@ -232,7 +241,8 @@ def test_a_channel_route_queues_and_publishes_the_message_in_its_channel(client:
     many = client.post("/channels/b:2/messages/batch", json=[{"n": 2}, {"n": 3}])
     assert one.status_code == 202 and many.status_code == 202
     assert one.get_json()["channel"] == "orders.eu" and many.get_json()["channel"] == "b:2"
-    assert set(many.get_json()) == {"ids", "received_at", "channel"}
+    assert set(many.get_json()) == {"ids", "received_at", "channel", "offsets"}
+    assert one.get_json()["offset"] == 1 and many.get_json()["offsets"] == [1, 2], "offsets count per channel"
     assert one.headers["Location"] == f"http://lists.example/messages/{one.get_json()['id']}"
     records = [record for task in queued_records(r) for record in task]
     assert [(x["id"], x["channel"]) for x in records] == [

@@ -12,15 +12,15 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from list_api import create_app
-from relay import storage
 from relay.records import make_record
+from tests.listing import accepted
 
 
 def store(app: Flask, count: int, start: int = 0) -> list[str]:
-    batch = [make_record({"n": start + i}, dt.datetime(2026, 11, 29, 8, 0, 0, i)) for i in range(count)]
-    with app.app_context():
-        storage.save_messages(batch)
-    return [r["id"] for r in batch]
+    """Accept ``count`` messages on ``dummy`` through a real producer and store them; their ids."""
+    return accepted.store(
+        app, [make_record({"n": start + i}, dt.datetime(2026, 11, 29, 8, 0, 0, i)) for i in range(count)]
+    )
 
 
 def test_empty_listing(client: FlaskClient) -> None:
@@ -36,7 +36,8 @@ def test_listing_pages_in_persistence_order_with_link_header(app: Flask, client:
     body = first.get_json()
     assert [m["id"] for m in body["data"]] == ids[:2]
     assert body["has_more"] is True
-    assert set(body["data"][0]) == {"id", "channel", "received_at", "persisted_at", "payload"}
+    assert set(body["data"][0]) == {"id", "channel", "offset", "position", "received_at", "persisted_at", "payload"}
+    assert [(m["offset"], m["position"]) for m in body["data"]] == [(1, 1), (2, 2)]
     assert body["data"][0]["payload"] == {"n": 0}
     link = first.headers["Link"]
     assert link.endswith('>; rel="next"')
@@ -149,9 +150,7 @@ def store_in(app: Flask, channel: str, count: int, start: int = 0) -> list[str]:
     batch = [
         make_record({"n": start + i}, dt.datetime(2026, 11, 30, 4, 0, 0, i), channel=channel) for i in range(count)
     ]
-    with app.app_context():
-        storage.save_messages(batch)
-    return [r["id"] for r in batch]
+    return accepted.store(app, batch)
 
 
 def test_a_channel_listing_pages_only_that_channel_with_link_headers(app: Flask, client: FlaskClient) -> None:

@@ -61,7 +61,16 @@ def test_asyncapi_document_says_what_the_server_speaks() -> None:
     assert reset["reason"]["enum"] == ["unknown_or_expired_id", "server_fell_behind"]
     assert set(channel["bindings"]["ws"]["query"]["properties"]) == {"channel", "after", "token"}
     assert {"1013", "4401"} <= set(channel["x-close-codes"])
-    assert "about 500 messages" in channel["bindings"]["ws"]["query"]["properties"]["after"]["description"]
+    assert [kind["type"] for kind in reset["oldest"]["oneOf"]] == ["integer", "null"]
+    after = channel["bindings"]["ws"]["query"]["properties"]["after"]
+    assert (after["type"], after["minimum"]) == ("integer", 0)
+    assert "about 500 messages" in after["description"]
+    message = channel["messages"]["message"]["payload"]
+    assert {"offset", "position"} <= set(message["required"])
+    assert message["properties"]["position"]["type"] == message["properties"]["offset"]["type"] == "integer"
+    example = channel["messages"]["message"]["examples"][0]["payload"]
+    assert jsonschema.Draft7Validator(message).is_valid(example)
+    assert not jsonschema.Draft7Validator(message).is_valid({**example, "position": "4242"})
     assert channel["x-max-client-frame-bytes"] == settings.ws_max_client_frame_bytes
     assert protocol.TOKEN_EXPIRED == 4401
 

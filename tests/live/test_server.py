@@ -1,4 +1,9 @@
-"""The websocket server as a real process, against a real Redis."""
+"""The websocket server as a real process, against a real Redis.
+
+The ``redis_url`` fixture seeds the position counters as a worker would, so
+the first message published in a test is at position 1, and the producers
+here write positions through the real accept script.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import orjson
 import psutil
@@ -21,8 +27,9 @@ from websockets.exceptions import ConnectionClosed
 
 from relay.broker.producer import Producer
 from relay.records import make_record, utc_now
-from tests.helpers import ROOT, Service, free_port
+from tests.helpers import ROOT, Service, free_port, wait_until
 from tests.stack import WsServer
+from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.e2e
 
@@ -46,13 +53,18 @@ async def publish_from_another_process(pub: Producer, count: int, size: int) -> 
     return [r["id"] for r in records]
 
 
-def publish(pub: Producer, count: int, size: int = 0, channel: str = "dummy") -> list[str]:
-    ids = []
+def publish_placed(pub: Producer, count: int, size: int = 0, channel: str = "dummy") -> list[dict]:
+    """Publish ``count`` messages one by one; their records, with the offset and position each was given."""
+    records = []
     for i in range(count):
         record = make_record({"i": i, "pad": "x" * size}, utc_now(), channel=channel)
         pub.enqueue([record], {})
-        ids.append(record["id"])
-    return ids
+        records.append(record)
+    return records
+
+
+def publish(pub: Producer, count: int, size: int = 0, channel: str = "dummy") -> list[str]:
+    return [record["id"] for record in publish_placed(pub, count, size, channel)]
 
 
 async def receive_until_ready(ws: ClientConnection) -> list[dict]:
@@ -66,12 +78,27 @@ async def receive_until_ready(ws: ClientConnection) -> list[dict]:
 
 
 async def receive_ids(ws: ClientConnection, count: int) -> list[str]:
-    ids = []
-    while len(ids) < count:
-        frame = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
-        assert "type" not in frame, frame
-        ids.append(frame["id"])
-    return ids
+    return [frame["id"] for frame in await receive_frames(ws, count)]
+
+
+async def receive_positions(ws: ClientConnection, count: int) -> list[int]:
+    return [frame["position"] for frame in await receive_frames(ws, count)]
+
+
+async def receive_frames(ws: ClientConnection, count: int) -> list[dict]:
+    frames = [orjson.loads(await asyncio.wait_for(ws.recv(), 10)) for _ in range(count)]
+    assert all("type" not in f for f in frames), frames
+    return frames
+
+
+async def nothing_arrives(ws: ClientConnection, seconds: float = 0.5) -> bool:
+    """Tell whether no frame arrives within ``seconds``."""
+    try:
+        frame = await asyncio.wait_for(ws.recv(), seconds)
+    except TimeoutError:
+        return True
+    print("unexpected frame:", frame)
+    return False
 
 
 def test_many_clients_each_receive_every_message_in_order(start_ws, publisher) -> None:
@@ -85,14 +112,15 @@ def test_many_clients_each_receive_every_message_in_order(start_ws, publisher) -
         received = await asyncio.gather(*(receive_ids(ws, 200) for ws in clients))
         assert all(r == ids for r in received)
         frame = orjson.loads(publisher.client.xrange("messages:live", count=1)[0][1][b"frame"])
-        assert set(frame) == {"id", "channel", "received_at", "payload"} and frame["payload"]["i"] == 0
+        assert set(frame) == {"id", "channel", "received_at", "payload", "offset", "position"}
+        assert (frame["payload"]["i"], frame["offset"], frame["position"]) == (0, 1, 1)
         for ws in clients:
             await ws.close()
 
     asyncio.run(scenario())
 
 
-def test_resume_replays_exactly_the_missed_messages_then_goes_live(start_ws, publisher) -> None:
+def test_resume_from_a_position_inside_the_window_replays_exactly_the_rest_then_goes_live(start_ws, publisher) -> None:
     server = start_ws()
 
     async def scenario() -> None:
@@ -100,31 +128,32 @@ def test_resume_replays_exactly_the_missed_messages_then_goes_live(start_ws, pub
             await receive_until_ready(watcher)
             async with connect(server.url) as ws:
                 await receive_until_ready(ws)
-                first = await asyncio.to_thread(publish, publisher, 10)
-                assert await receive_ids(ws, 10) == first
-            missed = await asyncio.to_thread(publish, publisher, 15)
+                first = await asyncio.to_thread(publish_placed, publisher, 10)
+                assert await receive_positions(ws, 10) == [r["position"] for r in first] == list(range(1, 11))
+            missed = await asyncio.to_thread(publish_placed, publisher, 15)
             # A frame reaches live clients only once the server keeps it for replay: when the watcher
             # has every missed message, all of them can be replayed (on a busy machine the server's
             # reader may otherwise still be on its way to the last one, which then comes live).
-            assert await receive_ids(watcher, 25) == first + missed
-        async with connect(f"{server.url}?after={first[-1]}") as ws:
+            assert await receive_ids(watcher, 25) == [r["id"] for r in first + missed]
+        async with connect(f"{server.url}?after={first[-1]['position']}") as ws:
             replay = await receive_until_ready(ws)
-            assert [f["id"] for f in replay] == missed
+            assert [f["id"] for f in replay] == [r["id"] for r in missed]
+            assert [f["position"] for f in replay] == list(range(11, 26))
             later = await asyncio.to_thread(publish, publisher, 5)
             assert await receive_ids(ws, 5) == later
+        async with connect(f"{server.url}?after=20") as ws:  # any position in the window, to the end
+            assert [f["position"] for f in await receive_until_ready(ws)] == list(range(21, 31))
 
     asyncio.run(scenario())
 
 
-def publish_mixed(pub: Producer, pattern: str) -> list[tuple[str, str]]:
-    """Publish one message per letter of ``pattern`` to the channel named by that letter; (channel, id) in order."""
-    return [(channel, publish(pub, 1, channel=channel)[0]) for channel in pattern]
-
-
-async def receive_frames(ws: ClientConnection, count: int) -> list[dict]:
-    frames = [orjson.loads(await asyncio.wait_for(ws.recv(), 10)) for _ in range(count)]
-    assert all("type" not in f for f in frames), frames
-    return frames
+def publish_mixed(pub: Producer, pattern: str) -> list[tuple[str, str, int]]:
+    """Publish one message per letter of ``pattern`` to the channel named by that letter; (channel, id, position)."""
+    return [
+        (channel, record["id"], record["position"])
+        for channel in pattern
+        for record in publish_placed(pub, 1, channel=channel)
+    ]
 
 
 def test_each_client_receives_exactly_its_channels_in_order(start_ws, publisher) -> None:
@@ -137,11 +166,11 @@ def test_each_client_receives_exactly_its_channels_in_order(start_ws, publisher)
             assert await receive_until_ready(ws) == []
         sent = await asyncio.to_thread(publish_mixed, publisher, "abcabcaab" * 5)
         for name, ws in clients.items():
-            wanted = [(c, i) for c, i in sent if name == "all" or c in name]
+            wanted = [(c, i) for c, i, _ in sent if name == "all" or c in name]
             frames = await receive_frames(ws, len(wanted))
             assert [(f["channel"], f["id"]) for f in frames] == wanted, name
         # Nothing else arrives: a last message on channel "a" is the next frame of the "a" client.
-        [(_, last)] = await asyncio.to_thread(publish_mixed, publisher, "a")
+        [(_, last, _)] = await asyncio.to_thread(publish_mixed, publisher, "a")
         assert (await receive_frames(clients["a"], 1))[0]["id"] == last
         assert (await receive_frames(clients["b"], 0)) == []
         for ws in clients.values():
@@ -150,7 +179,9 @@ def test_each_client_receives_exactly_its_channels_in_order(start_ws, publisher)
     asyncio.run(scenario())
 
 
-def test_resume_within_a_selection_replays_only_its_channels_from_an_id_of_any_channel(start_ws, publisher) -> None:
+def test_resume_within_a_selection_replays_only_its_channels_from_a_position_of_any_channel(
+    start_ws, publisher
+) -> None:
     server = start_ws()
 
     async def scenario() -> None:
@@ -158,16 +189,35 @@ def test_resume_within_a_selection_replays_only_its_channels_from_an_id_of_any_c
             await receive_until_ready(watcher)
             sent = await asyncio.to_thread(publish_mixed, publisher, "abcab")
             await receive_frames(watcher, 5)  # every one is in the server's window now
-            async with connect(f"{server.url}?channel=b&channel=c&after={sent[0][1]}") as ws:
+            async with connect(f"{server.url}?channel=b&channel=c&after={sent[0][2]}") as ws:
                 replay = await receive_until_ready(ws)
-                assert [f["id"] for f in replay] == [i for c, i in sent[1:] if c in "bc"]
+                assert [f["id"] for f in replay] == [i for c, i, _ in sent[1:] if c in "bc"]
                 later = await asyncio.to_thread(publish_mixed, publisher, "abca")
                 frames = await receive_frames(ws, 2)
-                assert [f["id"] for f in frames] == [i for c, i in later if c in "bc"]
-            async with connect(f"{server.url}?channel=a&after=01a00000-0000-7000-8000-000000000000") as ws:
-                first = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
-                assert first["type"] == "reset"
-                assert await receive_until_ready(ws) == []
+                assert [f["id"] for f in frames] == [i for c, i, _ in later if c in "bc"]
+
+    asyncio.run(scenario())
+
+
+def test_an_after_that_is_no_position_gets_a_reset_naming_a_position_then_ready(start_ws, publisher) -> None:
+    """A page cached before positions resumes with a message id: it is told to backfill, and goes live."""
+    server = start_ws()
+
+    async def scenario() -> None:
+        async with connect(server.url) as watcher:
+            await receive_until_ready(watcher)
+            sent = await asyncio.to_thread(publish_placed, publisher, 3, channel="a")
+            await receive_frames(watcher, 3)
+        for after in (sent[1]["id"], "01a00000-0000-7000-8000-000000000000", "-1", "1.5"):
+            async with connect(f"{server.url}?channel=a&after={after}") as ws:
+                assert orjson.loads(await asyncio.wait_for(ws.recv(), 10)) == {
+                    "type": "reset",
+                    "reason": "unknown_or_expired_id",
+                    "oldest": 1,  # the position of the oldest message this server can replay
+                }
+                assert orjson.loads(await asyncio.wait_for(ws.recv(), 10)) == {"type": "ready"}
+                live = await asyncio.to_thread(publish_placed, publisher, 1, channel="a")
+                assert await receive_ids(ws, 1) == [live[0]["id"]]
 
     asyncio.run(scenario())
 
@@ -197,11 +247,11 @@ def test_resume_seam_has_no_gap_or_duplicate_under_load(start_ws, publisher) -> 
     async def scenario() -> None:
         async with connect(server.url) as ws:
             await receive_until_ready(ws)
-            head = await asyncio.to_thread(publish, publisher, 3)
-            assert await receive_ids(ws, 3) == head
+            head = await asyncio.to_thread(publish_placed, publisher, 3)
+            assert await receive_ids(ws, 3) == [r["id"] for r in head]
         producer = asyncio.create_task(asyncio.to_thread(publish, publisher, 300))
         await asyncio.sleep(0.05)
-        async with connect(f"{server.url}?after={head[-1]}") as ws:
+        async with connect(f"{server.url}?after={head[-1]['position']}") as ws:
             frames = await receive_until_ready(ws)
             rest = await producer
             seen = [f["id"] for f in frames]
@@ -219,39 +269,139 @@ def test_resume_seam_within_a_selection_has_no_gap_or_duplicate_under_load(start
         async with connect(server.url) as ws:
             await receive_until_ready(ws)
             head = await asyncio.to_thread(publish_mixed, publisher, "abc")
-            assert [f["id"] for f in await receive_frames(ws, 3)] == [i for _, i in head]
+            assert [f["id"] for f in await receive_frames(ws, 3)] == [i for _, i, _ in head]
         producer = asyncio.create_task(asyncio.to_thread(publish_mixed, publisher, "abc" * 100))
         await asyncio.sleep(0.05)
-        async with connect(f"{server.url}?channel=a&channel=c&after={head[-1][1]}") as ws:
+        async with connect(f"{server.url}?channel=a&channel=c&after={head[-1][2]}") as ws:
             frames = await receive_until_ready(ws)
-            wanted = [i for c, i in await producer if c in "ac"]
+            wanted = [i for c, i, _ in await producer if c in "ac"]
             assert all(f["channel"] in "ac" for f in frames)
             seen = [f["id"] for f in frames]
             seen += [f["id"] for f in await receive_frames(ws, len(wanted) - len(seen))]
             assert seen == wanted
             # And nothing more: the next frame is a fresh message on channel a.
-            [_, (_, last)] = await asyncio.to_thread(publish_mixed, publisher, "ba")
+            [_, (_, last, _)] = await asyncio.to_thread(publish_mixed, publisher, "ba")
             assert (await receive_frames(ws, 1))[0]["id"] == last
 
     asyncio.run(scenario())
 
 
-def test_unknown_or_expired_id_gets_a_reset_then_live(start_ws, publisher) -> None:
+def test_a_position_older_than_the_window_gets_a_reset_naming_the_oldest_position_then_live(
+    start_ws, publisher
+) -> None:
     server = start_ws(LIVE_WINDOW="20")
 
     async def scenario() -> None:
         async with connect(server.url) as watcher:
             await receive_until_ready(watcher)
-            old = await asyncio.to_thread(publish, publisher, 50)
-            # Once a live client has all 50, the server's window has moved past the first 30.
-            assert await receive_ids(watcher, 50) == old
-        for after in (old[0], "01a22649-0717-7cb0-a31f-94907ddc217f"):
+            old = await asyncio.to_thread(publish_placed, publisher, 50)
+            # Once a live client has all 50, the server's window holds the last 20: positions 31 to 50.
+            assert await receive_ids(watcher, 50) == [r["id"] for r in old]
+        oldest = old[-20]["position"]
+        for after in (old[0]["position"], oldest - 2):  # oldest - 1 may have been trimmed: not covered
             async with connect(f"{server.url}?after={after}") as ws:
-                frames = await receive_until_ready(ws)
-                assert [f["type"] for f in frames] == ["reset"]
-                assert frames[0]["oldest"] in old[-20:]
+                assert await receive_until_ready(ws) == [
+                    {"type": "reset", "reason": "unknown_or_expired_id", "oldest": oldest}
+                ]
                 live = await asyncio.to_thread(publish, publisher, 2)
                 assert await receive_ids(ws, 2) == live
+            oldest += 2  # the window moved on with them
+        async with connect(f"{server.url}?after={oldest - 1}") as ws:  # the window starts right after it
+            replay = await receive_until_ready(ws)
+            assert [f["position"] for f in replay] == list(range(oldest, oldest + 20))
+
+    asyncio.run(scenario())
+
+
+def test_a_client_ahead_of_a_lagging_server_gets_no_replay_and_no_duplicate(
+    start_ws, publisher, redis_url: str
+) -> None:
+    """The client listed positions the server has not read yet (its Redis connection is down meanwhile).
+
+    Nothing is replayed, and the frames at or below the client's position,
+    which the server reads once Redis is back, are skipped for it: it gets
+    each message once. A client behind gets its replay as usual.
+    """
+    redis_at = urlsplit(redis_url)
+    proxy = TcpProxy(redis_at.hostname or "127.0.0.1", redis_at.port or 6379).start()
+    server = start_ws(REDIS_URL=f"redis://127.0.0.1:{proxy.port}/0")
+
+    async def scenario() -> None:
+        async with connect(server.url) as watcher:
+            await receive_until_ready(watcher)
+            await asyncio.to_thread(publish_placed, publisher, 3)
+            assert await receive_positions(watcher, 3) == [1, 2, 3]  # the server has read up to 3
+            proxy.cut()
+            unread = await asyncio.to_thread(publish_placed, publisher, 5)  # 4..8, which the server cannot read
+            assert [r["position"] for r in unread] == [4, 5, 6, 7, 8]
+            async with connect(f"{server.url}?after=6") as ahead, connect(f"{server.url}?after=2") as behind:
+                assert await receive_until_ready(ahead) == []
+                assert [f["position"] for f in await receive_until_ready(behind)] == [3]
+                proxy.restore()
+                assert await receive_positions(watcher, 5) == [4, 5, 6, 7, 8]
+                await asyncio.to_thread(publish_placed, publisher, 2)
+                assert await receive_positions(ahead, 4) == [7, 8, 9, 10]
+                assert await receive_positions(behind, 7) == [4, 5, 6, 7, 8, 9, 10]
+                assert await nothing_arrives(ahead)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        proxy.stop()
+
+
+def test_a_resume_asked_before_the_server_has_read_the_stream_waits_for_that_read(
+    start_ws, publisher, redis_url: str, log_dir: Path
+) -> None:
+    """Redis is out of reach as the server starts: a resume gets nothing until the window is primed, then its replay.
+
+    A client without ``after`` is live at once, and the primed window is not
+    sent to it as if it were new.
+    """
+    before = publish_placed(publisher, 5)
+    redis_at = urlsplit(redis_url)
+    proxy = TcpProxy(redis_at.hostname or "127.0.0.1", redis_at.port or 6379).start()
+    proxy.cut()
+    server = WsServer(f"redis://127.0.0.1:{proxy.port}/0", log_dir)
+    Service.start(server)
+    healthz = f"http://127.0.0.1:{server.port}/healthz"
+    try:
+        wait_until(lambda: requests.get(healthz, timeout=3).status_code == 503, what="the server up, Redis not")
+
+        async def scenario() -> None:
+            async with connect(f"{server.url}?after=2") as resuming, connect(server.url) as fresh:
+                assert orjson.loads(await asyncio.wait_for(fresh.recv(), 10)) == {"type": "ready"}
+                assert await nothing_arrives(resuming, 1.0), "answered before the server could know"
+                proxy.restore()
+                assert [f["position"] for f in await receive_until_ready(resuming)] == [3, 4, 5]
+                later = await asyncio.to_thread(publish_placed, publisher, 1)
+                assert await receive_positions(fresh, 1) == [later[0]["position"]] == [6]
+                assert await receive_positions(resuming, 1) == [6]
+
+        asyncio.run(scenario())
+    finally:
+        server.stop()
+        proxy.stop()
+    assert [r["position"] for r in before] == [1, 2, 3, 4, 5]
+
+
+def test_entries_of_the_previous_release_are_delivered_and_replayed_but_never_resumed_from(start_ws, publisher) -> None:
+    """A rolling upgrade: an ingestion process of the previous release writes entries without a position."""
+    server = start_ws()
+    unplaced = orjson.dumps({"id": "01a00000-0000-7000-8000-00000000000a", "channel": "dummy", "payload": {}})
+
+    async def scenario() -> None:
+        async with connect(server.url) as ws:
+            await receive_until_ready(ws)
+            await asyncio.to_thread(publish_placed, publisher, 2)
+            publisher.client.xadd("messages:live", {"id": "01a00000-0000-7000-8000-00000000000a", "frame": unplaced})
+            await asyncio.to_thread(publish_placed, publisher, 1)
+            frames = await receive_frames(ws, 4)
+            assert [f.get("position") for f in frames] == [1, 2, None, 3]
+        async with connect(f"{server.url}?after=1") as ws:
+            assert [f.get("position") for f in await receive_until_ready(ws)] == [2, None, 3]
+        async with connect(f"{server.url}?after=2") as ws:
+            assert [f.get("position") for f in await receive_until_ready(ws)] == [None, 3]
 
     asyncio.run(scenario())
 
@@ -403,16 +553,16 @@ def test_the_websocket_server_imports_no_flask_or_sqlalchemy() -> None:
 
 def tally(sent: list[str], frames: list[dict]) -> tuple[int, int, int]:
     """(messages received, missed with a reset naming the next one, missed silently); in order, none twice."""
-    position = {message_id: i for i, message_id in enumerate(sent)}
+    index = {message_id: i for i, message_id in enumerate(sent)}
     expected = received = announced = silent = 0
     reset_oldest = None
     for frame in frames:
         if frame.get("type") == "reset":
             reset_oldest = frame["oldest"]
             continue
-        i = position[frame["id"]]
+        i = index[frame["id"]]
         assert i >= expected, f"{frame['id']} out of order or twice"
-        if frame["id"] == reset_oldest:
+        if frame["position"] == reset_oldest:
             announced += i - expected
         else:
             silent += i - expected
@@ -440,16 +590,17 @@ def test_a_server_stalled_past_the_stream_cap_sends_reset_instead_of_a_silent_ga
         async with connect(server.url) as ws, connect(f"{server.url}?channel=other") as other:
             await receive_until_ready(ws)
             await receive_until_ready(other)
-            before = await asyncio.to_thread(publish, capped, 10)
-            assert await receive_ids(ws, 10) == before
+            before = await asyncio.to_thread(publish_placed, capped, 10)
+            assert await receive_ids(ws, 10) == [r["id"] for r in before]
             server.signal(signal.SIGSTOP)
             try:
-                during = await asyncio.to_thread(publish, capped, 1000)
+                during = await asyncio.to_thread(publish_placed, capped, 1000)
             finally:
                 server.signal(signal.SIGCONT)
-            after = await asyncio.to_thread(publish, capped, 10)
-            sent = before + during + after
-            frames = await receive_through(ws, after[-1])
+            after = await asyncio.to_thread(publish_placed, capped, 10)
+            records = before + during + after
+            sent = [r["id"] for r in records]
+            frames = await receive_through(ws, sent[-1])
             resets = [f for f in frames if f.get("type") == "reset"]
             received, announced, silent = tally(sent, frames)
             print(
@@ -457,15 +608,17 @@ def test_a_server_stalled_past_the_stream_cap_sends_reset_instead_of_a_silent_ga
                 f"missed_with_reset={announced} missed_silently={silent} resets={len(resets)}"
             )
             assert silent == 0 and received + announced == len(sent)
-            assert [(f["reason"], f["oldest"] in during) for f in resets] == [("server_fell_behind", True)]
+            during_positions = {r["position"] for r in during}
+            assert [(f["reason"], f["oldest"] in during_positions) for f in resets] == [("server_fell_behind", True)]
             # A client of another channel may have missed messages of its own: it is told too.
             assert orjson.loads(await asyncio.wait_for(other.recv(), 10)) == resets[0]
         # Resuming from before the gap would cross it: reset; from after it, an exact replay.
-        async with connect(f"{server.url}?after={before[-1]}") as ws:
+        async with connect(f"{server.url}?after={before[-1]['position']}") as ws:
             assert [f["reason"] for f in await receive_until_ready(ws)] == ["unknown_or_expired_id"]
-        async with connect(f"{server.url}?after={resets[0]['oldest']}") as ws:
+        oldest = resets[0]["oldest"]
+        async with connect(f"{server.url}?after={oldest}") as ws:
             replay = await receive_until_ready(ws)
-            assert [f["id"] for f in replay] == sent[sent.index(resets[0]["oldest"]) + 1 :]
+            assert [f["position"] for f in replay] == [r["position"] for r in records if r["position"] > oldest]
 
     asyncio.run(scenario())
     assert "trimmed before this server read them" in server.log()

@@ -161,13 +161,13 @@ def test_rs256_tokens_are_accepted_with_the_public_key_and_hs256_confusion_is_re
     asyncio.run(scenario())
 
 
-async def until_closed(ws: ClientConnection, received: list[str]) -> ConnectionClosed:
-    """Collect message ids until the server closes the connection; return how it closed."""
+async def until_closed(ws: ClientConnection, received: list[dict]) -> ConnectionClosed:
+    """Collect message frames until the server closes the connection; return how it closed."""
     try:
         while True:
             frame = orjson.loads(await asyncio.wait_for(ws.recv(), 15))
             if "type" not in frame:
-                received.append(frame["id"])
+                received.append(frame)
     except ConnectionClosed as closed:
         return closed
 
@@ -189,7 +189,7 @@ def test_an_expired_token_closes_the_socket_with_4401_and_a_fresh_one_resumes_wi
     async def scenario() -> None:
         short = hs256({"orders.*": ["subscribe"]}, ttl=3)
         expires_at = jwt.decode(short, options={"verify_signature": False})["exp"]
-        first: list[str] = []
+        first: list[dict] = []
         async with connect(f"{server.url}?channel=orders.1&token={short}") as ws:
             await receive_until_ready(ws)
             closed = await until_closed(ws, first)
@@ -199,7 +199,8 @@ def test_an_expired_token_closes_the_socket_with_4401_and_a_fresh_one_resumes_wi
         await asyncio.sleep(0.3)  # a few messages are published while no socket is open
         fresh = hs256({"orders.*": ["subscribe"]})
         second: list[str] = []
-        async with connect(f"{server.url}?channel=orders.1&after={first[-1]}&token={fresh}") as ws:
+        # Resume from the last position received (of channel orders.1; chat's positions are between them).
+        async with connect(f"{server.url}?channel=orders.1&after={first[-1]['position']}&token={fresh}") as ws:
             second += [f["id"] for f in await receive_until_ready(ws)]
             assert second, "the messages published meanwhile were replayed"
             await asyncio.sleep(0.3)
@@ -208,7 +209,8 @@ def test_an_expired_token_closes_the_socket_with_4401_and_a_fresh_one_resumes_wi
             while not second or second[-1] != published[-1]:
                 second += [f["id"] for f in await receive_frames(ws, 1)]
         # From the first message the first socket got (what was published before it joined is not its to get).
-        assert first + second == published[published.index(first[0]) :], "no loss or repeat across the expiry"
+        ids = [frame["id"] for frame in first]
+        assert ids + second == published[published.index(ids[0]) :], "no loss or repeat across the expiry"
 
     publisher_thread = threading.Thread(target=keep_publishing)
     publisher_thread.start()

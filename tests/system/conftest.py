@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import redis
 
+from relay.broker.positions import Positions
 from tests.helpers import RedisServer, clear_database
 from tests.stack import Stack, running_stack
 
@@ -24,13 +25,17 @@ def start_stack(
 ) -> Iterator[Callable[..., Stack]]:
     """Start the stack for a whole module on the session's SQLite file and Redis, both emptied first.
 
+    The position counters are seeded for the empty database, as the redis_url fixture does.
+
     Takes :func:`tests.stack.running_stack`'s options; the processes stop when the module ends.
     """
     with contextlib.ExitStack() as started:
 
         def start(**options: Any) -> Stack:
-            redis.Redis.from_url(redis_server.url).flushdb()
+            client = redis.Redis.from_url(redis_server.url)
+            client.flushdb()
             clear_database(sqlite_url)
+            Positions(client, "persist").seed(0, {})  # as a worker seeds them: some modules run none
             logs = tmp_path_factory.mktemp("logs")
             return started.enter_context(running_stack(sqlite_url, redis_server.url, logs, **options))
 

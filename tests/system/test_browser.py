@@ -66,11 +66,16 @@ def wait_shown(page, expected: set[str]) -> None:
     wait_until(lambda: set(shown_ids(page)) >= expected, timeout=20, what=f"{len(expected)} messages on the page")
 
 
+def shown_positions(page) -> list[int]:
+    return page.eval_on_selector_all("li.message", "items => items.map(i => Number(i.dataset.position))")
+
+
 def assert_exactly(page, expected: set[str]) -> None:
     ids = shown_ids(page)
     assert len(ids) == len(set(ids)), "the page shows a message twice"
     assert set(ids) == expected, f"missing {expected - set(ids)}, unexpected {set(ids) - expected}"
-    assert ids == sorted(ids, reverse=True), "the page is not newest first"
+    positions = shown_positions(page)
+    assert positions == sorted(positions, reverse=True), "the page is not newest first (in accept order)"
 
 
 def test_page_shows_history_then_live_messages_and_survives_a_wsserver_restart(new_page, stack: Stack) -> None:
@@ -97,7 +102,9 @@ def test_page_shows_history_then_live_messages_and_survives_a_wsserver_restart(n
 
     # The connection panel tells where the page is connected, where it would resume, and what happened.
     assert page.text_content("#server") == f"{stack.ws_url}/"
-    assert page.text_content("#last-id") == in_order[-1]
+    wait_until(lambda: in_order[-1] in {m["id"] for m in stack.listed()}, what="the last message stored")
+    last = next(m for m in stack.listed() if m["id"] == in_order[-1])
+    assert page.text_content("#position") == str(last["position"])
     assert int(page.text_content("#reconnects")) >= 1
     assert re.search(r"the server is going away \(1001|could not connect", page.text_content("#last-drop"))
 
@@ -305,17 +312,15 @@ def test_load_older_reaches_the_first_message(new_page, stack: Stack) -> None:
     page = new_page()
     page.goto(f"{stack.list_url}/?page=7")
     page.wait_for_selector("#state[data-state=live]")
-    # Pages follow the order of storage. Each API process sends its records after the send linger, so
-    # that order differs from receipt order, and the socket's replay (from ~100 messages back) may show
-    # a few more than the first page: each page walked must be there, not exactly it.
+    # Pages are in position order, each one the 7 just below the bottom row (the newest 7 first).
     stored = [message["id"] for message in stack.listed()]
-    wait_until(lambda: set(shown_ids(page)) >= set(stored[-7:]), what="the newest page")
+    wait_until(lambda: set(shown_ids(page)) == set(stored[-7:]), what="the newest page")
     clicks = 0
     while page.is_visible("#older"):
         page.click("#older")
         clicks += 1
         walked = set(stored[-7 * (clicks + 1) :])
-        wait_until(lambda walked=walked: set(shown_ids(page)) >= walked, what=f"older page {clicks}")
+        wait_until(lambda walked=walked: set(shown_ids(page)) == walked, what=f"older page {clicks}")
         assert clicks < 10, "load older never reached the first message"
     assert page.text_content("#older-status") == "Reached the first message."
     assert clicks == 4
@@ -392,6 +397,7 @@ def test_rows_expand_to_pretty_json_and_copy_their_id(new_page, stack: Stack) ->
     wait_shown(page, {message})
     row = page.locator(f'li.message[data-id="{message}"]')
     assert row.locator("button.preview").text_content() == '{"order": 7, "items": [{"sku": "x-1", "qty": 2}]}'
+    assert row.locator(".offset").text_content() == "#1"  # the first message of its channel
     assert not row.locator("pre").is_visible()
     row.locator("button.preview").click()
     assert row.locator("pre").is_visible()

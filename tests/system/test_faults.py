@@ -34,6 +34,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from relay.broker.contract import make_celery
+from relay.broker.positions import Positions
 from relay.settings import load_settings
 from tests.helpers import (
     POISON_TRIGGER,
@@ -359,6 +360,7 @@ def redis_crash(
     clear_database(sqlite_url)
     directory = tmp_path / f"redis-{appendfsync}"
     server = RedisServer(directory, appendfsync=appendfsync).start()
+    Positions(redis.Redis.from_url(server.url), "persist").seed(0, {})  # the worker may start only later
     outage = Outage()
     try:
         with running_stack(sqlite_url, server.url, log_dir, env=QUICK_REDELIVERY, with_worker=consuming) as stack:

@@ -33,8 +33,16 @@ def stack(start_stack: Callable[..., Stack]) -> Stack:
 
 @pytest.fixture(autouse=True)
 def fresh_budget(stack: Stack) -> None:
-    """Each test starts with the client's whole rate-limit budget (the counters live in Redis)."""
-    redis.Redis.from_url(stack.env["REDIS_URL"]).flushdb()
+    """Each test starts with the client's whole rate-limit budget (the counters live in Redis).
+
+    The position counters survive the flush, as they would any operator's cleaning of rate-limit keys:
+    without them the API refuses everything until a worker notices and seeds them again.
+    """
+    client = redis.Redis.from_url(stack.env["REDIS_URL"])
+    counters = client.hgetall("persist:positions")
+    client.flushdb()
+    if counters:
+        client.hset("persist:positions", mapping=counters)
 
 
 def big(size: int) -> bytes:

@@ -2,7 +2,8 @@
 
 Each follows a steady stream of messages while a TCP proxy in front of the
 websocket server cuts every connection mid-stream (and refuses new ones for a
-moment): afterwards each has every message, history included, exactly once.
+moment): afterwards each has every message, history included, exactly once,
+in position order (the one number both clients resume from).
 """
 
 from __future__ import annotations
@@ -42,12 +43,22 @@ def proxy(stack: Stack) -> Iterator[TcpProxy]:
     started.stop()
 
 
-def publish_with_a_cut(stack: Stack, proxy: TcpProxy, published: list[str]) -> threading.Thread:
-    """Publish ``STREAM`` messages in a thread; after ``CUT_AT``, drop every live connection for 1 s."""
+def post(stack: Stack, channel: str, payload: dict) -> str:
+    """Publish to ``channel``; the message's id."""
+    response = requests.post(f"{stack.ingest_url}/channels/{channel}/messages", json=payload, timeout=5)
+    assert response.status_code == 202, response.text
+    return response.json()["id"]
+
+
+def publish_with_a_cut(
+    stack: Stack, proxy: TcpProxy, published: list[str], channels: tuple[str, ...] = ("dummy",)
+) -> threading.Thread:
+    """Publish ``STREAM`` messages in a thread, to ``channels`` in turn, their ids to ``published``; after
+    ``CUT_AT``, drop every live connection for 1 s."""
 
     def run() -> None:
         for n in range(STREAM):
-            published.append(stack.post({"n": n, "kind": "stream"}))
+            published.append(post(stack, channels[n % len(channels)], {"n": n, "kind": "stream"}))
             if n == CUT_AT:
                 proxy.cut()
                 threading.Timer(1.0, proxy.restore).start()
@@ -75,10 +86,12 @@ def test_relay_client_js_is_served_by_the_list_api_as_a_module(stack: Stack) -> 
 BROWSER_FOLLOW = """async ([api, ws]) => {
   const { RelayClient } = await import("/relay-client.js");
   window.got = [];
+  window.positions = [];
   window.states = [];
   const client = new RelayClient({ api, ws, minDelay: 100, maxDelay: 500 });
-  client.addEventListener("history", (e) => window.got.push(...e.detail.messages.map((m) => m.id)));
-  client.addEventListener("message", (e) => window.got.push(e.detail.message.id));
+  const got = (m) => { window.got.push(m.id); window.positions.push(m.position); };
+  client.addEventListener("history", (e) => e.detail.messages.forEach(got));
+  client.addEventListener("message", (e) => got(e.detail.message));
   client.addEventListener("state", (e) => window.states.push(e.detail.state));
   client.start();
   window.client = client;
@@ -101,27 +114,32 @@ def test_browser_client_loses_and_repeats_nothing_across_a_forced_disconnect(
     expected = set(before) | set(published)
     wait_until(lambda: set(page.evaluate("window.got")) >= expected, timeout=30, what="every message in the page")
     time.sleep(1)  # room for a late duplicate to show
-    got, states = page.evaluate("[window.got, window.states]")
+    got, positions, states = page.evaluate("[window.got, window.positions, window.states]")
+    resumed_from = page.evaluate("window.client.position")
     page.evaluate("window.client.close()")
     page.close()
     assert not errors
     assert len(got) == len(set(got)), "a message was handed out twice"
     assert set(got) >= expected
+    assert positions == sorted(set(positions)), "not in position order"
+    assert resumed_from == positions[-1]
     assert "disconnected" in states and states[-1] == "live", states
     assert proxy.accepted >= 2, "the cut did not force a reconnect"
 
 
-async def collect(api: str, ws: str, expected: Callable[[], set[str]], done: threading.Event) -> list[str]:
+async def collect(
+    api: str, ws: str, expected: Callable[[], set[str]], done: threading.Event, channels: list[str] | None = None
+) -> list[dict]:
     """Follow until every expected id came (and the publisher finished), then 1 s more for duplicates."""
-    got: list[str] = []
+    got: list[dict] = []
 
     async def consume() -> None:
-        async for message in follow(api, ws, min_delay=0.1, max_delay=0.5):
-            got.append(message["id"])
+        async for message in follow(api, ws, channels=channels or [], min_delay=0.1, max_delay=0.5):
+            got.append(message)
 
     task = asyncio.create_task(consume())
     deadline = time.monotonic() + 60
-    while not (done.is_set() and set(got) >= expected()) and time.monotonic() < deadline and not task.done():
+    while not (done.is_set() and ids(got) >= expected()) and time.monotonic() < deadline and not task.done():
         await asyncio.sleep(0.05)
     await asyncio.sleep(1)
     task.cancel()
@@ -130,24 +148,50 @@ async def collect(api: str, ws: str, expected: Callable[[], set[str]], done: thr
     return got
 
 
-def test_python_client_loses_and_repeats_nothing_across_a_forced_disconnect(stack: Stack, proxy: TcpProxy) -> None:
-    before = history(stack, 5)
+def ids(messages: list[dict]) -> set[str]:
+    return {message["id"] for message in messages}
+
+
+def assert_each_once_in_order(got: list[dict], expected: set[str], earlier: set[str] = frozenset()) -> None:
+    """Every expected message once, in position order, and nothing else but ``earlier`` history."""
+    assert len(got) == len(ids(got)), "a message was yielded twice"
+    assert ids(got) >= expected, f"missing {expected - ids(got)}"
+    assert ids(got) - expected <= earlier, f"unexpected {ids(got) - expected - earlier}"
+    positions = [message["position"] for message in got]
+    assert positions == sorted(positions), "not in position order"
+
+
+@pytest.mark.parametrize(
+    "channels", [(), ("a",), ("a", "b")], ids=["every channel", "one channel", "two channels of three"]
+)
+def test_python_client_loses_and_repeats_nothing_across_a_forced_disconnect(
+    stack: Stack, proxy: TcpProxy, channels: tuple[str, ...]
+) -> None:
+    earlier = {m["id"] for m in stack.listed()}  # the other tests' history, of these channels too
+    publishing = (*channels, "c") if channels else ("dummy",)  # c: published too, never followed
+    followed = set(channels or publishing)
+    posted = [(channel, post(stack, channel, {"n": n, "kind": "history"})) for n, channel in enumerate(publishing * 2)]
+    wait_until(lambda: {m["id"] for m in stack.listed()} >= {i for _, i in posted}, what="history stored")
+    before = {i for channel, i in posted if channel in followed}
     published: list[str] = []
     done = threading.Event()
 
     def publish_later() -> None:
         time.sleep(1.0)  # the client has listed and connected by then
-        publish_with_a_cut(stack, proxy, published).join(timeout=60)
+        publish_with_a_cut(stack, proxy, published, publishing).join(timeout=60)
         done.set()
+
+    def expected() -> set[str]:  # the n-th message published went to publishing[n % len(publishing)]
+        return before | {i for n, i in enumerate(published) if publishing[n % len(publishing)] in followed}
 
     threading.Thread(target=publish_later, daemon=True).start()
     ws = f"ws://127.0.0.1:{proxy.port}"
     # A loop of its own in a thread: Playwright's sync API keeps one set in this thread for the module.
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        got = pool.submit(asyncio.run, collect(stack.list_url, ws, lambda: set(before) | set(published), done)).result()
+        got = pool.submit(asyncio.run, collect(stack.list_url, ws, expected, done, list(channels))).result()
     assert len(published) == STREAM
-    assert len(got) == len(set(got)), "a message was yielded twice"
-    assert set(got) >= set(before) | set(published)
+    assert all(message["channel"] in followed for message in got if channels)
+    assert_each_once_in_order(got, expected(), earlier)
     assert proxy.accepted >= 2, "the cut did not force a reconnect"
 
 
@@ -174,5 +218,5 @@ def test_python_client_backfills_after_a_reset(stack: Stack) -> None:
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         got = pool.submit(asyncio.run, collect(stack.list_url, stack.ws_url, lambda: set(published), done)).result()
     assert len(published) == 8
-    assert len(got) == len(set(got)), "a message was yielded twice"
-    assert set(got) >= set(published)
+    assert_each_once_in_order(got, ids(got) | set(published))  # (with the other tests' history before)
+    assert ids(got) >= set(published)

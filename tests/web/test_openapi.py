@@ -9,9 +9,11 @@ so a status cannot be documented without being seen.
 
 Rows with ``env="tokens"`` set ``API_TOKENS``, ``env="signed"`` set
 ``JWT_SECRET`` (signed tokens with channel capabilities), ``env="guessing"`` that and a
-low ``AUTH_FAILURE_LIMIT``, ``env="limited"`` set ``RATE_LIMIT``, and
+low ``AUTH_FAILURE_LIMIT``, ``env="limited"`` set ``RATE_LIMIT``,
 ``env="down"`` point the app at a Redis port nobody listens on, or a
-database that cannot be opened.
+database that cannot be opened, ``env="redis_down"`` point the list API
+(its database up) at a Redis port nobody listens on, and ``env="unseeded"``
+remove the position counters no worker has seeded yet.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 import jwt
 import orjson
 import pytest
+import redis
 from flask import Flask
 from openapi_core import Config, OpenAPI
 from openapi_core.contrib.werkzeug import WerkzeugOpenAPIRequest, WerkzeugOpenAPIResponse
@@ -36,12 +39,13 @@ from sqlalchemy.engine import make_url
 from werkzeug.test import EnvironBuilder, TestResponse
 
 import list_api
-from relay import storage
 from relay.listing import app as listing
+from relay.listing.cursor import CursorCodec
 from relay.records import make_record
 from relay.settings import load_settings
 from tests.helpers import ROOT, SERVICES, free_port, in_process_ingestion_app
 from tests.helpers import openapi_document as spec
+from tests.listing import accepted
 
 TOKEN = "openapi-test-token"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -60,7 +64,9 @@ EXPIRED = signed({"*": ["publish", "history"]}, ttl=-60)
 JSON = "application/json"
 UNKNOWN_ID = "019ace2e-0000-7000-8000-000000000000"
 STORED = "{stored}"  # replaced by the id of a stored message
+PENDING = "{pending}"  # replaced by the id of a message accepted and not stored yet
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+CURSOR = CursorCodec("test-secret").encode(1)  # one the list apps (SECRET_KEY "test-secret") issue
 
 
 @dataclass(frozen=True)
@@ -71,7 +77,7 @@ class Row:
     path: str
     status: int
     code: str | None = None  # the ``error`` of an error answer
-    env: str = "normal"  # "normal", "tokens", "signed", "guessing", "limited" or "down"
+    env: str = "normal"  # "normal", "tokens", "signed", "guessing", "limited", "down", "redis_down" or "unseeded"
     times: int = 1  # send it this many times; the last answer is checked
     kwargs: dict[str, Any] = field(default_factory=dict)  # for the test client's ``open``
     headers_present: tuple[str, ...] = ()
@@ -130,6 +136,15 @@ INGESTION_CASES = [
     Row("POST", "/dummy", 202, env="limited", kwargs=body(b"{}"), headers_present=("RateLimit-Policy", "RateLimit")),
     Row("POST", "/dummy", 429, "too_many_requests", env="guessing", times=3, headers_present=("Retry-After",)),
     Row("POST", "/dummy", 503, "queue_unavailable", env="down", kwargs=body(b"{}"), headers_present=("Retry-After",)),
+    Row(
+        "POST",
+        "/dummy",
+        503,
+        "positions_unseeded",
+        env="unseeded",
+        kwargs=body(b"{}"),
+        headers_present=("Retry-After",),
+    ),
     Row("POST", "/dummy/batch", 202, kwargs=body(b'[{"n": 1}, {"n": 2}]')),
     Row(
         "POST",
@@ -171,6 +186,7 @@ INGESTION_CASES = [
     Row("POST", "/dummy/batch", 403, "forbidden", env="signed", kwargs=body(b"[{}]", **PUBLISH_ELSEWHERE)),
     Row("POST", "/dummy/batch", 429, "too_many_requests", env="limited", times=3, kwargs=body(b"[{}]")),
     Row("POST", "/dummy/batch", 503, "queue_unavailable", env="down", kwargs=body(b"[{}]")),
+    Row("POST", "/dummy/batch", 503, "positions_unseeded", env="unseeded", kwargs=body(b"[{}]")),
     Row("GET", "/healthz", 200),
     Row("GET", "/healthz", 503, "redis_unavailable", env="down", headers_present=("Retry-After",)),
     Row("GET", "/openapi.json", 200),
@@ -207,8 +223,15 @@ LIST_CASES = [
     Row("GET", "/messages", 403, "forbidden", env="signed", kwargs={"headers": signed({"dummy": ["history"]})}),
     Row("GET", "/messages", 429, "too_many_requests", env="guessing", times=3, headers_present=("Retry-After",)),
     Row("GET", "/messages", 503, "database_unavailable", env="down", headers_present=("Retry-After",)),
+    Row("GET", "/messages", 503, "redis_unavailable", env="redis_down", headers_present=("Retry-After",)),
+    Row("GET", "/messages", 200, kwargs={"query_string": "after=2&limit=2"}, headers_present=("Link",)),
+    Row("GET", "/messages", 200, kwargs={"query_string": "after=4&order=desc"}),
+    Row("GET", "/messages", 400, "bad_after", kwargs={"query_string": "after=-1"}),
+    Row("GET", "/messages", 400, "bad_after", kwargs={"query_string": f"after=1&cursor={CURSOR}"}),
     Row("GET", f"/messages/{STORED}", 200, headers_present=("Cache-Control", "ETag")),
     Row("GET", f"/messages/{STORED}", 304, kwargs={"headers": {"If-None-Match": "*"}}),
+    Row("GET", f"/messages/{PENDING}", 200, headers_present=("Cache-Control",)),
+    Row("GET", f"/messages/{STORED}", 200, env="redis_down"),
     Row("GET", f"/messages/{UNKNOWN_ID}", 404, "not_found"),
     Row("GET", "/messages/not-an-id", 404, "not_found"),
     Row("GET", f"/messages/{STORED}", 401, "unauthorized", env="tokens"),
@@ -219,6 +242,7 @@ LIST_CASES = [
     Row("GET", f"/messages/{STORED}", 401, "token_expired", env="signed", kwargs={"headers": EXPIRED}),
     Row("GET", f"/messages/{STORED}", 429, "too_many_requests", env="guessing", times=3),
     Row("GET", f"/messages/{UNKNOWN_ID}", 503, "database_unavailable", env="down"),
+    Row("GET", f"/messages/{UNKNOWN_ID}", 503, "redis_unavailable", env="redis_down", headers_present=("Retry-After",)),
     Row("GET", "/healthz", 200),
     Row("GET", "/healthz", 503, "database_unavailable", env="down", headers_present=("Retry-After",)),
     Row("GET", "/", 200),
@@ -253,6 +277,10 @@ LIST_CASES = [
     Row("GET", f"/channels/{CHANNEL}/messages", 401, "token_expired", env="signed", kwargs={"headers": EXPIRED}),
     Row("GET", f"/channels/{CHANNEL}/messages", 429, "too_many_requests", env="guessing", times=3),
     Row("GET", f"/channels/{CHANNEL}/messages", 503, "database_unavailable", env="down"),
+    Row("GET", f"/channels/{CHANNEL}/messages", 503, "redis_unavailable", env="redis_down"),
+    Row("GET", f"/channels/{CHANNEL}/messages", 200, kwargs={"query_string": "after=1&order=desc"}),
+    Row("GET", f"/channels/{CHANNEL}/messages", 400, "bad_after", kwargs={"query_string": "after=1.5"}),
+    Row("GET", "/channels", 200, env="redis_down"),  # counts come from the database alone
 ]
 
 
@@ -318,6 +346,8 @@ def configure(monkeypatch: pytest.MonkeyPatch, env: str) -> None:
 
 def ingestion_app(redis_url: str, env: str = "normal") -> Flask:
     url = f"redis://127.0.0.1:{free_port()}/0" if env == "down" else redis_url
+    if env == "unseeded":
+        redis.Redis.from_url(redis_url).delete("persist:positions")
     config = {"redis_url": url, "list_api_url": "http://lists.example", "max_message_bytes": 4096}
     return in_process_ingestion_app(**{**config, "max_batch_bytes": 8192})
 
@@ -332,12 +362,14 @@ def unreachable(database_url: str, tmp_path: Path) -> str:
 
 @pytest.fixture
 def list_app_factory(make_list_app: Callable[..., Flask], database_url: str, tmp_path: Path) -> Callable[..., Flask]:
-    """Make list apps on the clean database (or, for "down", on one that cannot be opened)."""
+    """Make list apps on the clean database (or, for "down", on one that cannot be opened; "redis_down", no Redis)."""
 
     def make(env: str = "normal") -> Flask:
-        return make_list_app(
-            **({"sqlalchemy_database_uri": unreachable(database_url, tmp_path)} if env == "down" else {})
-        )
+        if env == "down":
+            return make_list_app(sqlalchemy_database_uri=unreachable(database_url, tmp_path))
+        if env == "redis_down":
+            return make_list_app(redis_url=f"redis://127.0.0.1:{free_port()}/0")
+        return make_list_app()
 
     return make
 
@@ -348,9 +380,7 @@ def store(app: Flask, count: int) -> list[str]:
         make_record({"n": i}, dt.datetime(2026, 11, 29, 8, 0, 0, i), channel=("dummy", CHANNEL)[i % 2])
         for i in range(count)
     ]
-    with app.app_context():
-        storage.save_messages(records)
-    return [r["id"] for r in records]
+    return accepted.store(app, records)
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -458,8 +488,10 @@ def test_list_api_answers_as_documented(row: Row, list_app_factory: Any, monkeyp
     app = list_app_factory(row.env)
     path = row.path
     if row.env != "down":
-        [first, *_] = store(app, 5)
-        path = path.replace(STORED, first)
+        writer = list_app_factory() if row.env == "redis_down" else app  # one whose Redis answers
+        [first, *_] = store(writer, 5)
+        [pending] = accepted.accept(writer, [make_record({"n": 5}, dt.datetime(2026, 11, 29, 8, 0, 1))])
+        path = path.replace(STORED, first).replace(PENDING, pending)
     Conformance(app).check(row, path)
 
 

@@ -31,9 +31,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from flask import Flask
 from flask.testing import FlaskClient
 
-from relay import storage
 from relay.records import make_record
 from tests.helpers import free_port, gunicorn, in_process_ingestion_app, python_env, wait_http_ok
+from tests.listing import accepted
 
 SECRET = "signed-tokens-test-secret-of-32-bytes!"
 CHANNEL = "orders.42"
@@ -216,8 +216,7 @@ def reader(make_list_app: Callable[..., Flask], signer: Signer) -> Iterator[tupl
         make_record({"n": i}, dt.datetime(2026, 11, 29, 8, 0, 0, i), channel=c)
         for i, c in enumerate((CHANNEL, "chat.1"))
     ]
-    with app.app_context():
-        storage.save_messages(records)
+    accepted.store(app, records)
     yield app.test_client(), {r["channel"]: r["id"] for r in records}
 
 
@@ -282,8 +281,7 @@ NAMES = ["A_B.2", "ORDERS.2", "a_b", "a_b.1", "aXb.1", "aab.1", "exact_1", "exac
 def test_channels_lists_only_readable_channels_by_exact_name_and_prefix(make_list_app: Callable[..., Flask]) -> None:
     """``_`` is a channel character, not a wildcard; case counts (SQLite's LIKE ignores it); pages stay keyset."""
     app = make_list_app(jwt_secret=SECRET)
-    with app.app_context():
-        storage.save_messages([make_record({}, dt.datetime(2026, 1, 1), channel=name) for name in NAMES])
+    accepted.store(app, [make_record({}, dt.datetime(2026, 1, 1), channel=name) for name in NAMES])
     client = app.test_client()
     headers = auth(
         HS256.mint({"a_b*": ["history"], "orders.*": ["history"], "exact_1": ["history"], "aab*": ["publish"]})

@@ -20,7 +20,15 @@ from relay.broker.contract import make_celery, send_records
 from relay.broker.dead_letters import DeadLetters
 from relay.records import make_record, utc_now
 from relay.settings import load_settings
-from tests.helpers import POISON_TRIGGER, celery_worker, clear_database, persist_pending, python_env, wait_until
+from tests.helpers import (
+    POISON_TRIGGER,
+    celery_worker,
+    clear_database,
+    persist_pending,
+    place,
+    python_env,
+    wait_until,
+)
 from tests.stack import running_stack
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
@@ -55,7 +63,7 @@ def test_isolating_poison_outlives_no_visibility_timeout_and_others_keep_flowing
     with engine.begin() as conn:
         conn.exec_driver_sql(POISON_TRIGGER[engine.dialect.name])
     client = redis.Redis.from_url(redis_url)
-    dead_letters = DeadLetters(client, "dead_letters", persist_pending(redis_url))
+    dead_letters = DeadLetters(client, "dead_letters")
     try:
         with running_stack(database_url, redis_url, log_dir, env=QUICK_REDELIVERY) as stack:
             batch = [{"n": n, "kind": "poison" if is_poison(n) else "fine"} for n in range(1000)]
@@ -130,8 +138,9 @@ def test_worker_memory_stays_bounded_while_the_database_is_locked(
         with engine.connect() as conn:
             return tuple(conn.exec_driver_sql("SELECT COUNT(*), COUNT(DISTINCT id) FROM messages").one())
 
-    def enqueue(records: list[dict[str, str]]) -> int:
-        """Queue ``records`` as the ingestion API does: pending, then task messages of at most max_bytes."""
+    def enqueue(records: list[dict]) -> int:
+        """Queue ``records`` as the ingestion API does: placed and pending, then task messages of at most max_bytes."""
+        place(records)
         pipe = client.pipeline(transaction=True)
         pending.add(pipe, records)
         pipe.execute()

@@ -7,7 +7,7 @@ import logging
 import random
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 import redis
@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 from relay import storage
 from relay.broker.contract import make_celery, queue_depth
 from relay.broker.dead_letters import DeadLetters
+from relay.broker.positions import Positions
 from relay.broker.producer import Producer
 from relay.db_errors import about_the_record
 from relay.records import make_record
@@ -29,16 +30,30 @@ from tests.helpers import (
     clear_database,
     mariadb_user,
     persist_pending,
+    place,
     python_env,
     take_tasks,
 )
 
 
-def records(count: int, poison: Sequence[int] = ()) -> list[dict[str, str]]:
-    return [
-        make_record({"n": i, "kind": "poison" if i in poison else "fine"}, dt.datetime(2026, 1, 1))
-        for i in range(count)
-    ]
+def records(count: int, poison: Sequence[int] = ()) -> list[dict]:
+    """Records placed as the accept script places them (an offset and a position each)."""
+    return place(
+        [
+            make_record({"n": i, "kind": "poison" if i in poison else "fine"}, dt.datetime(2026, 1, 1))
+            for i in range(count)
+        ]
+    )
+
+
+def accept(redis_url: str) -> Callable[[Sequence[dict]], object]:
+    """Accept records as the ingestion API does (new offset and position, pending, sent): what a replay goes through."""
+    client = redis.Redis.from_url(redis_url)
+    return Producer(client, "persist", "messages:live", 100, 60, send=persist_pending(redis_url).send).write
+
+
+def unplaced(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k not in ("offset", "position")}
 
 
 class DiskFull(Exception):
@@ -273,11 +288,16 @@ def test_an_outage_during_isolation_is_waited_out() -> None:
 
 def test_a_record_is_dead_lettered_once_however_often_it_is_rejected(redis_url: str) -> None:
     """A redelivered task message isolated again adds no second entry; after a replay it can come back."""
-    dead_letters = DeadLetters(redis.Redis.from_url(redis_url), "dead_letters", persist_pending(redis_url))
+    client = redis.Redis.from_url(redis_url)
+    dead_letters = DeadLetters(client, "dead_letters", accept(redis_url))
     record = records(1)[0]
     added = [dead_letters.add(record, "poison rejected") for _ in range(2)]
     assert dead_letters.count() == 1 and added == [True, False]
+    with pytest.raises(RuntimeError):
+        DeadLetters(client, "dead_letters").replay()  # the worker's: it dead-letters, it never replays
+    assert dead_letters.count() == 1
     assert dead_letters.replay() == 1 and dead_letters.count() == 0
+    assert client.zscore("persist:pending", record["id"]) is not None, "accepted again: pending"
     assert dead_letters.add(record, "rejected again") is True
     assert [e["error"] for e in dead_letters.entries()] == ["rejected again"]
 
@@ -290,7 +310,7 @@ def test_real_database_rejection_goes_to_the_dead_letter_list_and_replays(
     with engine.begin() as conn:
         conn.exec_driver_sql(POISON_TRIGGER[engine.dialect.name])
     client = redis.Redis.from_url(redis_url)
-    dead_letters = DeadLetters(client, "dead_letters", persist_pending(redis_url))
+    dead_letters = DeadLetters(client, "dead_letters", accept(redis_url))
     batch = records(50, poison=(10, 11, 40))
     try:
         with db_app.app_context():
@@ -305,6 +325,8 @@ def test_real_database_rejection_goes_to_the_dead_letter_list_and_replays(
             outcome = persister.persist(batch)
             assert (outcome.stored, outcome.dead_lettered) == (47, 3)
             assert storage.get_message(batch[10]["id"]) is None and storage.get_message(batch[9]["id"]) is not None
+            # As a worker seeds the counters at start-up: replays are placed above every stored number.
+            Positions(client, "persist").seed(*storage.position_floors())
     finally:
         with engine.begin() as conn:
             conn.exec_driver_sql("DROP TRIGGER reject_poison")
@@ -324,10 +346,18 @@ def test_real_database_rejection_goes_to_the_dead_letter_list_and_replays(
     )  # fmt: skip
     assert replay.returncode == 0, replay.stderr
     assert dead_letters.count() == 2
-    assert take_tasks(client) == [[batch[11]]], "the replayed record, as a task message of its own"
+    [[replayed]] = take_tasks(client)  # the replayed record, as a task message of its own
+    assert unplaced(replayed) == unplaced(batch[11]), "the same id, channel, received_at and payload"
+    last = batch[-1]
+    assert (replayed["offset"], replayed["position"]) == (last["offset"] + 1, last["position"] + 1), "placed anew"
     assert dead_letters.replay() == 2 and dead_letters.count() == 0
-    assert sorted(r["id"] for [r] in take_tasks(client)) == sorted(batch[i]["id"] for i in (10, 40))
+    again = [r for [r] in take_tasks(client)]
+    assert {r["id"]: unplaced(r) for r in again} == {batch[i]["id"]: unplaced(batch[i]) for i in (10, 40)}
+    assert sorted(r["position"] for r in again) == [last["position"] + 2, last["position"] + 3]
     assert client.zcard("persist:pending") == 3, "replayed records are pending until stored"
+    assert client.zrange("persist:pending:positions", 0, -1, withscores=True) == sorted(
+        ((r["id"].encode(), float(r["position"])) for r in [replayed, *again]), key=lambda pair: pair[1]
+    ), "each pending at its new position: the watermark waits for it"
 
 
 @pytest.mark.mysql
@@ -347,7 +377,7 @@ def test_a_mariadb_refusing_writes_is_waited_out_and_nothing_is_dead_lettered(my
 
         def grant_writes() -> None:
             with admin.begin() as conn:
-                for table in ("messages", "channels", "message_sequence"):
+                for table in ("messages", "channel_deltas"):
                     conn.exec_driver_sql(f"GRANT INSERT, UPDATE ON `{database}`.`{table}` TO '{user}'@'%%'")
 
         def sleep(seconds: float) -> None:
@@ -418,7 +448,7 @@ def test_records_no_task_message_carries_are_sent_again_once_the_queue_is_empty(
 def test_records_a_worker_keeps_fresh_are_not_taken_for_lost(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
     pending = persist_pending(redis_url)
-    working = records(2)
+    working = records(2)  # placed: the pending set keeps each one's position
     pipe = client.pipeline()
     pending.add(pipe, working)
     pipe.execute()

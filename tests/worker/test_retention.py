@@ -20,14 +20,15 @@ from flask import Flask
 from prometheus_client import CollectorRegistry, multiprocess
 
 from relay import storage
+from relay.broker.positions import Positions
 from relay.records import make_record, utc_now
-from tests.helpers import wait_until
+from tests.helpers import place, wait_until
 from tests.stack import running_stack
 
 
 def store(count: int, start: int = 0) -> list[str]:
     """Store ``count`` messages in one transaction (inside an app context); return their ids."""
-    batch = [make_record({"n": start + i}, utc_now()) for i in range(count)]
+    batch = place([make_record({"n": start + i}, utc_now()) for i in range(count)])
     storage.save_messages(batch)
     return [r["id"] for r in batch]
 
@@ -58,17 +59,32 @@ def test_remove_expired_takes_the_removed_messages_off_their_channels_counts(db_
         return {c.name: c.messages for c in storage.list_channels(None, 100)[0]}
 
     with db_app.app_context():
-        storage.save_messages([make_record({"n": i}, utc_now(), channel="ab"[i % 2]) for i in range(7)])
+        storage.save_messages(place([make_record({"n": i}, utc_now(), channel="ab"[i % 2]) for i in range(7)]))
         time.sleep(0.01)
         cutoff = utc_now()
         time.sleep(0.01)
-        storage.save_messages([make_record({}, utc_now(), channel="c")])
+        storage.save_messages(place([make_record({}, utc_now(), channel="c")]))
         assert counts() == {"a": 4, "b": 3, "c": 1}
         assert storage.remove_expired(cutoff, 3) == 3
         assert counts() == {"a": 2, "b": 2, "c": 1}
         assert storage.remove_expired(cutoff, 100) == 4
         assert counts() == {"a": 0, "b": 0, "c": 1}  # emptied channels stay listed, with 0
         assert [m.channel for m in storage.list_messages(None, 10)[0]] == ["c"]
+
+
+def test_a_row_stored_late_holds_the_later_positions_back_until_it_is_old_enough(db_app: Flask) -> None:
+    """Positions are given at acceptance, rows stored moments later: a row whose save came late (after the
+    cutoff) keeps the old rows after it, so what is left stays a contiguous tail of the listing."""
+    first, late, after = (place([make_record({"n": i}, utc_now())]) for i in range(3))
+    with db_app.app_context():
+        storage.save_messages(first + after)
+        time.sleep(0.01)
+        cutoff = utc_now()
+        time.sleep(0.01)
+        storage.save_messages(late)
+        assert storage.remove_expired(cutoff, 100) == 1
+        assert stored_ids() == [late[0]["id"], after[0]["id"]]
+        assert storage.remove_expired(utc_now(), 100) == 2
 
 
 def test_remove_expired_stops_at_the_first_row_not_older_than_the_cutoff(db_app: Flask) -> None:
@@ -82,11 +98,15 @@ def test_remove_expired_stops_at_the_first_row_not_older_than_the_cutoff(db_app:
         assert stored_ids() == new_ids
 
 
-def test_cursor_into_removed_rows_continues_at_the_next_existing_message(make_list_app: Callable[..., Flask]) -> None:
+def test_cursor_into_removed_rows_continues_at_the_next_existing_message(
+    make_list_app: Callable[..., Flask], redis_url: str
+) -> None:
     app = make_list_app()
     client = app.test_client()
     with app.app_context():
         old_ids, cutoff, new_ids = old_then_new(6, 4)
+        # Every position stored, none pending: the watermark is past them all, as a worker's seeding leaves it.
+        Positions(redis.Redis.from_url(redis_url), "persist").seed(*storage.position_floors())
     first = client.get("/messages?limit=2").get_json()
     assert [m["id"] for m in first["data"]] == old_ids[:2]
     with app.app_context():

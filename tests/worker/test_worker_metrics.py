@@ -13,6 +13,7 @@ from relay.broker.dead_letters import DeadLetters
 from relay.broker.pending import Pending
 from relay.records import make_record, utc_now
 from relay.worker.metrics import STORED_LATENCY, backlog_gauges, observe_stored
+from tests.helpers import place
 
 
 def latency_count_and_sum() -> tuple[float, float]:
@@ -23,7 +24,7 @@ def latency_count_and_sum() -> tuple[float, float]:
 def test_stored_latency_is_observed_once_per_new_row_from_received_at_to_commit(db_app: Flask) -> None:
     """A redelivered record (already stored) adds no observation: its latency was counted the first time."""
     now = utc_now()
-    records = [make_record({"n": i}, now - dt.timedelta(seconds=2)) for i in range(3)]
+    records = place([make_record({"n": i}, now - dt.timedelta(seconds=2)) for i in range(3)])
     count, total = latency_count_and_sum()
     with db_app.app_context():
         assert storage.save_messages(records, on_stored=observe_stored) == 3
@@ -49,13 +50,13 @@ def test_backlog_gauges_read_the_pending_set_and_dead_letters_at_scrape_time(red
     client = redis.Redis.from_url(redis_url)
     sent: list = []
     pending = Pending(client, "persist", sent.append)
-    dead_letters = DeadLetters(client, "dead_letters", pending)
+    dead_letters = DeadLetters(client, "dead_letters")
     registry = CollectorRegistry()
     for gauge in backlog_gauges(pending, dead_letters):
         registry.register(gauge)
     assert registry.get_sample_value("pending_records") == 0
     assert registry.get_sample_value("dead_letter_records") == 0
-    records = [make_record({"n": i}, utc_now()) for i in range(4)]
+    records = place([make_record({"n": i}, utc_now()) for i in range(4)])
     pipe = client.pipeline()
     pending.add(pipe, records)
     pipe.execute()
@@ -71,7 +72,7 @@ def test_backlog_gauges_are_absent_while_redis_does_not_answer() -> None:
     client = redis.Redis(port=1, socket_connect_timeout=0.2)  # nothing listens on port 1
     pending = Pending(client, "persist", lambda records: None)
     registry = CollectorRegistry()
-    for gauge in backlog_gauges(pending, DeadLetters(client, "dead_letters", pending)):
+    for gauge in backlog_gauges(pending, DeadLetters(client, "dead_letters")):
         registry.register(gauge)
     assert registry.get_sample_value("pending_records") is None
     assert registry.get_sample_value("dead_letter_records") is None
