@@ -3,6 +3,7 @@
     python scripts/bench.py ingest  [--ingest-url URL] [--seconds 10] [--procs 2] [--conns 8]
     python scripts/bench.py persist [--count 100000] [--batch 1] [--channels 1] [--workers 1]
                                     [--database-url URL] [--redis-url URL]
+    python scripts/bench.py commits [--threads 4] [--count 1200] [--database-url URL]
     python scripts/bench.py latency [--ingest-url URL] [--ws-url URL] [--rate 200] [--seconds 10]
     python scripts/bench.py fanout  [--ws-url URL] [--redis-url URL] [--clients 1000] [--rates 50,100,200]
     python scripts/bench.py cost    [--rate 150] [--seconds 20] [--baseline] [--database-url URL] [--redis-url URL]
@@ -13,7 +14,11 @@ p50/p99; point ``--ingest-url`` at any server speaking ``POST /dummy``.
 ``persist`` queues a backlog of ``--count`` messages (in tasks of
 ``--batch`` records, as single POSTs or batches produce; the records
 round-robin over ``--channels`` channels), starts ``--workers`` real Celery
-worker instances, and reports rows/s until the backlog is stored. ``latency``
+worker instances, and reports rows/s until the backlog is stored. ``commits``
+saves ``--count`` single-record transactions from ``--threads`` threads
+through ``storage.save_messages`` (the worker's save, without Celery), all
+of one channel: where commits, not the workers' CPU, are the limit (no row
+is shared by two saves, so they scale with writers). ``latency``
 posts at a light fixed rate and times POST -> websocket frame. ``fanout``
 connects many websocket clients (from separate processes), publishes into
 the live stream at increasing rates, and reports deliveries/s, latency and
@@ -328,6 +333,52 @@ def bench_persist(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
+def bench_commits(args: argparse.Namespace) -> dict[str, object]:
+    import threading
+
+    import sqlalchemy as sa
+
+    from relay import storage
+    from relay.records import make_record, utc_now
+
+    app = storage.create_app(
+        {"SQLALCHEMY_DATABASE_URI": args.database_url, "SQLALCHEMY_ENGINE_OPTIONS": {"pool_size": args.threads + 2}}
+    )
+    with app.app_context():
+        last_position, last_offsets = storage.position_floors()
+    # Numbers above everything stored, as the accept script would give them, one at a time.
+    numbers = itertools.count(max(last_position, last_offsets.get("bench-commits", 0)) + 1)
+    lock = threading.Lock()
+    per_thread = args.count // args.threads
+
+    def saves(k: int) -> None:
+        with app.app_context():
+            for i in range(per_thread):
+                record = make_record({"thread": k, "i": i}, utc_now(), channel="bench-commits")
+                with lock:
+                    record["position"] = record["offset"] = next(numbers)
+                storage.save_messages([record])
+            storage.db.session.remove()
+
+    threads = [threading.Thread(target=saves, args=(k,)) for k in range(args.threads)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - started
+    with app.app_context():
+        storage.db.engine.dispose()
+    return {
+        "figure": "commits",
+        "database": sa.make_url(args.database_url).get_backend_name(),
+        "threads": args.threads,
+        "transactions": per_thread * args.threads,
+        "seconds": round(elapsed, 2),
+        "transactions_per_s": round(per_thread * args.threads / elapsed),
+    }
+
+
 def _tree_cpu_seconds(pid: int) -> float:
     """User + system CPU of a process and its children (a Celery worker and its pool)."""
     import psutil
@@ -535,6 +586,10 @@ def main() -> None:
     persist.add_argument("--pool", default="prefork", choices=("prefork", "solo", "threads"), help="Celery pool")
     persist.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     persist.add_argument("--database-url", default=os.environ.get("SQLALCHEMY_DATABASE_URI"), required=False)
+    commits = sub.add_parser("commits", help="single-record saves/s from several threads, no Celery")
+    commits.add_argument("--threads", type=int, default=4)
+    commits.add_argument("--count", type=int, default=1200, help="transactions in all")
+    commits.add_argument("--database-url", default=os.environ.get("SQLALCHEMY_DATABASE_URI"), required=False)
     latency = sub.add_parser("latency", help="POST -> websocket frame at a light fixed rate")
     latency.add_argument("--ingest-url", default="http://127.0.0.1:5000")
     latency.add_argument("--ws-url", default="ws://127.0.0.1:8765")
@@ -567,12 +622,13 @@ def main() -> None:
     cost = sub.add_parser("cost", help="CPU per stored message, every stack process, beside a baseline")
     bench_cost.add_arguments(cost)
     args = parser.parse_args()
-    if args.figure == "persist" and not args.database_url:
-        parser.error("persist needs --database-url (or SQLALCHEMY_DATABASE_URI) of a migrated database")
+    if args.figure in ("persist", "commits") and not args.database_url:
+        parser.error(f"{args.figure} needs --database-url (or SQLALCHEMY_DATABASE_URI) of a migrated database")
     figures = {
         "ingest": bench_ingest,
         "batch": bench_ingest,
         "persist": bench_persist,
+        "commits": bench_commits,
         "sustained": bench_sustained,
         "latency": bench_latency,
         "fanout": bench_fanout,
