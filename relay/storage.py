@@ -320,10 +320,7 @@ def position_floors() -> tuple[int, dict[str, int]]:
     retention still count: their numbers are never given again.
     """
     session = db.session
-    union = sa.union_all(
-        sa.select(_CHANNELS.c.name.label("name"), _CHANNELS.c.last_seq, _CHANNELS.c.last_offset),
-        sa.select(_DELTAS.c.channel.label("name"), _DELTAS.c.last_seq, _DELTAS.c.last_offset),
-    ).subquery()
+    union = _channels_and_deltas("last_seq", "last_offset")
     rows = session.execute(
         sa.select(union.c.name, sa.func.max(union.c.last_seq), sa.func.max(union.c.last_offset)).group_by(union.c.name)
     ).all()
@@ -378,7 +375,7 @@ def list_channels(after: str | None, limit: int, patterns: Sequence[str] | None 
     ``patterns`` (None: every channel) keeps the channels a grant may read:
     exact names, prefixes ending in ``*``, or ``*`` alone (every channel).
     """
-    union = _filtered_union(after, patterns)  # each side filtered, where its index serves
+    union = _channels_and_deltas("messages", "last_seq", "last_message_at", after=after, patterns=patterns)
     name = union.c.name
     query = (
         sa.select(
@@ -394,15 +391,18 @@ def list_channels(after: str | None, limit: int, patterns: Sequence[str] | None 
     return rows[:limit], len(rows) > limit
 
 
-def _filtered_union(after: str | None, patterns: Sequence[str] | None) -> sa.Subquery:
-    """``channels`` and the deltas not folded yet, each filtered by name (``after`` and ``patterns``, when given)."""
+def _channels_and_deltas(*columns: str, after: str | None = None, patterns: Sequence[str] | None = None) -> sa.Subquery:
+    """``channels`` and the deltas not folded yet as one table of ``name`` and ``columns``, one row per side.
+
+    ``after`` and ``patterns`` filter each side by name, where its index serves.
+    """
     sides = []
-    for table, column in ((_CHANNELS, _CHANNELS.c.name), (_DELTAS, _DELTAS.c.channel)):
-        side = sa.select(column.label("name"), table.c.messages, table.c.last_seq, table.c.last_message_at)
+    for table, name in ((_CHANNELS, _CHANNELS.c.name), (_DELTAS, _DELTAS.c.channel)):
+        side = sa.select(name.label("name"), *(table.c[column] for column in columns))
         if after is not None:
-            side = side.where(column > after)
+            side = side.where(name > after)
         if patterns is not None:
-            side = side.where(sa.or_(sa.false(), *(_name_matches(column, pattern) for pattern in patterns)))
+            side = side.where(sa.or_(sa.false(), *(_name_matches(name, pattern) for pattern in patterns)))
         sides.append(side)
     return sa.union_all(*sides).subquery()
 

@@ -16,20 +16,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import flask_migrate
 import pytest
 import redis
-import sqlalchemy as sa
 from flask import Flask
-from sqlalchemy.engine import make_url
 
 import list_api
 from relay import storage
-from tests.helpers import ROOT, RedisServer, clear_database, in_process_ingestion_app, port_claims
+from tests.helpers import ROOT, RedisServer, clear_database, in_process_ingestion_app, mariadb_database, port_claims
 
 MYSQL_URL = os.environ.get("TEST_MYSQL_URL")
 
@@ -104,18 +101,9 @@ def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 def mysql_url() -> Iterator[str]:
     if not MYSQL_URL:
         pytest.skip("TEST_MYSQL_URL is not set (e.g. mysql+pymysql://root@127.0.0.1:3306/test)")
-    server = make_url(MYSQL_URL)
-    name = f"msgtest_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(server)
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
-    url = server.set(database=name).update_query_dict({"charset": "utf8mb4"})
-    rendered = url.render_as_string(hide_password=False)
-    migrate(rendered)
-    yield rendered
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
-    admin.dispose()
+    with mariadb_database(MYSQL_URL, "msgtest") as url:
+        migrate(url)
+        yield url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("mysql", marks=pytest.mark.mysql)])

@@ -13,6 +13,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -347,3 +348,24 @@ def place(records: list[dict]) -> list[dict]:
         _last_offsets[channel] += 1
         record["offset"], record["position"] = _last_offsets[channel], next(_next_position)
     return records
+
+
+@contextlib.contextmanager
+def mariadb_database(server_url: str, prefix: str) -> Iterator[str]:
+    """A MariaDB database of its own on the server at ``server_url`` (utf8mb4, binary collation), dropped after.
+
+    Yields its URL, not migrated.
+    """
+    from sqlalchemy.engine import make_url
+
+    server = make_url(server_url)
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(server)
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+    try:
+        yield server.set(database=name).update_query_dict({"charset": "utf8mb4"}).render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
+        admin.dispose()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,10 +12,9 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy.engine import make_url
 
 from relay import storage
-from tests.helpers import ROOT
+from tests.helpers import ROOT, mariadb_database
 
 MIGRATIONS = str(ROOT / "migrations")
 BEFORE_POSITIONS = "5b1e0c2f9a41"
@@ -72,15 +70,8 @@ def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     server_url = os.environ.get("TEST_MYSQL_URL")
     if not server_url:
         pytest.skip("TEST_MYSQL_URL is not set (e.g. mysql+pymysql://root@127.0.0.1:3306/test)")
-    server = make_url(server_url)
-    name = f"msgmigrate_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(server)
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
-    yield server.set(database=name).update_query_dict({"charset": "utf8mb4"}).render_as_string(hide_password=False)
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
-    admin.dispose()
+    with mariadb_database(server_url, "msgmigrate") as url:
+        yield url
 
 
 # Rows stored by the release before positions: channels interleaved, gaps in seq (numbers a redelivery

@@ -47,7 +47,7 @@ from relay.broker.contract import (
 )
 from relay.broker.group_commit import GroupCommit
 from relay.broker.pending import send_or_leave_pending
-from relay.broker.positions import GLOBAL
+from relay.broker.positions import Positions
 from relay.records import live_frame, record_channel
 
 log = logging.getLogger(__name__)
@@ -205,6 +205,7 @@ class Producer:
         self.send = send
         self.pending_set, self.pending_records = pending_keys(queue)
         self.positions, self.pending_positions = positions_key(queue), pending_positions_key(queue)
+        self._counters = Positions(client, queue)
         self.group_commit = GroupCommit(self.write, max_bytes=message_max_bytes) if group_commit else None
 
     def enqueue(self, records: Sequence[Record], answer: dict, idempotency: Idempotency | None = None) -> Enqueued:
@@ -348,7 +349,7 @@ class Producer:
     def ready(self) -> str | None:
         """Why nothing can be accepted now, as an error code: ``redis_unavailable``, ``positions_unseeded``; or None."""
         try:
-            seeded = self.client.hexists(self.positions, GLOBAL)
+            seeded = self._counters.seeded()
         except redis.RedisError:
             return "redis_unavailable"
         return None if seeded else "positions_unseeded"
