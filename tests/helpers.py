@@ -369,3 +369,15 @@ def mariadb_database(server_url: str, prefix: str) -> Iterator[str]:
         with admin.begin() as conn:
             conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
         admin.dispose()
+
+
+def fill_redis_to(client: redis.Redis, share: float) -> None:
+    """Set ``maxmemory`` so that Redis is ``share`` full (0 < share < 1): past a mark below it, short of the limit.
+
+    4 MB of ballast first makes the test's data most of Redis' memory, so the few hundred kB
+    the server's own buffers move by (clients' query buffers, a previous test's freed data)
+    cannot carry it back across the mark between this read and the one under test.
+    """
+    client.set("ballast", b"x" * 4_000_000)
+    used = int(client.info("memory")["used_memory"])
+    client.config_set("maxmemory", int(used / share))

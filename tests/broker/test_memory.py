@@ -6,6 +6,7 @@ import pytest
 import redis
 
 from relay.broker.memory import Memory, MemoryWatch, evicting, refusal
+from tests.helpers import fill_redis_to
 
 MB = 1024 * 1024
 
@@ -104,8 +105,7 @@ def test_the_watch_reads_info_memory_of_a_real_redis(redis_config_restored: redi
     clock = Clock()
     watch = MemoryWatch(lambda: redis_config_restored.info("memory"), 0.8, clock=clock)
     assert watch.refusal() is None
-    used = int(redis_config_restored.info("memory")["used_memory"])
-    redis_config_restored.config_set("maxmemory", used * 9 // 8)  # used is 89% of it: past the mark, short of the limit
+    fill_redis_to(redis_config_restored, 0.9)  # past the mark (0.8), short of the limit
     clock.now += 1
     assert watch.refusal().code == "queue_full"
     redis_config_restored.config_set("maxmemory", 0)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import redis
 from flask import Flask
 
+from tests.helpers import fill_redis_to
 from tests.web.test_openapi import Conformance, Row
 
 
@@ -44,10 +45,7 @@ def test_redis_at_the_high_water_mark_is_503_queue_full_and_healthz_stays_ok(
     """Full is a backlog for the workers to drain, not a broken API: /healthz keeps answering 200."""
     app = make_ingestion_app(redis_memory_high_water=0.5)
     client = app.test_client()
-    used = int(redis_config_restored.info("memory")["used_memory"])
-    redis_config_restored.config_set(
-        "maxmemory", used * 3 // 2
-    )  # used is two thirds of it: past the mark, short of the limit
+    fill_redis_to(redis_config_restored, 0.75)  # well past the mark (0.5), short of the limit
     started = time.monotonic()
     response = Conformance(app).check(
         Row("POST", "/dummy", 503, "queue_full", kwargs={"json": {"a": 1}}, headers_present=("Retry-After",)), "/dummy"
