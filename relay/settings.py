@@ -111,11 +111,12 @@ class Settings:
     ingest_group_commit: int = setting(
         "1", "1: concurrent requests of a process share one queue write (gunicorn's gevent or gthread workers)."
     )
-    ingest_send_linger_seconds: float = setting(
-        "0.1",
-        "How long an API process gathers accepted records before sending their task message: more records "
-        "per task at low rates, at that much latency to storage (live delivery does not wait; 0: each "
-        "write's at once).",
+    ingest_send_gather_seconds: float = setting(
+        "0.05",
+        "Longest an API process gathers accepted records into one task message while others are still being "
+        "stored (the longer the more are in flight, up to this; with nothing in flight they are sent at once): larger "
+        "tasks under load, at most that much later to storage (live delivery does not wait; 0: each write's "
+        "sent before its 202).",
     )
     idempotency_ttl_seconds: int = setting("86400", "How long an `Idempotency-Key` is remembered.")
     persist_queue: str = setting("persist", "Celery queue (Redis list) holding persistence tasks.")

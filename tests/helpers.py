@@ -192,13 +192,13 @@ SERVICES = ("ingestion_api", "list_api")
 def in_process_ingestion_app(redis_url: str, **settings: object) -> Flask:
     """An ingestion API inside the test process, settings by field name.
 
-    Without the send linger: tests look at the queue as soon as the answer
-    is in, and a linger thread left behind by one test's app would send its
-    task messages into the next test's Redis.
+    Sending before the answer (no gathering): tests look at the queue as soon
+    as the answer is in, and a sender thread left behind by one test's app
+    would send its task messages into the next test's Redis.
     """
     import ingestion_api
 
-    return ingestion_api.create_app({"redis_url": redis_url, "ingest_send_linger_seconds": 0, **settings})
+    return ingestion_api.create_app({"redis_url": redis_url, "ingest_send_gather_seconds": 0, **settings})
 
 
 def openapi_document(service: str, **config: object) -> dict:

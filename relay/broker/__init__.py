@@ -8,8 +8,8 @@
   of its task message.
 * :mod:`~relay.broker.group_commit`: concurrent requests of one process
   sharing one such write.
-* :mod:`~relay.broker.linger`: the records of many writes leaving in one
-  task message, a few milliseconds later.
+* :mod:`~relay.broker.sender`: task messages that leave at once when
+  nothing is in flight and gather records while something is.
 * :mod:`~relay.broker.pending`: every queued record until a worker handled
   it, the safety net under Celery's queue.
 * :mod:`~relay.broker.dead_letters`: records the database kept rejecting.

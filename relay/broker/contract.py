@@ -53,8 +53,10 @@ def make_celery(settings: Settings, *, timeout: float | None = None) -> Celery:
         accept_content=["json"],
         task_ignore_result=True,
         task_acks_late=True,
-        # Task events (received, started, succeeded) for Flower and `celery events`.
-        worker_send_task_events=True,
+        # No task events (received, started, succeeded) until a monitor asks: publishing them was ~40% of
+        # a worker's consumer CPU (docs/performance.md). Flower enables them itself (its --enable_events,
+        # every few seconds); for `celery events`: `celery -A tasks control enable_events`.
+        worker_send_task_events=False,
         # A durable (so not auto-delete) remote-control queue. With the auto-delete default, closing its
         # channel fails while Redis is down and kombu then leaves the task channel open; Celery 5.7's
         # second close of the lost connection (celery#10242) crashed the worker on it ("'NoneType' object

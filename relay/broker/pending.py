@@ -58,7 +58,7 @@ def send_or_leave_pending(send: Callable[[Sequence[Record]], object], records: S
     """Send accepted records' task messages; on failure log it and leave them to the reconciler.
 
     For the senders that must not fail the request or thread they run in
-    (the producer after its write, the linger's thread): the records are
+    (the producer after its write, the sender's thread): the records are
     pending, so a failed send only delays them.
     """
     try:

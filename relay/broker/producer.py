@@ -48,6 +48,7 @@ from relay.broker.contract import (
 from relay.broker.group_commit import GroupCommit
 from relay.broker.pending import send_or_leave_pending
 from relay.broker.positions import Positions
+from relay.broker.sender import GatheringSender
 from relay.records import live_frame, record_channel
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,8 @@ log = logging.getLogger(__name__)
 # gets its offset and position (relay.broker.positions) spliced in before its closing brace. The stream
 # entry carries the channel and position beside the frame, so the websocket server selects and resumes
 # without parsing frames. The outcome, with where the records were placed, is left in the fence, so settle
-# can read what happened.
+# can read what happened: ``ok:<live>:<first position>:<offsets>:<in flight>``, the last being how many
+# accepted records were pending before this write (the sender's load signal, relay.broker.sender).
 _WRITE = """
 if not redis.call('SET', KEYS[1], 'running', 'NX', 'EX', tonumber(ARGV[1])) then return 'aborted' end
 local function finish(outcome)
@@ -79,6 +81,7 @@ if ARGV[5] ~= '0' then
 end
 if redis.call('HEXISTS', KEYS[6], '*') == 0 then return finish('unseeded') end
 local count = tonumber(ARGV[4])
+local in_flight = redis.call('ZCARD', KEYS[2])
 local first = redis.call('HINCRBY', KEYS[6], '*', count) - count + 1
 local live = 1
 local offsets = {}
@@ -95,7 +98,7 @@ for i = 0, count - 1 do
     'position', position, 'frame', string.sub(ARGV[at + 2], 1, -2) .. placed)
   if type(added) == 'table' and added.err then live = 0 end
 end
-local where = string.format('%d', first) .. ':' .. table.concat(offsets, ',')
+local where = string.format('%d', first) .. ':' .. table.concat(offsets, ',') .. ':' .. in_flight
 -- The key last: a script that failed half-way (a wrongly typed key) must not leave it answering repeats.
 if ARGV[5] ~= '0' then
   local answer = string.sub(ARGV[8], 1, -2)
@@ -139,11 +142,16 @@ class PositionsUnseeded(Exception):
     """Nothing was queued: the position counters are not seeded from the database (relay.broker.positions)."""
 
 
-def _place(records: Sequence[Record], outcome: str) -> None:
-    """Set each record's ``offset`` and ``position`` from a write's outcome, ``ok:<live>:<first>:<offsets>``."""
-    _ok, _live, first, offsets = outcome.split(":")
+def _place(records: Sequence[Record], outcome: str) -> int:
+    """Set each record's ``offset`` and ``position`` from a write's outcome; return the records in flight.
+
+    The outcome is ``ok:<live>:<first>:<offsets>:<in flight>`` (a fence left by a release before the
+    sender followed the load has no last field: nothing is taken to be in flight).
+    """
+    _ok, _live, first, offsets, *in_flight = outcome.split(":")
     for index, (record, offset) in enumerate(zip(records, offsets.split(","), strict=True)):
         record["offset"], record["position"] = int(offset), int(first) + index
+    return int(in_flight[0]) if in_flight else 0
 
 
 class IdempotencyKeyReused(Exception):
@@ -169,9 +177,11 @@ class Producer:
     the write's outcome, and the request answers that. Either way a 5xx
     means nothing was accepted, and a 202 means everything was.
 
-    After a write that accepted records, ``send`` sends their task messages
-    (without it, as in tools that only publish live frames, the records wait
-    in the pending set until a worker's reconciler sends them).
+    After a write that accepted records, ``send`` sends their task messages:
+    before the write returns, or with ``gather_seconds`` from a thread that
+    follows the load (relay.broker.sender). Without ``send``, as in tools
+    that only publish live frames, the records wait in the pending set until
+    a worker's reconciler sends them.
     """
 
     def __init__(
@@ -183,6 +193,7 @@ class Producer:
         idempotency_ttl: int,
         *,
         send: Callable[[Sequence[Record]], object] | None = None,
+        gather_seconds: float = 0.0,
         group_commit: bool = False,
         message_max_bytes: int = DEFAULT_MESSAGE_MAX_BYTES,
         probe_client: redis.Redis | None = None,
@@ -203,6 +214,10 @@ class Producer:
         self._write_script = client.register_script(_WRITE)
         self._bulk_write_script = self.bulk_client.register_script(_WRITE)
         self.send = send
+        # With gather_seconds, task messages leave from a thread of their own, following the load
+        # (relay.broker.sender); without, each write's records are sent before it returns.
+        gathers = send is not None and gather_seconds > 0
+        self._sender = GatheringSender(send, gather_seconds, message_max_bytes) if gathers else None
         self.pending_set, self.pending_records = pending_keys(queue)
         self.positions, self.pending_positions = positions_key(queue), pending_positions_key(queue)
         self._counters = Positions(client, queue)
@@ -292,14 +307,12 @@ class Producer:
         if not outcome.startswith(("ok:", "repeat:", "reused")):  # "aborted": settling fenced it off
             raise redis.ConnectionError(f"the write did not run ({outcome})")
         if outcome.startswith("ok:"):
-            _place(records, outcome)
-            self._send(records)
+            in_flight = _place(records, outcome)
+            if self._sender is not None:
+                self._sender(records, in_flight)
+            elif self.send is not None:
+                send_or_leave_pending(self.send, records)  # a failure leaves them to the pending set
         return outcome
-
-    def _send(self, records: Sequence[Record]) -> None:
-        """Send the accepted records' task messages; a failure leaves them to the pending set."""
-        if self.send is not None:
-            send_or_leave_pending(self.send, records)
 
     def new_fence(self) -> str:
         """A fresh fence key for one write."""

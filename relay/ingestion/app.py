@@ -37,7 +37,6 @@ from werkzeug.exceptions import ClientDisconnected, RequestTimeout
 from relay.broker.connection import connect
 from relay.broker.contract import idempotency_key, make_celery, queue_depth, send_records
 from relay.broker.group_commit import QueueBusy
-from relay.broker.linger import Linger
 from relay.broker.memory import MemoryWatch, Refusal
 from relay.broker.producer import (
     BUSY_SECONDS,
@@ -95,6 +94,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         window=settings.live_window,
         idempotency_ttl=settings.idempotency_ttl_seconds,
         send=_sender(celery, settings),
+        gather_seconds=settings.ingest_send_gather_seconds,
         group_commit=bool(settings.ingest_group_commit),
         message_max_bytes=settings.persist_message_max_bytes,
         probe_client=connect(settings.redis_url, settings.redis_timeout_seconds, read_timeout=1.0),
@@ -342,9 +342,8 @@ def _refused(refusal: Refusal) -> ApiError:
 
 
 def _sender(celery: Celery, settings: Settings) -> Callable[[Sequence[dict[str, str]]], object]:
-    """How accepted records leave as task messages: gathered for INGEST_SEND_LINGER_SECONDS, or at once."""
-    send = functools.partial(send_records, celery, settings.persist_queue, max_bytes=settings.persist_message_max_bytes)
-    return Linger(send, settings.ingest_send_linger_seconds) if settings.ingest_send_linger_seconds > 0 else send
+    """How accepted records leave as task messages: Celery's ``send_task``, split by size."""
+    return functools.partial(send_records, celery, settings.persist_queue, max_bytes=settings.persist_message_max_bytes)
 
 
 def _depth(celery: Celery, queue: str) -> Callable[[], int | None]:

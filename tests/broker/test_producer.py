@@ -71,8 +71,8 @@ def test_settle_reports_a_write_that_ran(redis_url: str) -> None:
     queue = make_broker(redis_url)
     fence = queue.new_fence()
     assert queue.write(records(3), fence=fence) is True
-    # Live published, placed from position 1, offsets 1 to 3.
-    assert queue.settle(fence, time.monotonic()) == b"ok:1:1:1,2,3"
+    # Live published, placed from position 1, offsets 1 to 3, nothing accepted before it still pending.
+    assert queue.settle(fence, time.monotonic()) == b"ok:1:1:1,2,3:0"
     assert redis.Redis.from_url(redis_url).xlen("messages:live") == 3
 
 

@@ -140,4 +140,15 @@ def test_cost_figure_counts_every_process_of_both_stacks_and_their_maximum_rates
     assert {"honcho", "ingestion_api", "list_api", "worker", "wsserver", "redis"} <= cost["ours"]["cpu_seconds"].keys()
     assert {"baseline_api", "worker", "redis"} <= cost["baseline"]["cpu_seconds"].keys()
     assert cost["floor"]["accepted"] > 0 and cost["floor"]["cpu_seconds_per_1000"]["floor_api"] > 0
+    assert cost["floor_max"]["per_s"] > 0 and cost["floor_max"]["answers"]["other"] == 0, cost["floor_max"]
+    assert "max_end_to_end_rate_vs_floor_max" in cost["ratios"]
     assert all(isinstance(value, float) and value > 0 for value in cost["ratios"].values()), cost["ratios"]
+
+
+def test_floors_figure_measures_the_floor_handler_under_each_server() -> None:
+    floors = bench("floors", "--rate", "30", "--seconds", "1", "--rounds", "1", "--settle", "0.2",
+                   "--max-conns", "4", timeout=300)  # fmt: skip
+    assert floors["servers"].keys() == {"gunicorn sync", "gunicorn gthread 2 x 8", "granian wsgi"}
+    for server, (run,) in floors["servers"].items():
+        assert run["max_per_s"] > 0 and run["answers"]["other"] == 0, server
+        assert run["cpu_ms_per_request"] > 0, server

@@ -53,9 +53,9 @@ pytestmark = [pytest.mark.faults, pytest.mark.e2e]
 
 # Tasks of a dead worker come back after the visibility timeout: keep it short so the tests are quick.
 QUICK_REDELIVERY = {"CELERY_VISIBILITY_TIMEOUT": "5"}
-# No send linger either: each write leaves as its own task message, so a backlog is hundreds of them
-# (for the kills to land among), not the dozen the 100 ms linger would gather.
-ONE_TASK_PER_WRITE = {**QUICK_REDELIVERY, "INGEST_SEND_LINGER_SECONDS": "0"}
+# No gathering either: each write leaves as its own task message, so a backlog is hundreds of them
+# (for the kills to land among), not the dozen the sender would gather under that load.
+ONE_TASK_PER_WRITE = {**QUICK_REDELIVERY, "INGEST_SEND_GATHER_SECONDS": "0"}
 # How long a test waits, once the fault is healed, for every acknowledged message to be stored.
 SETTLE_SECONDS = 30.0
 

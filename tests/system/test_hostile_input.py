@@ -70,7 +70,7 @@ def broker(stack: Stack) -> redis.Redis:
 def lengths(broker: redis.Redis) -> tuple[int, int]:
     """Pending records and live stream length: what accepting a message writes, in one atomic script.
 
-    (Not the queue's length: task messages follow the answer, after the send linger.)
+    (Not the queue's length: task messages follow the answer, sent from the API's sender thread.)
     """
     return broker.zcard("persist:pending"), broker.xlen("messages:live")
 

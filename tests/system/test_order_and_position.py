@@ -2,7 +2,7 @@
 
 Real processes: two gunicorn processes for the ingestion API (a client's
 consecutive requests reach different ones, each with its own group commit
-and send linger: what used to reorder the history), the list API, Celery
+and task sender: what used to reorder the history), the list API, Celery
 workers and a wsserver, on SQLite and MariaDB.
 """
 

@@ -1,13 +1,15 @@
 """The worker as monitoring tools see it: a real Flower (PyPI ``flower``) against a real worker.
 
 Flower lists a task only from the worker's task events, so this fails if
-the worker stops sending them or the ingestion API stops sending real
-Celery task messages.
+the worker stops sending them once Flower enables them (the worker sends
+none until a monitor asks) or the ingestion API stops sending real Celery
+task messages.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -26,8 +28,8 @@ def test_flower_lists_every_persistence_task_with_state_runtime_and_worker(
 ) -> None:
     clear_database(sqlite_url)
     port = free_port()
-    # No send linger: each lone message gets a task of its own, with its id as task id.
-    with running_stack(sqlite_url, redis_url, log_dir, env={"INGEST_SEND_LINGER_SECONDS": "0"}) as stack:
+    # No gathering: each lone message gets a task of its own, with its id as task id.
+    with running_stack(sqlite_url, redis_url, log_dir, env={"INGEST_SEND_GATHER_SECONDS": "0"}) as stack:
         env = {**stack.env, "FLOWER_UNAUTHENTICATED_API": "true"}  # Flower 2 serves its API only with auth or this
         command = [sys.executable, "-m", "celery", "-A", "tasks", "flower", f"--port={port}", "--address=127.0.0.1"]
         flower = Service("flower", command, env, log_dir).start()
@@ -35,6 +37,14 @@ def test_flower_lists_every_persistence_task_with_state_runtime_and_worker(
         api = f"http://127.0.0.1:{port}/api"
         wait_http_ok(f"http://127.0.0.1:{port}/healthcheck")
         wait_until(lambda: requests.get(f"{api}/workers", timeout=5).json(), timeout=30, what="Flower sees the worker")
+
+        def a_task_is_listed() -> bool:
+            probe = stack.post({"probe": True})
+            time.sleep(0.5)
+            return probe in requests.get(f"{api}/tasks", timeout=5).json()
+
+        # The worker sends no task events until asked: Flower asks every few seconds (--enable_events).
+        wait_until(a_task_is_listed, timeout=30, what="Flower enables the worker's task events")
         singles = [stack.post({"n": i}) for i in range(5)]
         batch = requests.post(f"{stack.ingest_url}/dummy/batch", json=[{"b": i} for i in range(10)], timeout=10)
         assert batch.status_code == 202
