@@ -272,7 +272,8 @@ def measure_at_fractions(target: Target, args: argparse.Namespace, maximum: floa
 
 def _env(args: argparse.Namespace, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV",)}
-    env.update({"REDIS_URL": args.redis_url, "SQLALCHEMY_DATABASE_URI": args.database_url, "PYTHONUNBUFFERED": "1"})
+    given = {"REDIS_URL": args.redis_url, "SQLALCHEMY_DATABASE_URI": args.database_url}  # None: floors need neither
+    env.update({name: value for name, value in given.items() if value is not None}, PYTHONUNBUFFERED="1")
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     env.update(extra)
     return env
