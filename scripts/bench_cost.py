@@ -5,6 +5,8 @@
 
 Starts the stack as a user runs it (``scripts/run.sh``: honcho, the
 services through ``relay.serve``, the Procfile's worker instances), offers
+the load for ``--warmup`` seconds (reported apart as the cold start: each
+process builds and connects on first use), then
 ``--rate`` single-message POSTs per second for ``--seconds`` from separate
 processes (not counted), waits until every accepted message is stored, and
 reports the CPU-seconds (user + system) each group of processes spent in
@@ -237,6 +239,19 @@ def _saturate(post_url: str, seconds: float, connections: int) -> dict[str, int]
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", report)
     other = int(refused.group(1)) if refused else 0
     return {"2xx": completed - other, "other": other, "socket_errors": sum(map(int, errors.groups())) if errors else 0}
+
+
+def warm_up(target: Target, args: argparse.Namespace) -> dict[str, object] | None:
+    """The first ``--warmup`` seconds of load after start-up, measured apart (a cold start), then a settle.
+
+    Each process's first message pays for what it builds and connects on first use (database
+    connections, compiled statements, Redis scripts): the figures after this are the steady state.
+    """
+    if args.warmup <= 0:
+        return None
+    cold = measure(target, argparse.Namespace(**{**vars(args), "seconds": args.warmup}))
+    time.sleep(args.settle)
+    return cold
 
 
 def measure_max(target: Target, args: argparse.Namespace) -> dict[str, object]:
@@ -488,7 +503,9 @@ def bench_cost(args: argparse.Namespace) -> dict[str, object]:
             "database": database.scheme,
         }
         with our_stack(args, work, servers) as target:
+            result["ours_cold"] = warm_up(target, args)
             result["ours"] = measure(target, args)
+            print("ours, cold start:", result["ours_cold"], flush=True)
             print("ours:", result["ours"], flush=True)
             if args.max:
                 time.sleep(args.settle)
@@ -499,6 +516,7 @@ def bench_cost(args: argparse.Namespace) -> dict[str, object]:
                     print("ours, at 50% and 80% of it:", result["ours_at"], flush=True)
         if args.baseline:
             with baseline_stack(args, work, servers, floor=False) as target:
+                result["baseline_cold"] = warm_up(target, args)
                 result["baseline"] = measure(target, args)
                 print("baseline:", result["baseline"], flush=True)
                 if args.max:
@@ -551,6 +569,10 @@ def table(result: dict[str, object]) -> str:
     )
     for key in ("post_to_stored_p50_ms", "post_to_stored_p99_ms", "accepted", "stored"):
         lines.append(f"| {key} | " + " | ".join(str(result[n].get(key, "")) for n in runs) + " |")
+    cold = [result.get(f"{n}_cold") or {} for n in runs]
+    if any(cold):
+        cells = [f"{c['post_to_stored_p50_ms']} / {c['post_to_stored_p99_ms']}" if c else "" for c in cold]
+        lines.append("| cold start (first --warmup s), p50 / p99 ms | " + " | ".join(cells) + " |")
     if "ours_max" in result:
         lines += ["", "| maximum end-to-end rate | ours | baseline | floor |", "|---|---:|---:|---:|"]
         base, floor = result.get("baseline_max", {}), result.get("floor_max", {})
@@ -576,6 +598,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="how long the load lasts")
     parser.add_argument("--drain", type=float, default=60.0, help="most seconds to wait for the backlog to be stored")
     parser.add_argument("--settle", type=float, default=3.0, help="seconds between start-up and the load")
+    parser.add_argument(
+        "--warmup", type=float, default=2.0, help="seconds of load right after start-up, reported apart (cold start)"
+    )
     parser.add_argument("--baseline", action="store_true", help="also run the baseline and the floor handler")
     parser.add_argument(
         "--max", action="store_true", help="also the maximum end-to-end rate, and p50/p99 at 50%% and 80%% of it"

@@ -35,7 +35,7 @@ from prometheus_client import Counter
 from werkzeug.exceptions import ClientDisconnected, RequestTimeout
 
 from relay.broker.connection import connect
-from relay.broker.contract import idempotency_key, make_celery, queue_depth, send_records
+from relay.broker.contract import idempotency_key, make_celery, queue_depth, send_records, warm_sender
 from relay.broker.group_commit import QueueBusy
 from relay.broker.memory import MemoryWatch, Refusal
 from relay.broker.producer import (
@@ -87,6 +87,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     # chunked body must be read past the limit to know it is over it (Werkzeug stops at the limit).
     # Celery's producer, for the task messages sent once a write has accepted the records.
     celery = make_celery(settings, timeout=settings.redis_timeout_seconds)
+    warm_sender(celery)
     app.extensions["broker"] = Producer(
         connect(settings.redis_url, settings.redis_timeout_seconds),
         queue=settings.persist_queue,

@@ -359,10 +359,16 @@ def remove_expired_messages(app: Flask, client: redis.Redis) -> int:
 
 @worker_process_init.connect
 def _forget_parent_state(**_kwargs: object) -> None:
-    """Drop any app, engine or client inherited across fork; each child makes its own."""
+    """Drop any app, engine or client inherited across fork; each child makes its own, at once.
+
+    Made here rather than on the first task (nothing here connects, so a database that is
+    away cannot hold the child's start up): the first message after a start is not late by them.
+    """
     global _flask_app, _persister
     _flask_app = None
     _persister = None
+    flask_app()
+    persister()
 
 
 def flask_app() -> Flask:
