@@ -112,7 +112,7 @@ class Settings:
         "1", "1: concurrent requests of a process share one queue write (gunicorn's gevent or gthread workers)."
     )
     ingest_send_gather_seconds: float = setting(
-        "0.05",
+        "0.1",
         "Longest an API process gathers accepted records into one task message while others are still being "
         "stored (the longer the more are in flight, up to this; with nothing in flight they are sent at once): larger "
         "tasks under load, at most that much later to storage (live delivery does not wait; 0: each write's "
