@@ -336,42 +336,46 @@ def our_stack(args: argparse.Namespace, logs: Path, servers: dict) -> Iterator[T
         log.close()
 
 
+def _wait_posting(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    """Wait until ``POST /dummy`` on ``port`` answers (the process started there may still be importing)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/dummy", b'{"warm": 1}', {"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=2):  # noqa: S310 (our own local URL)
+                return
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise
+            time.sleep(0.2)
+
+
 @contextlib.contextmanager
-def baseline_stack(args: argparse.Namespace, logs: Path, servers: dict, floor: bool) -> Iterator[Target]:
-    """``scripts/baseline.py`` under gunicorn's defaults (2 sync workers) and, unless ``floor``, its worker."""
+def baseline_stack(args: argparse.Namespace, logs: Path, servers: dict) -> Iterator[Target]:
+    """``scripts/baseline.py`` under gunicorn's defaults (2 sync workers) and its worker."""
     import psutil
 
     port = free_port()
-    factory = "baseline:create_floor_app()" if floor else "baseline:create_app()"
     env = _env(args)
     started: list[subprocess.Popen] = []
-    log = (logs / ("floor.log" if floor else "baseline.log")).open("wb")
-    if not floor:  # the table first: two worker processes creating it at once would race
-        subprocess.run([sys.executable, "-c", "import baseline; baseline.engine()"], cwd=SCRIPTS, env=env, check=True)
+    log = (logs / "baseline.log").open("wb")
+    # The table first: two worker processes creating it at once would race.
+    subprocess.run([sys.executable, "-c", "import baseline; baseline.engine()"], cwd=SCRIPTS, env=env, check=True)
     try:
-        commands = [[sys.executable, "-m", "gunicorn", "-w", "2", "-b", f"127.0.0.1:{port}", factory]]
-        if not floor:
-            worker = "-A baseline worker -Q baseline -c 2 --loglevel WARNING --without-gossip --without-mingle"
-            commands.append([sys.executable, "-m", "celery", *worker.split()])
+        worker = "-A baseline worker -Q baseline -c 2 --loglevel WARNING --without-gossip --without-mingle"
+        commands = [
+            [sys.executable, "-m", "gunicorn", "-w", "2", "-b", f"127.0.0.1:{port}", "baseline:create_app()"],
+            [sys.executable, "-m", "celery", *worker.split()],
+        ]
         for command in commands:
             options = {"cwd": SCRIPTS, "env": env, "stdout": log, "stderr": subprocess.STDOUT}
             started.append(subprocess.Popen(command, **options, start_new_session=True))
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                request = urllib.request.Request(
-                    f"http://127.0.0.1:{port}/dummy", b'{"warm": 1}', {"Content-Type": "application/json"}
-                )
-                with urllib.request.urlopen(request, timeout=2):  # noqa: S310 (our own local URL)
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        _wait_posting(port, started[0])
         time.sleep(args.settle)
         roots = [psutil.Process(p.pid) for p in started]
-        yield Target("floor" if floor else "baseline", f"http://127.0.0.1:{port}", roots, servers,
-                     None if floor else "baseline_messages")  # fmt: skip
+        yield Target("baseline", f"http://127.0.0.1:{port}", roots, servers, "baseline_messages")
     finally:
         for proc in started:
             _stop(proc)
@@ -389,6 +393,7 @@ FLOOR_SERVERS = {
         "--factory", "baseline:create_floor_app",
     ],
 }  # fmt: skip
+FLOOR = "gunicorn sync"  # the floor `cost` compares against: the baseline's own server
 
 
 @contextlib.contextmanager
@@ -402,23 +407,19 @@ def floor_server(args: argparse.Namespace, logs: Path, server: str) -> Iterator[
     proc = subprocess.Popen(command, cwd=SCRIPTS, env=_env(args), stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            request = urllib.request.Request(
-                f"http://127.0.0.1:{port}/dummy", b'{"warm": 1}', {"Content-Type": "application/json"}
-            )
-            try:
-                with urllib.request.urlopen(request, timeout=2):  # noqa: S310 (our own local URL)
-                    break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.2)
+        _wait_posting(port, proc)
         time.sleep(args.settle)
         yield Target(server, f"http://127.0.0.1:{port}", [psutil.Process(proc.pid)], {}, None)
     finally:
         _stop(proc)
         log.close()
+
+
+def measure_floor_max(target: Target, args: argparse.Namespace) -> dict[str, object]:
+    """After a settle, the floor handler's maximum: ``wrk``'s answered requests per second (it stores nothing)."""
+    time.sleep(args.settle)
+    answers = _saturate(target.post_url, args.seconds, args.max_conns)
+    return {"answers": answers, "per_s": round(answers["2xx"] / args.seconds)}
 
 
 def bench_floors(args: argparse.Namespace) -> dict[str, object]:
@@ -430,11 +431,10 @@ def bench_floors(args: argparse.Namespace) -> dict[str, object]:
             for server in FLOOR_SERVERS:
                 with floor_server(args, Path(tmp), server) as target:
                     paced = measure(target, args)
-                    time.sleep(args.settle)
-                    answers = _saturate(target.post_url, args.seconds, args.max_conns)
+                    most = measure_floor_max(target, args)
                 run = {
-                    "max_per_s": round(answers["2xx"] / args.seconds),
-                    "answers": answers,
+                    "max_per_s": most["per_s"],
+                    "answers": most["answers"],
                     "cpu_ms_per_request": sum(paced["cpu_seconds_per_1000"].values()),
                     "at_rate": args.rate,
                 }
@@ -515,7 +515,7 @@ def bench_cost(args: argparse.Namespace) -> dict[str, object]:
                     result["ours_at"] = measure_at_fractions(target, args, result["ours_max"]["end_to_end_per_s"])
                     print("ours, at 50% and 80% of it:", result["ours_at"], flush=True)
         if args.baseline:
-            with baseline_stack(args, work, servers, floor=False) as target:
+            with baseline_stack(args, work, servers) as target:
                 result["baseline_cold"] = warm_up(target, args)
                 result["baseline"] = measure(target, args)
                 print("baseline:", result["baseline"], flush=True)
@@ -523,13 +523,11 @@ def bench_cost(args: argparse.Namespace) -> dict[str, object]:
                     time.sleep(args.settle)
                     result["baseline_max"] = measure_max(target, args)
                     print("baseline, maximum:", result["baseline_max"], flush=True)
-            with baseline_stack(args, work, {}, floor=True) as target:
+            with floor_server(args, work, FLOOR) as target:
                 result["floor"] = measure(target, args)
                 print("floor:", result["floor"], flush=True)
                 if args.max:
-                    time.sleep(args.settle)
-                    answers = _saturate(target.post_url, args.seconds, args.max_conns)
-                    result["floor_max"] = {"answers": answers, "per_s": round(answers["2xx"] / args.seconds)}
+                    result["floor_max"] = measure_floor_max(target, args)
                     print("floor, maximum:", result["floor_max"], flush=True)
             ours, base, floor = result["ours"], result["baseline"], result["floor"]
             floor_cpu = floor["cpu_seconds_per_1000"].get("floor_api")
