@@ -41,24 +41,28 @@ from relay.records import record_channel
 GLOBAL = "*"
 
 # Raise each counter to at least the floor given. KEYS: 1 counters, 2 pending positions, 3 pending records.
-# ARGV: 1 the global floor, then pairs (channel, offset floor). Numbers still pending count too (a Redis that
-# kept its pending records but lost the counters): the highest pending position, and each pending record's
-# offset in its channel. "*" is written last: it marks the hash as seeded.
+# ARGV: 1 the global floor, then pairs (channel, offset floor). When the counters are gone, numbers still
+# pending count too (a Redis that kept its pending records but lost the counters): the highest pending
+# position, and each pending record's offset in its channel. "*" is written last: it marks the hash as seeded.
 _SEED = """
 local function raise(field, floor)
   local now = tonumber(redis.call('HGET', KEYS[1], field) or '0')
   if floor > now then redis.call('HSET', KEYS[1], field, string.format('%d', floor)) end
 end
 for i = 2, #ARGV, 2 do raise(ARGV[i], tonumber(ARGV[i + 1])) end
-for _, raw in ipairs(redis.call('HVALS', KEYS[3])) do
-  local ok, record = pcall(cjson.decode, raw)
-  if ok and type(record) == 'table' and type(record['offset']) == 'number' then
-    raise(record['channel'] or 'dummy', record['offset'])
-  end
-end
 local floor = tonumber(ARGV[1])
-local highest = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
-if highest[2] and tonumber(highest[2]) > floor then floor = tonumber(highest[2]) end
+if redis.call('HEXISTS', KEYS[1], '*') == 0 then
+  -- Only counters that were lost can be below a pending number (the accept script writes both at once):
+  -- with them present, the scan of every pending record (long under a backlog, and Redis waits) is skipped.
+  for _, raw in ipairs(redis.call('HVALS', KEYS[3])) do
+    local ok, record = pcall(cjson.decode, raw)
+    if ok and type(record) == 'table' and type(record['offset']) == 'number' then
+      raise(record['channel'] or 'dummy', record['offset'])
+    end
+  end
+  local highest = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+  if highest[2] and tonumber(highest[2]) > floor then floor = tonumber(highest[2]) end
+end
 raise('*', floor)
 if not redis.call('HGET', KEYS[1], '*') then redis.call('HSET', KEYS[1], '*', '0') end
 return redis.call('HGET', KEYS[1], '*')
@@ -74,11 +78,17 @@ local count = #ARGV / 2
 local first = redis.call('HINCRBY', KEYS[1], '*', count) - count + 1
 local placed = {string.format('%d', first)}
 for i = 0, count - 1 do
-  redis.call('ZADD', KEYS[2], first + i, ARGV[2 * i + 1])
+  redis.call('ZADD', KEYS[2], 'NX', first + i, ARGV[2 * i + 1])
   placed[i + 2] = string.format('%d', redis.call('HINCRBY', KEYS[1], ARGV[2 * i + 2], 1))
 end
 return placed
 """
+
+
+def assign(records: Sequence[Record], first: int, offsets: Sequence[int | str | bytes]) -> None:
+    """Set each record's ``offset`` (in input order) and ``position`` (``first``, ``first + 1``, ...)."""
+    for index, (record, offset) in enumerate(zip(records, offsets, strict=True)):
+        record["offset"], record["position"] = int(offset), first + index
 
 
 class Positions:
@@ -113,8 +123,7 @@ class Positions:
             return
         args = [value for record in unplaced for value in (record["id"], record_channel(record))]
         first, *offsets = self._place(keys=[self.counters, self.pending], args=args)
-        for index, (record, offset) in enumerate(zip(unplaced, offsets, strict=True)):
-            record["offset"], record["position"] = int(offset), int(first) + index
+        assign(unplaced, int(first), offsets)
 
     def watermark(self) -> int | None:
         """The lowest position not settled yet: the lowest pending one, else the next to be given.

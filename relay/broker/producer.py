@@ -41,13 +41,11 @@ from relay.broker.contract import (
     Record,
     fence_key,
     pending_keys,
-    pending_positions_key,
-    positions_key,
     unused_key,
 )
 from relay.broker.group_commit import GroupCommit
 from relay.broker.pending import send_or_leave_pending
-from relay.broker.positions import Positions
+from relay.broker.positions import Positions, assign
 from relay.broker.sender import GatheringSender
 from relay.records import live_frame, record_channel
 
@@ -93,7 +91,7 @@ for i = 0, count - 1 do
   local placed = ',"offset":' .. offset .. ',"position":' .. position .. '}'
   redis.call('HSET', KEYS[3], ARGV[at], string.sub(ARGV[at + 1], 1, -2) .. placed)
   redis.call('ZADD', KEYS[2], ARGV[2], ARGV[at])
-  redis.call('ZADD', KEYS[7], position, ARGV[at])
+  redis.call('ZADD', KEYS[7], 'NX', position, ARGV[at])  -- an id accepted again keeps its lower position
   local added = redis.pcall('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', 'id', ARGV[at], 'channel', ARGV[at + 3],
     'position', position, 'frame', string.sub(ARGV[at + 2], 1, -2) .. placed)
   if type(added) == 'table' and added.err then live = 0 end
@@ -145,13 +143,11 @@ class PositionsUnseeded(Exception):
 def _place(records: Sequence[Record], outcome: str) -> int:
     """Set each record's ``offset`` and ``position`` from a write's outcome; return the records in flight.
 
-    The outcome is ``ok:<live>:<first>:<offsets>:<in flight>`` (a fence left by a release before the
-    sender followed the load has no last field: nothing is taken to be in flight).
+    The outcome is ``ok:<live>:<first>:<offsets>:<in flight>``.
     """
-    _ok, _live, first, offsets, *in_flight = outcome.split(":")
-    for index, (record, offset) in enumerate(zip(records, offsets.split(","), strict=True)):
-        record["offset"], record["position"] = int(offset), int(first) + index
-    return int(in_flight[0]) if in_flight else 0
+    _ok, _live, first, offsets, in_flight = outcome.split(":")
+    assign(records, int(first), offsets.split(","))
+    return int(in_flight)
 
 
 class IdempotencyKeyReused(Exception):
@@ -219,7 +215,6 @@ class Producer:
         gathers = send is not None and gather_seconds > 0
         self._sender = GatheringSender(send, gather_seconds, message_max_bytes) if gathers else None
         self.pending_set, self.pending_records = pending_keys(queue)
-        self.positions, self.pending_positions = positions_key(queue), pending_positions_key(queue)
         self._counters = Positions(client, queue)
         self.group_commit = GroupCommit(self.write, max_bytes=message_max_bytes) if group_commit else None
 
@@ -282,7 +277,11 @@ class Producer:
         for record in records:
             args += [record["id"], orjson.dumps(record), live_frame(record), record_channel(record)]
         keys = [fence, self.pending_set, self.pending_records, self.stream]
-        keys += [idempotency.key if idempotency else unused_key(self.queue), self.positions, self.pending_positions]
+        keys += [
+            idempotency.key if idempotency else unused_key(self.queue),
+            self._counters.counters,
+            self._counters.pending,
+        ]
         started = time.monotonic()
         outcome: str | bytes | None
         try:

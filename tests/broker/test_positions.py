@@ -236,6 +236,20 @@ def test_seeding_counts_the_positions_still_pending(redis_url: str) -> None:
     assert later["position"] == 4
 
 
+def test_an_id_accepted_again_while_pending_keeps_its_first_position_under_the_watermark(redis_url: str) -> None:
+    """A dead letter replayed twice: its first task may still store it at the first position, below any cursor
+    a higher watermark would have let through."""
+    client = redis.Redis.from_url(redis_url)
+    positions = Positions(client, QUEUE)
+    record = message("a")
+    producer(redis_url).write([record])
+    first = record["position"]
+    again = {k: v for k, v in record.items() if k not in ("offset", "position")}
+    producer(redis_url).write([again])
+    assert again["position"] > first
+    assert positions.watermark() == first
+
+
 def test_the_watermark_is_the_lowest_pending_position_else_the_next_to_be_given(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
     positions, pending = Positions(client, QUEUE), Pending(client, QUEUE)
