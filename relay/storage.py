@@ -375,7 +375,9 @@ def list_channels(after: str | None, limit: int, patterns: Sequence[str] | None 
     ``patterns`` (None: every channel) keeps the channels a grant may read:
     exact names, prefixes ending in ``*``, or ``*`` alone (every channel).
     """
-    union = _channels_and_deltas("messages", "last_seq", "last_message_at", after=after, patterns=patterns)
+    union = _channels_and_deltas(
+        "messages", "last_seq", "last_message_at", after=after, patterns=patterns, first=limit + 1
+    )
     name = union.c.name
     query = (
         sa.select(
@@ -391,10 +393,15 @@ def list_channels(after: str | None, limit: int, patterns: Sequence[str] | None 
     return rows[:limit], len(rows) > limit
 
 
-def _channels_and_deltas(*columns: str, after: str | None = None, patterns: Sequence[str] | None = None) -> sa.Subquery:
+def _channels_and_deltas(
+    *columns: str, after: str | None = None, patterns: Sequence[str] | None = None, first: int | None = None
+) -> sa.Subquery:
     """``channels`` and the deltas not folded yet as one table of ``name`` and ``columns``, one row per side.
 
-    ``after`` and ``patterns`` filter each side by name, where its index serves.
+    ``after`` and ``patterns`` filter each side by name, where its index serves. ``first`` keeps
+    only the first that many ``channels`` rows by name (the deltas, few until the next fold, all):
+    enough for the first ``first`` names of the union, since any later ``channels`` name has
+    ``first`` names before it. So a page reads its own rows, not every channel after the cursor.
     """
     sides = []
     for table, name in ((_CHANNELS, _CHANNELS.c.name), (_DELTAS, _DELTAS.c.channel)):
@@ -403,6 +410,8 @@ def _channels_and_deltas(*columns: str, after: str | None = None, patterns: Sequ
             side = side.where(name > after)
         if patterns is not None:
             side = side.where(sa.or_(sa.false(), *(_name_matches(name, pattern) for pattern in patterns)))
+        if first is not None and table is _CHANNELS:
+            side = sa.select(side.order_by(name).limit(first).subquery())  # SQLite: no LIMIT in a compound member
         sides.append(side)
     return sa.union_all(*sides).subquery()
 

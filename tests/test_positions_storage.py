@@ -356,3 +356,24 @@ def test_a_follower_below_the_watermark_skips_no_row_saved_out_of_position_order
         assert follow() == [two["id"], three["id"]]
         assert follow() == []
     assert followed == [one["id"], two["id"], three["id"]]
+
+
+def test_channel_pages_agree_with_one_listing_when_names_are_partly_folded_partly_deltas(db_app: Flask) -> None:
+    """Each page reads only its first rows of ``channels`` (plus every delta): paging two at a time must list
+    what one page of all lists, with the counts of folded and unfolded messages summed across the boundaries."""
+    with db_app.app_context():
+        for name in ("a", "c", "e", "g"):
+            storage.save_messages(in_channel(name, 2))
+        fold()
+        for name in ("b", "c", "f", "g", "h"):  # c and g: folded and unfolded at once
+            storage.save_messages(in_channel(name, 1))
+        whole, more = storage.list_channels(None, 100)
+        assert not more and counts(whole) == {"a": 2, "b": 1, "c": 3, "e": 2, "f": 1, "g": 3, "h": 1}
+        paged, after = [], None
+        while True:
+            rows, more = storage.list_channels(after, 2)
+            paged += rows
+            if not more:
+                break
+            after = rows[-1].name
+        assert [tuple(row) for row in paged] == [tuple(row) for row in whole]
