@@ -422,7 +422,9 @@ def message_view(message_id: str) -> Response:
     Looked up in the database, then among the pending records, then in the
     database again: a worker removes a record from the pending set only
     after committing it, so one stored between the first two looks is found
-    by the third, and an id answered 202 is never a 404 on its way.
+    by the third, and an id answered 202 is never a 404 on its way. The
+    third look reads in a new transaction: the first look's snapshot (WAL
+    on SQLite, REPEATABLE READ on MariaDB) would not see that commit.
     """
     grant = request_grant()
     row = storage.get_message(message_id) if is_message_id(message_id) else None
@@ -433,6 +435,7 @@ def message_view(message_id: str) -> Response:
                 raise ApiError(404, "not_found", f"No stored message has id {message_id!r}.")
             # Not stored yet: its persisted_at will change, so nothing may keep this answer.
             return json_response(storage.pending_message_json(record), headers={"Cache-Control": "no-store"})
+        storage.db.session.rollback()  # end the first look's snapshot (see above)
         row = storage.get_message(message_id)
     if row is None or not grant.can(HISTORY, row.channel):
         raise ApiError(404, "not_found", f"No stored message has id {message_id!r}.")

@@ -202,6 +202,26 @@ def test_a_message_reads_from_its_202_on_pending_then_stored(app: Flask, client:
     assert stored.get_json()["persisted_at"].endswith("Z")
 
 
+def test_a_message_stored_between_the_first_two_looks_is_found_by_the_third(
+    app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker commits and clears the pending record right after the first database look missed: the
+    third look must see that commit, not the first look's snapshot."""
+    [record] = messages("a")
+    accepted.accept(app, [record])
+    pending = app.extensions["pending"]
+    look_up = pending.record
+
+    def stored_meanwhile(message_id: str) -> dict | None:
+        accepted.settle(app, [record])
+        return look_up(message_id)
+
+    monkeypatch.setattr(pending, "record", stored_meanwhile)
+    response = client.get(f"/messages/{record['id']}")
+    assert response.status_code == 200, response.get_data()[:300]
+    assert response.get_json()["persisted_at"] is not None
+
+
 def test_a_pending_message_of_a_channel_the_token_may_not_read_is_404_as_an_unknown_id(
     make_list_app: Callable[..., Flask],
 ) -> None:
